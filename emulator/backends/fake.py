@@ -1,0 +1,272 @@
+"""A deterministic fake backend: plausible answers with no model behind them.
+
+Tests and local development need answers that look real, vary from prompt to prompt, and yet are
+reproducible byte for byte on every run, process and machine. So every answer is a pure function of
+(seed, normalised request, token cap, tool policy): the request is turned into canonical JSON,
+hashed with the seed, and the digest seeds both Faker (for the words) and a private `random.Random`
+(for the choices). No global random state is read or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import threading
+from typing import Any
+
+from faker import Faker
+
+from emulator.backends import ToolPolicy
+from emulator.domain import (
+    Answer,
+    AssistantMessage,
+    ChatRequest,
+    FunctionCall,
+    Message,
+    Property,
+    Tool,
+    ToolCall,
+    ToolCallArgument,
+    ToolMessage,
+    UserMessage,
+)
+from emulator.tokens import count_tokens, truncate_tokens
+
+__all__ = ["FakeBackend", "canonical_request", "fake_answer"]
+
+# Building a Faker takes milliseconds, so one instance serves every call. It is stateful, hence the
+# lock, and it is re-seeded right before each use, so no answer depends on the calls made before it.
+_FAKER = Faker("en_US")
+_FAKER_LOCK = threading.Lock()
+
+_MIN_TEXT_TOKENS = 5
+_MAX_TEXT_TOKENS = 400
+_TOOL_RESULT_SNIPPET_TOKENS = 20
+_ECHO_WORDS = 8
+_WORD = re.compile(r"\w+")
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    """Every field of a message, so that any change to it changes the answer."""
+    if isinstance(message, AssistantMessage):
+        return {
+            "role": str(message.role),
+            "content": message.content,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": [[arg.name, arg.value] for arg in call.function.arguments],
+                    },
+                }
+                for call in message.tool_calls
+            ],
+        }
+    if isinstance(message, ToolMessage):
+        return {"role": str(message.role), "content": message.content, "tool_call_id": message.tool_call_id}
+    return {"role": str(message.role), "content": message.content}
+
+
+def _tool_json(tool: Tool) -> dict[str, Any]:
+    parameters = tool.parameters
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": None
+        if parameters is None
+        else {
+            "type": parameters.type,
+            "properties": [
+                {"name": p.name, "type": p.type, "description": p.description, "enum": list(p.enum)}
+                for p in parameters.properties
+            ],
+            "required": list(parameters.required),
+        },
+    }
+
+
+def canonical_request(request: ChatRequest) -> str:
+    """The request as canonical JSON: sorted keys and fixed separators, so equal requests hash equally."""
+    document = {
+        "model": request.model,
+        "api": str(request.api),
+        "messages": [_message_json(message) for message in request.messages],
+        "tools": [_tool_json(tool) for tool in request.tools],
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(request: ChatRequest, seed: int) -> bytes:
+    payload = json.dumps({"seed": seed, "request": canonical_request(request)}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).digest()
+
+
+def _sentences_text(fake: Faker, rng: random.Random) -> str:
+    """Faker sentences up to a length drawn log-uniformly from 5..400 tokens, split into paragraphs.
+
+    Log-uniform so that short replies are as common as long ones; whole sentences only, so the
+    uncapped text never ends mid-sentence.
+    """
+    target = round(math.exp(rng.uniform(math.log(_MIN_TEXT_TOKENS), math.log(_MAX_TEXT_TOKENS))))
+    paragraphs: list[str] = []
+    current: list[str] = []
+    paragraph_size = rng.randint(3, 6)
+    tokens = 0
+    while True:
+        sentence = fake.sentence()
+        if current and tokens + count_tokens(sentence) > _MAX_TEXT_TOKENS:
+            break
+        current.append(sentence)
+        tokens += count_tokens(sentence)
+        if tokens >= target:
+            break
+        if len(current) >= paragraph_size:
+            paragraphs.append(" ".join(current))
+            current = []
+            paragraph_size = rng.randint(3, 6)
+    if current:
+        paragraphs.append(" ".join(current))
+    return "\n\n".join(paragraphs)
+
+
+def _prefix(last: Message | None, rng: random.Random) -> str:
+    """An opening that ties the text to the conversation: the tool result, or the user's topic."""
+    if isinstance(last, ToolMessage):
+        snippet, cut = truncate_tokens(last.content.strip(), _TOOL_RESULT_SNIPPET_TOKENS)
+        snippet = " ".join(snippet.split())
+        if not snippet:
+            return "According to the tool result, there is nothing to report. "
+        if cut:
+            snippet += "..."
+        elif snippet[-1] not in ".!?":
+            snippet += "."
+        return f"According to the tool result, {snippet} "
+    if isinstance(last, UserMessage) and rng.random() < 0.5:
+        words = _WORD.findall(last.content)
+        if words:
+            topic = " ".join(words[:_ECHO_WORDS]) + ("..." if len(words) > _ECHO_WORDS else "")
+            return f'Regarding "{topic}": '
+    return ""
+
+
+def _text_answer(
+    request: ChatRequest, fake: Faker, rng: random.Random, max_output_tokens: int | None
+) -> Answer:
+    last = request.messages[-1] if request.messages else None
+    text = _prefix(last, rng) + _sentences_text(fake, rng)
+    final, truncated = truncate_tokens(text, max_output_tokens)
+    return Answer(
+        message=AssistantMessage(content=final), output_tokens=count_tokens(final), truncated=truncated
+    )
+
+
+def _string_value(name: str, fake: Faker) -> str:
+    """A string that suits the parameter's name, so tool calls read naturally."""
+    hint = name.lower()
+    if "city" in hint:
+        return fake.city()
+    if "country" in hint:
+        return fake.country()
+    if "email" in hint:
+        return fake.email()
+    if "date" in hint:
+        return fake.date()
+    if "name" in hint:
+        return fake.name()
+    return fake.word()
+
+
+def _argument_value(prop: Property, fake: Faker, rng: random.Random) -> str:
+    """A value of the declared type, as text, the way arguments travel on the wire."""
+    if prop.enum:
+        return rng.choice(prop.enum)
+    kind = prop.type.strip().lower()
+    if kind == "string":
+        return _string_value(prop.name, fake)
+    if kind == "number":
+        if rng.random() < 0.5:
+            return str(rng.randint(0, 100))
+        return f"{rng.randint(0, 1000) / 10:.1f}"
+    if kind == "integer":
+        return str(rng.randint(0, 100))
+    if kind == "boolean":
+        return rng.choice(("true", "false"))
+    if kind == "array":
+        return json.dumps([fake.word() for _ in range(rng.randint(0, 3))])
+    if kind == "object":
+        return "{}"
+    return fake.word()
+
+
+def _arguments(tool: Tool, fake: Faker, rng: random.Random) -> tuple[ToolCallArgument, ...]:
+    """Arguments that satisfy the schema: all required ones, each optional one with probability 1/2."""
+    parameters = tool.parameters
+    if parameters is None:
+        return ()
+    required = set(parameters.required)
+    arguments: list[ToolCallArgument] = []
+    seen: set[str] = set()
+    for prop in parameters.properties:
+        if prop.name in seen:
+            continue
+        seen.add(prop.name)
+        if prop.name in required or rng.random() < 0.5:
+            arguments.append(ToolCallArgument(prop.name, _argument_value(prop, fake, rng)))
+    for name in parameters.required:
+        if name not in seen:
+            seen.add(name)
+            arguments.append(ToolCallArgument(name, fake.word()))
+    return tuple(arguments)
+
+
+def _tool_call_answer(request: ChatRequest, fake: Faker, rng: random.Random, digest: bytes) -> Answer:
+    """One call to a tool chosen by the rng; never truncated, whatever the cap."""
+    tool = rng.choice(request.tools)
+    arguments = _arguments(tool, fake, rng)
+    call = ToolCall(id="call_" + digest[16:22].hex(), function=FunctionCall(tool.name, arguments))
+    tokens = count_tokens(tool.name) + sum(count_tokens(a.name) + count_tokens(a.value) for a in arguments)
+    return Answer(message=AssistantMessage(content=None, tool_calls=(call,)), output_tokens=tokens)
+
+
+def fake_answer(
+    request: ChatRequest, *, seed: int, max_output_tokens: int | None, tool_policy: ToolPolicy
+) -> Answer:
+    """The fake answer to `request`: a pure function of its arguments, identical on every run.
+
+    With tools offered, policy AUTO and a user message last, the answer is one tool call; otherwise
+    it is English text cut to `max_output_tokens` (a cap of 0 gives empty text).
+    """
+    digest = _digest(request, seed)
+    # Separate slices of the digest for Faker and the rng, so their streams are not the same numbers.
+    faker_seed = int.from_bytes(digest[0:8], "big")
+    rng = random.Random(int.from_bytes(digest[8:16], "big"))
+    last = request.messages[-1] if request.messages else None
+    wants_tool = tool_policy == ToolPolicy.AUTO and bool(request.tools) and isinstance(last, UserMessage)
+    with _FAKER_LOCK:
+        _FAKER.seed_instance(faker_seed)
+        if wants_tool and max_output_tokens != 0:
+            return _tool_call_answer(request, _FAKER, rng, digest)
+        return _text_answer(request, _FAKER, rng, max_output_tokens)
+
+
+class FakeBackend:
+    """The Backend that answers with `fake_answer`; seed and policy can be changed between jobs."""
+
+    name: str = "fake"
+
+    def __init__(self, *, seed: int = 0, tool_policy: ToolPolicy = ToolPolicy.AUTO) -> None:
+        self.seed = seed
+        self.tool_policy = tool_policy
+
+    async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
+        """Answer synchronously: a fake answer takes well under a millisecond, not worth a thread."""
+        return fake_answer(
+            request, seed=self.seed, max_output_tokens=max_output_tokens, tool_policy=self.tool_policy
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

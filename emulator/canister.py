@@ -1,0 +1,153 @@
+"""The canister core: one place that decides what the LLM canister accepts and how it rejects.
+
+Every front door hands its decoded request to `Canister.chat`, so gRPC, Candid and HTTP callers meet
+exactly the same model catalogue, limits, queue and rejects. Where the real canister's behaviour is not
+public, the choice made here is written down in the README ("Choices where the canister is silent").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+from emulator.clock import Clock
+from emulator.config import EmulatorConfig
+from emulator.domain import (
+    Answer,
+    AssistantMessage,
+    ChatRequest,
+    Reject,
+    RejectCode,
+    ToolMessage,
+)
+from emulator.history import CallRecord, History
+from emulator.queue import PromptQueue
+from emulator.rules import RuleBook
+from emulator.tokens import count_tokens
+
+
+def prompt_bytes(request: ChatRequest) -> int:
+    """The size that the 10 KiB limit counts: the UTF-8 bytes of every message's content."""
+    return sum(len((message.content or "").encode("utf-8")) for message in request.messages)
+
+
+def request_warnings(request: ChatRequest) -> list[str]:
+    """Oddities that the real canister accepts; recorded, and rejected only with strict requests."""
+    warnings = []
+    call_ids: set[str] = set()
+    for index, message in enumerate(request.messages, start=1):
+        if isinstance(message, AssistantMessage):
+            call_ids.update(call.id for call in message.tool_calls)
+        elif isinstance(message, ToolMessage) and message.tool_call_id not in call_ids:
+            warnings.append(
+                f"message {index} (tool) answers tool_call_id {message.tool_call_id!r}, "
+                "which no earlier assistant message called"
+            )
+    for tool in request.tools:
+        if tool.parameters is None:
+            continue
+        declared = {p.name for p in tool.parameters.properties}
+        for name in tool.parameters.required:
+            if name not in declared:
+                warnings.append(f"tool {tool.name!r} requires {name!r}, which is not among its properties")
+    return warnings
+
+
+class Canister:
+    """Validate, queue, and wait for the answer, as the LLM canister does for each call."""
+
+    def __init__(
+        self,
+        config: Callable[[], EmulatorConfig],
+        clock: Clock,
+        queue: PromptQueue,
+        rules: RuleBook,
+        history: History,
+    ) -> None:
+        self._config = config
+        self.clock = clock
+        self.queue = queue
+        self.rules = rules
+        self.history = history
+        self._ids = itertools.count(1)
+
+    def check(self, request: ChatRequest) -> list[str]:
+        """Reject what the canister would reject; return the warnings for what it lets through."""
+        config = self._config()
+        limits = config.limits
+        if request.model not in config.models:
+            raise Reject(
+                RejectCode.CANISTER_REJECT,
+                f"unknown model {request.model!r}: this LLM canister serves {', '.join(config.models)}",
+            )
+        if not request.messages:
+            raise Reject(RejectCode.CANISTER_REJECT, "the request has no messages; send at least one")
+        count = len(request.messages)
+        if limits.max_messages is not None and count > limits.max_messages:
+            raise Reject(
+                RejectCode.CANISTER_REJECT,
+                f"too many messages: the request has {count}, the limit is {limits.max_messages} "
+                f"per request (profile {config.profile})",
+            )
+        size = prompt_bytes(request)
+        if limits.max_prompt_bytes is not None and size > limits.max_prompt_bytes:
+            raise Reject(
+                RejectCode.CANISTER_REJECT,
+                f"prompt too large: the messages' content is {size} bytes of UTF-8, the limit is "
+                f"{limits.max_prompt_bytes} bytes across all messages (profile {config.profile})",
+            )
+        warnings = request_warnings(request)
+        if warnings and config.strict_requests:
+            raise Reject(RejectCode.CANISTER_REJECT, "strict requests: " + "; ".join(warnings))
+        return warnings
+
+    async def chat(self, request: ChatRequest, caller: str) -> Answer:
+        """One call to v0_chat or v1_chat: the answer, or a `Reject` exactly as the caller would see it."""
+        config = self._config()
+        call_id = f"call-{next(self._ids):06d}"
+        record = self.history.open(
+            CallRecord(
+                id=call_id,
+                api=request.api,
+                caller=caller,
+                request=request,
+                received_at=self.clock.now(),
+                input_tokens=sum(count_tokens(m.content or "") for m in request.messages),
+            )
+        )
+        try:
+            record.warnings = tuple(self.check(request))
+            rule = self.rules.select(request)
+            if rule is None and config.strict_rules:
+                raise Reject(RejectCode.CANISTER_REJECT, self.rules.explain_miss(request))
+            record.job = job = self.queue.submit(
+                call_id, request, caller, config.limits.max_output_tokens, rule
+            )
+            outcome = await self._wait(job.done, record.received_at, config.caller_deadline)
+        except Reject as reject:
+            self.history.close(record, reject)
+            raise
+        self.history.close(record, outcome)
+        if isinstance(outcome, Reject):
+            raise outcome
+        return outcome
+
+    async def _wait(
+        self, done: asyncio.Future[Answer | Reject], since: float, deadline: float | None
+    ) -> Answer | Reject:
+        """The job's outcome, or SYS_UNKNOWN once a bounded-wait caller's deadline has passed."""
+        if deadline is None:
+            return await asyncio.shield(done)
+        timer = asyncio.ensure_future(self.clock.sleep_until(since + deadline))
+        try:
+            await asyncio.wait((done, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        if done.done():
+            return done.result()
+        raise Reject(
+            RejectCode.SYS_UNKNOWN,
+            f"the caller's deadline of {deadline:g} s passed before an AI worker answered; "
+            "the prompt may still be answered (bounded-wait call)",
+        )

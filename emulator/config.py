@@ -1,0 +1,106 @@
+"""The emulator's settings: limit profiles, the model catalogue, queue and worker settings.
+
+One frozen value describes a running emulator; the Control service replaces it with an edited copy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from emulator.backends import ToolPolicy
+from emulator.clock import ClockKind
+from emulator.domain import Limits
+
+ANONYMOUS_PRINCIPAL = "2vxsx-fae"
+DEFAULT_MODELS = ("llama3.1:8b", "qwen3:32b", "llama4-scout")
+
+PROFILES: dict[str, Limits] = {
+    # Since the output cap was raised from 200 to 1000 tokens.
+    "current": Limits(max_messages=10, max_prompt_bytes=10 * 1024, max_output_tokens=1000),
+    # The canister as launched in February 2025.
+    "launch-2025": Limits(max_messages=10, max_prompt_bytes=10 * 1024, max_output_tokens=200),
+    "unlimited": Limits(max_messages=None, max_prompt_bytes=None, max_output_tokens=None),
+}
+CUSTOM_PROFILE = "custom"
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+class BackendKind(enum.StrEnum):
+    FAKE = "fake"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names what would be valid."""
+
+
+def choice(kind: type[E], value: str, what: str) -> E:
+    """Parse a string setting into its enum, or say which values are valid."""
+    try:
+        return kind(value)
+    except ValueError:
+        valid = ", ".join(member.value for member in kind)
+        raise ConfigError(f"{what} {value!r} is not valid; choose one of: {valid}") from None
+
+
+def profile_limits(name: str) -> Limits:
+    if name not in PROFILES:
+        raise ConfigError(f"profile {name!r} is not valid; choose one of: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything that decides how the emulator behaves; see the README's table of options."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    port_file: str | None = None
+    backend: BackendKind = BackendKind.FAKE
+    profile: str = "current"
+    limits: Limits = field(default_factory=lambda: PROFILES["current"])
+    models: tuple[str, ...] = DEFAULT_MODELS
+    seed: int = 0
+    tool_policy: ToolPolicy = ToolPolicy.AUTO
+    rules_file: str | None = None
+    strict_rules: bool = False
+    strict_requests: bool = False
+    workers: int = 1
+    queue_capacity: int = 0
+    max_attempts: int = 3
+    lease_seconds: float = 60.0
+    caller_deadline: float | None = None
+    clock: ClockKind = ClockKind.REAL
+    grace: float = 10.0
+    history_limit: int = 10_000
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    def validate(self) -> None:
+        checks = [
+            (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (self.queue_capacity >= 0, f"queue capacity must be 0 (unbounded) or more, got {self.queue_capacity}"),
+            (self.max_attempts >= 1, f"max attempts must be 1 or more, got {self.max_attempts}"),
+            (self.lease_seconds > 0, f"lease seconds must be more than 0, got {self.lease_seconds}"),
+            (self.caller_deadline is None or self.caller_deadline > 0,
+             f"caller deadline must be more than 0 seconds, got {self.caller_deadline}"),
+            (self.seed >= 0, f"seed must be 0 or more, got {self.seed}"),
+            (bool(self.models), "the model catalogue needs at least one model"),
+            (all(m.strip() for m in self.models), f"model names must not be empty, got {list(self.models)}"),
+            (0 <= self.grpc_port <= 65535, f"gRPC port must be 0-65535, got {self.grpc_port}"),
+            (self.history_limit >= 1, f"history limit must be 1 or more, got {self.history_limit}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for name, value in (("max messages", self.limits.max_messages),
+                            ("max prompt bytes", self.limits.max_prompt_bytes),
+                            ("max output tokens", self.limits.max_output_tokens)):
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be 0 or more (or absent for no limit), got {value}")

@@ -1,0 +1,100 @@
+"""The engine: clock, queue, rules, history, canister core, backend and built-in workers, wired once.
+
+The CLI process, the pytest plugin and in-memory tests all build this same object; the front doors
+only translate wire formats to calls on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from emulator.backends import Backend
+from emulator.backends.fake import FakeBackend
+from emulator.canister import Canister
+from emulator.clock import VirtualClock, make_clock
+from emulator.config import BackendKind, ConfigError, EmulatorConfig
+from emulator.history import History
+from emulator.queue import PromptQueue
+from emulator.rules import RuleBook, load_rules
+from emulator.workers import QueueSource, Worker
+
+
+def make_backend(config: EmulatorConfig) -> Backend:
+    if config.backend is BackendKind.FAKE:
+        return FakeBackend(seed=config.seed, tool_policy=config.tool_policy)
+    raise ConfigError(f"backend {config.backend!r} is not available")
+
+
+class Engine:
+    """One emulated LLM canister. Must be created and used inside a running event loop."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.initial_config = config
+        self.config = config
+        self.clock = make_clock(config.clock)
+        self.queue = PromptQueue(
+            self.clock,
+            capacity=config.queue_capacity,
+            max_attempts=config.max_attempts,
+            lease_seconds=config.lease_seconds,
+        )
+        self.rules = RuleBook()
+        self.history = History(config.history_limit)
+        self.backend = make_backend(config)
+        self.canister = Canister(lambda: self.config, self.clock, self.queue, self.rules, self.history)
+        self._workers: list[asyncio.Task[None]] = []
+        self._worker_ids = 0
+        self._load_rule_file()
+
+    def _load_rule_file(self) -> None:
+        if self.config.rules_file:
+            for rule in load_rules(Path(self.config.rules_file)):
+                self.rules.add(rule)
+
+    def start(self) -> None:
+        self._scale_workers(self.config.workers)
+
+    async def stop(self) -> None:
+        self._scale_workers(0)
+        await self.backend.aclose()
+
+    def _scale_workers(self, count: int) -> None:
+        """Start or stop built-in workers; a stopped worker drops its lease, which then expires."""
+        while len(self._workers) < count:
+            self._worker_ids += 1
+            worker = Worker(f"builtin-{self._worker_ids}", QueueSource(self.queue), self.backend, self.clock)
+            self._workers.append(asyncio.get_running_loop().create_task(worker.run()))
+        while len(self._workers) > count:
+            self._workers.pop().cancel()
+
+    def configure(self, **changes: Any) -> EmulatorConfig:
+        """Apply setting changes (validated as a whole before any takes effect)."""
+        config = dataclasses.replace(self.config, **changes)
+        if config.clock is not self.config.clock or config.backend is not self.config.backend:
+            raise ConfigError("the clock and the backend are chosen when the emulator starts")
+        self.config = config
+        self.queue.capacity = config.queue_capacity
+        self.queue.max_attempts = config.max_attempts
+        self.queue.lease_seconds = config.lease_seconds
+        if isinstance(self.backend, FakeBackend):
+            self.backend.seed = config.seed
+            self.backend.tool_policy = config.tool_policy
+        self._scale_workers(config.workers)
+        return config
+
+    def reset(self) -> None:
+        """Back to the start-up state: configuration, rules (from the rule file), history, queue."""
+        self.queue.reset()
+        self.rules.clear()
+        self.history.clear()
+        self.configure(**{f.name: getattr(self.initial_config, f.name)
+                          for f in dataclasses.fields(self.initial_config)})
+        self._load_rule_file()
+
+    async def advance_clock(self, seconds: float) -> float:
+        if not isinstance(self.clock, VirtualClock):
+            raise ConfigError("the clock is real: start the emulator with --clock virtual to advance it")
+        return await self.clock.advance(seconds)

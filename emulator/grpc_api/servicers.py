@@ -1,0 +1,349 @@
+"""The gRPC services: each method parses, calls the engine, and maps errors; nothing more."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grpc
+
+from emulator._proto.icllm.v1 import canister_pb2 as pb
+from emulator._proto.icllm.v1 import canister_pb2_grpc
+from emulator._proto.icllm.v1 import control_pb2 as cpb
+from emulator._proto.icllm.v1 import control_pb2_grpc
+from emulator._proto.icllm.v1 import worker_pb2 as wpb
+from emulator._proto.icllm.v1 import worker_pb2_grpc
+from emulator.backends import ToolPolicy
+from emulator.config import CUSTOM_PROFILE, ConfigError, EmulatorConfig, choice, profile_limits
+from emulator.domain import Answer, Limits, Reject, RejectCode
+from emulator.engine import Engine
+from emulator.grpc_api import convert
+from emulator.grpc_api.status import caller_of, rpc
+from emulator.history import CallRecord
+from emulator.queue import Job
+from emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
+from emulator.workers import lease_of
+
+MAX_POLL_SECONDS = 60.0
+
+
+class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc
+    async def V0Chat(self, request: pb.V0ChatRequest, context: grpc.aio.ServicerContext) -> pb.V0ChatResponse:
+        caller, _cycles = caller_of(context)
+        answer = await self.engine.canister.chat(convert.v0_request(request), caller)
+        return pb.V0ChatResponse(text=answer.message.content or "")
+
+    @rpc
+    async def V1Chat(self, request: pb.V1ChatRequest, context: grpc.aio.ServicerContext) -> pb.V1ChatResponse:
+        caller, _cycles = caller_of(context)
+        answer = await self.engine.canister.chat(convert.v1_request(request), caller)
+        return pb.V1ChatResponse(message=convert.assistant_message_pb(answer.message))
+
+
+class AiWorkerServicer(worker_pb2_grpc.AiWorkerServicer):
+    """External workers lease unscripted jobs; scripted ones are for the built-in workers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc
+    async def Poll(self, request: wpb.PollRequest, context: grpc.aio.ServicerContext) -> wpb.PollResponse:
+        worker_id = _worker_id(request.worker_id)
+        if not 0 <= request.wait_seconds <= MAX_POLL_SECONDS:
+            raise convert.BadRequest(f"wait_seconds must be 0-{MAX_POLL_SECONDS:g}, got {request.wait_seconds}")
+        models = set(request.models)
+
+        def accept(job: Job) -> bool:
+            return job.rule is None and (not models or job.request.model in models)
+
+        job = await self.engine.queue.lease(worker_id, wait=request.wait_seconds, accept=accept)
+        if job is None:
+            return wpb.PollResponse()
+        lease = lease_of(job)
+        return wpb.PollResponse(
+            job=wpb.Job(
+                id=lease.job_id,
+                attempt=lease.attempt,
+                lease_deadline=lease.lease_deadline,
+                request=convert.v1_request_pb(lease.request),
+                max_output_tokens=lease.max_output_tokens,
+            )
+        )
+
+    @rpc
+    async def Renew(self, request: wpb.RenewRequest, context: grpc.aio.ServicerContext) -> wpb.RenewResponse:
+        deadline = self.engine.queue.renew(request.job_id, request.attempt, _worker_id(request.worker_id))
+        return wpb.RenewResponse(lease_deadline=deadline)
+
+    @rpc
+    async def Submit(self, request: wpb.SubmitRequest, context: grpc.aio.ServicerContext) -> wpb.SubmitResponse:
+        worker_id = _worker_id(request.worker_id)
+        queue = self.engine.queue
+        kind = request.WhichOneof("outcome")
+        if kind == "completion":
+            done = request.completion
+            answer = Answer(convert.assistant_message(done.message), done.output_tokens, done.truncated)
+            queue.complete(request.job_id, request.attempt, worker_id, answer)
+        elif kind == "failure" and request.failure.retry:
+            queue.retry(request.job_id, request.attempt, worker_id, request.failure.message)
+        elif kind == "failure":
+            failure = Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {request.failure.message}")
+            queue.complete(request.job_id, request.attempt, worker_id, failure)
+        else:
+            raise convert.BadRequest("a submission needs an outcome: set completion or failure")
+        return wpb.SubmitResponse()
+
+
+def _worker_id(worker_id: str) -> str:
+    if not worker_id.strip():
+        raise convert.BadRequest("worker_id is empty: name the worker (any text, unique per worker)")
+    return worker_id
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc
+    async def Reset(self, request: cpb.ResetRequest, context: grpc.aio.ServicerContext) -> cpb.ResetResponse:
+        self.engine.reset()
+        return cpb.ResetResponse()
+
+    @rpc
+    async def GetConfig(self, request: cpb.GetConfigRequest, context: grpc.aio.ServicerContext) -> cpb.EmulatorConfig:
+        return config_pb(self.engine.config)
+
+    @rpc
+    async def Configure(self, request: cpb.ConfigureRequest, context: grpc.aio.ServicerContext) -> cpb.EmulatorConfig:
+        return config_pb(self.engine.configure(**config_changes(request, self.engine.config)))
+
+    @rpc
+    async def AddRules(self, request: cpb.AddRulesRequest, context: grpc.aio.ServicerContext) -> cpb.AddRulesResponse:
+        rules = [rule_from_pb(rule, index) for index, rule in enumerate(request.rules)]
+        return cpb.AddRulesResponse(rule_ids=[self.engine.rules.add(rule).id for rule in rules])
+
+    @rpc
+    async def ListRules(
+        self, request: cpb.ListRulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListRulesResponse:
+        return cpb.ListRulesResponse(rules=[rule_state_pb(state) for state in self.engine.rules.states])
+
+    @rpc
+    async def ClearRules(
+        self, request: cpb.ClearRulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ClearRulesResponse:
+        self.engine.rules.clear()
+        return cpb.ClearRulesResponse()
+
+    @rpc
+    async def SetHold(self, request: cpb.SetHoldRequest, context: grpc.aio.ServicerContext) -> cpb.SetHoldResponse:
+        self.engine.queue.set_hold(request.hold)
+        return cpb.SetHoldResponse()
+
+    @rpc
+    async def Release(self, request: cpb.ReleaseRequest, context: grpc.aio.ServicerContext) -> cpb.ReleaseResponse:
+        queue = self.engine.queue
+        if request.all == bool(request.job_ids):
+            raise convert.BadRequest("name the jobs to release in job_ids, or set all (not both)")
+        ids = [job.id for job in queue.held()] if request.all else list(request.job_ids)
+        return cpb.ReleaseResponse(job_ids=queue.release(ids))
+
+    @rpc
+    async def SetPaused(
+        self, request: cpb.SetPausedRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.SetPausedResponse:
+        self.engine.queue.set_paused(request.paused)
+        return cpb.SetPausedResponse()
+
+    @rpc
+    async def ListJobs(self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext) -> cpb.ListJobsResponse:
+        return cpb.ListJobsResponse(jobs=[job_pb(job) for job in self.engine.queue.jobs()])
+
+    @rpc
+    async def GetHistory(
+        self, request: cpb.GetHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.GetHistoryResponse:
+        return cpb.GetHistoryResponse(calls=[record_pb(r) for r in self.engine.history.records])
+
+    @rpc
+    async def GetStats(self, request: cpb.GetStatsRequest, context: grpc.aio.ServicerContext) -> cpb.Stats:
+        stats = self.engine.history.stats(self.engine.queue)
+        return cpb.Stats(
+            calls=stats.calls,
+            answered=stats.answered,
+            rejected=stats.rejected,
+            pending=stats.pending,
+            rejects_by_code=stats.rejects_by_code,
+            queue_depth=stats.queue_depth,
+            in_flight=stats.in_flight,
+            held=stats.held,
+            input_tokens=stats.input_tokens,
+            output_tokens=stats.output_tokens,
+            latency_p50_ms=stats.latency_ms["p50"],
+            latency_p90_ms=stats.latency_ms["p90"],
+            latency_p99_ms=stats.latency_ms["p99"],
+            latency_max_ms=stats.latency_ms["max"],
+        )
+
+    @rpc
+    async def AdvanceClock(
+        self, request: cpb.AdvanceClockRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.AdvanceClockResponse:
+        if request.seconds < 0:
+            raise convert.BadRequest(f"seconds must be 0 or more: the clock only moves forward, got {request.seconds}")
+        try:
+            now = await self.engine.advance_clock(request.seconds)
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return cpb.AdvanceClockResponse(now=now)
+
+
+# -- control-plane conversions ---------------------------------------------------------------------
+
+
+def limits_pb(limits: Limits) -> cpb.Limits:
+    return cpb.Limits(
+        max_messages=limits.max_messages,
+        max_prompt_bytes=limits.max_prompt_bytes,
+        max_output_tokens=limits.max_output_tokens,
+    )
+
+
+def config_pb(config: EmulatorConfig) -> cpb.EmulatorConfig:
+    return cpb.EmulatorConfig(
+        profile=config.profile,
+        limits=limits_pb(config.limits),
+        models=list(config.models),
+        default_model=config.default_model,
+        seed=config.seed,
+        workers=config.workers,
+        tool_policy=config.tool_policy.value,
+        strict_requests=config.strict_requests,
+        strict_rules=config.strict_rules,
+        max_attempts=config.max_attempts,
+        lease_seconds=config.lease_seconds,
+        queue_capacity=config.queue_capacity,
+        caller_deadline_seconds=config.caller_deadline,
+        backend=config.backend.value,
+        clock=config.clock.value,
+    )
+
+
+def config_changes(request: cpb.ConfigureRequest, current: EmulatorConfig) -> dict[str, Any]:
+    """The settings a Configure request changes, as EmulatorConfig field values."""
+    changes: dict[str, Any] = {}
+    if request.HasField("profile"):
+        changes["profile"] = request.profile
+        changes["limits"] = profile_limits(request.profile)
+    if request.HasField("limits"):
+        base = changes.get("limits", current.limits)
+        given = {f: getattr(request.limits, f) for f in ("max_messages", "max_prompt_bytes", "max_output_tokens")
+                 if request.limits.HasField(f)}
+        changes["limits"] = dataclasses.replace(base, **given)
+        changes["profile"] = CUSTOM_PROFILE
+    if request.models:
+        changes["models"] = tuple(request.models)
+    if request.HasField("tool_policy"):
+        changes["tool_policy"] = choice(ToolPolicy, request.tool_policy, "tool policy")
+    simple = ("seed", "workers", "strict_requests", "strict_rules", "max_attempts", "lease_seconds", "queue_capacity")
+    changes.update({name: getattr(request, name) for name in simple if request.HasField(name)})
+    if request.HasField("caller_deadline_seconds") and request.clear_caller_deadline:
+        raise ConfigError("set caller_deadline_seconds or clear_caller_deadline, not both")
+    if request.HasField("caller_deadline_seconds"):
+        changes["caller_deadline"] = request.caller_deadline_seconds
+    if request.clear_caller_deadline:
+        changes["caller_deadline"] = None
+    return changes
+
+
+def rule_from_pb(rule: cpb.Rule, index: int) -> Rule:
+    match = rule.match
+    action: Action
+    kind = rule.action.WhichOneof("outcome")
+    if kind == "reply":
+        action = Reply(convert.assistant_message(pb.AssistantMessage(
+            content=rule.action.reply.content if rule.action.reply.HasField("content") else None,
+            tool_calls=rule.action.reply.tool_calls,
+        )))
+    elif kind == "reject":
+        action = Reject(parse_reject_code(rule.action.reject.code), rule.action.reject.message)
+    elif kind == "hang":
+        action = Hang()
+    else:
+        raise convert.BadRequest(f"rules[{index}].action needs an outcome: reply, reject or hang")
+    return Rule(
+        Match(
+            model=match.model if match.HasField("model") else None,
+            contains=match.contains if match.HasField("contains") else None,
+            regex=match.regex if match.HasField("regex") else None,
+            role=parse_role(match.role) if match.HasField("role") else None,
+            tool=match.tool if match.HasField("tool") else None,
+        ),
+        action,
+        delay=rule.action.delay_seconds,
+        times=rule.times if rule.HasField("times") else None,
+        id=rule.id,
+    )
+
+
+def rule_pb(rule: Rule) -> cpb.Rule:
+    match = rule.match
+    action = cpb.RuleAction(delay_seconds=rule.delay)
+    if isinstance(rule.action, Reply):
+        message = convert.assistant_message_pb(rule.action.message)
+        action.reply.CopyFrom(cpb.ReplyAction(
+            content=message.content if message.HasField("content") else None, tool_calls=message.tool_calls
+        ))
+    elif isinstance(rule.action, Reject):
+        action.reject.CopyFrom(cpb.RejectAction(code=int(rule.action.code), message=rule.action.message))
+    else:
+        action.hang.SetInParent()
+    return cpb.Rule(
+        id=rule.id,
+        match=cpb.RuleMatch(model=match.model, contains=match.contains, regex=match.regex,
+                            role=match.role.value if match.role else None, tool=match.tool),
+        action=action,
+        times=rule.times,
+    )
+
+
+def rule_state_pb(state: RuleState) -> cpb.RuleState:
+    return cpb.RuleState(rule=rule_pb(state.rule), uses=state.uses)
+
+
+def job_pb(job: Job) -> cpb.JobInfo:
+    return cpb.JobInfo(
+        id=job.id, state=job.state.value, attempt=job.attempt, model=job.request.model, caller=job.caller,
+        worker_id=job.worker_id, rule_id=job.rule.id if job.rule else "",
+    )
+
+
+def record_pb(record: CallRecord) -> cpb.CallRecord:
+    job = record.job
+    message = cpb.CallRecord(
+        id=record.id,
+        method=record.api.value,
+        caller=record.caller,
+        request=convert.v1_request_pb(record.request),
+        warnings=list(record.warnings),
+        received_at=record.received_at,
+        first_leased_at=job.first_leased_at if job else None,
+        finished_at=job.finished_at if job else None,
+        attempts=job.attempt if job else 0,
+        job_state=record.job_state,
+        rule_id=job.rule.id if job and job.rule else "",
+        worker_id=job.worker_id if job else "",
+        input_tokens=record.input_tokens,
+    )
+    outcome = record.outcome
+    if isinstance(outcome, Answer):
+        message.message.CopyFrom(convert.assistant_message_pb(outcome.message))
+        message.output_tokens = outcome.output_tokens
+        message.truncated = outcome.truncated
+    elif isinstance(outcome, Reject):
+        message.reject.CopyFrom(cpb.RejectInfo(code=int(outcome.code), message=outcome.message))
+    return message

@@ -1,0 +1,89 @@
+"""How rejects and misuse travel over gRPC.
+
+A canister reject is a gRPC error with trailing metadata `icllm-reject-code` (1-6) and the reject
+message as the status details. Each IC code has one gRPC status, so a plain gRPC client can react
+to it too; INTERNAL is kept for faults of the emulator itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from emulator.config import ANONYMOUS_PRINCIPAL, ConfigError
+from emulator.domain import Reject, RejectCode
+from emulator.grpc_api.convert import BadRequest
+from emulator.queue import LeaseLost, UnknownJob
+from emulator.rules import RuleError
+
+REJECT_CODE_KEY = "icllm-reject-code"
+CALLER_KEY = "icllm-caller"
+CYCLES_KEY = "icllm-cycles"
+
+GRPC_STATUS: dict[RejectCode, grpc.StatusCode] = {
+    RejectCode.SYS_FATAL: grpc.StatusCode.ABORTED,
+    RejectCode.SYS_TRANSIENT: grpc.StatusCode.UNAVAILABLE,
+    RejectCode.DESTINATION_INVALID: grpc.StatusCode.NOT_FOUND,
+    RejectCode.CANISTER_REJECT: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectCode.CANISTER_ERROR: grpc.StatusCode.UNKNOWN,
+    RejectCode.SYS_UNKNOWN: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
+_PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
+
+
+async def abort_with_reject(context: grpc.aio.ServicerContext, reject: Reject) -> NoReturn:
+    await context.abort(
+        GRPC_STATUS[reject.code],
+        reject.message,
+        trailing_metadata=((REJECT_CODE_KEY, str(int(reject.code))),),
+    )
+    raise AssertionError("abort returns only by raising")
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> tuple[str, int]:
+    """The calling principal and the cycles attached, from request metadata."""
+    metadata = dict(context.invocation_metadata() or ())
+    caller = str(metadata.get(CALLER_KEY, ANONYMOUS_PRINCIPAL)).strip()
+    if not _PRINCIPAL.match(caller):
+        raise BadRequest(
+            f"metadata {CALLER_KEY} {caller!r} is not a textual principal "
+            f"(lower-case base32 groups joined by dashes, e.g. {ANONYMOUS_PRINCIPAL})"
+        )
+    cycles_text = str(metadata.get(CYCLES_KEY, "0")).strip()
+    if not cycles_text.isdigit():
+        raise BadRequest(f"metadata {CYCLES_KEY} {cycles_text!r} is not a natural number of cycles")
+    return caller, int(cycles_text)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+_MISUSE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RuleError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownJob, grpc.StatusCode.NOT_FOUND),
+    (LeaseLost, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def rpc(handler: Handler) -> Handler:
+    """Map a handler's rejects and misuse errors to gRPC statuses; nothing else is caught."""
+
+    @wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except Reject as reject:
+            await abort_with_reject(context, reject)
+        except tuple(kind for kind, _ in _MISUSE) as error:
+            status = next(code for kind, code in _MISUSE if isinstance(error, kind))
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            await context.abort(status, message)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,251 @@
+"""Scripted answers: rules that match a request and say what the AI worker does with it.
+
+Rules are tried in the order they were added; the first that matches and has uses left answers.
+`contains` and `regex` look at the content of every message (only messages of `role` when that is
+given); `tool` asks that the request offers a tool of that name. A rule file (YAML or JSON) holds
+`rules: [{match: {...}, reply: ... | reject: {...} | hang: true, delay: S, times: N}]`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emulator.domain import (
+    AssistantMessage,
+    ChatRequest,
+    FunctionCall,
+    Reject,
+    RejectCode,
+    Role,
+    ToolCall,
+    ToolCallArgument,
+)
+
+
+class RuleError(ValueError):
+    """A rule that cannot work: the message says what was wrong and what would be valid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    model: str | None = None
+    contains: str | None = None
+    regex: str | None = None
+    role: Role | None = None
+    tool: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as error:
+                raise RuleError(f"regex {self.regex!r} is not a valid regular expression: {error}") from None
+
+    def mismatches(self, request: ChatRequest) -> list[str]:
+        """Why this match does not fit the request; empty when it does."""
+        why = []
+        if self.model is not None and request.model != self.model:
+            why.append(f"model is {request.model!r}, not {self.model!r}")
+        contents = [m.content or "" for m in request.messages if self.role is None or m.role is self.role]
+        scope = f"{self.role.value} message" if self.role else "message"
+        if self.role is not None and not contents:
+            why.append(f"no {scope} in the request")
+        if self.contains is not None and not any(self.contains in text for text in contents):
+            why.append(f"no {scope} contains {self.contains!r}")
+        if self.regex is not None and not any(re.search(self.regex, text) for text in contents):
+            why.append(f"no {scope} matches /{self.regex}/")
+        if self.tool is not None and all(t.name != self.tool for t in request.tools):
+            offered = ", ".join(t.name for t in request.tools) or "none"
+            why.append(f"tool {self.tool!r} is not offered (offered: {offered})")
+        return why
+
+    def describe(self) -> str:
+        fields = {k: getattr(self, k) for k in ("model", "contains", "regex", "role", "tool")}
+        shown = ", ".join(f"{k}={v!r}" if k != "role" else f"role={v.value!r}" for k, v in fields.items() if v)
+        return f"match({shown})" if shown else "match(any request)"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    message: AssistantMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Hang:
+    """The worker takes the job and never answers."""
+
+
+Action = Reply | Reject | Hang
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    match: Match
+    action: Action
+    delay: float = 0.0
+    times: int | None = None
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.delay < 0:
+            raise RuleError(f"delay must be 0 or more seconds, got {self.delay}")
+        if self.times is not None and self.times < 1:
+            raise RuleError(f"times must be 1 or more (leave it out for any number), got {self.times}")
+
+
+@dataclass(slots=True)
+class RuleState:
+    rule: Rule
+    uses: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.rule.times is not None and self.uses >= self.rule.times
+
+
+@dataclass
+class RuleBook:
+    """The rules in force, with how often each has answered."""
+
+    states: list[RuleState] = field(default_factory=list)
+    _ids: Iterable[int] = field(default_factory=lambda: itertools.count(1))
+
+    def add(self, rule: Rule) -> Rule:
+        if not rule.id:
+            rule = Rule(rule.match, rule.action, rule.delay, rule.times, id=f"rule-{next(iter(self._ids))}")
+        elif any(state.rule.id == rule.id for state in self.states):
+            raise RuleError(f"a rule with id {rule.id!r} exists already; ids must be unique")
+        self.states.append(RuleState(rule))
+        return rule
+
+    def clear(self) -> None:
+        self.states.clear()
+        self._ids = itertools.count(1)
+
+    def select(self, request: ChatRequest) -> Rule | None:
+        """The first matching rule with uses left, counting this use."""
+        for state in self.states:
+            if not state.exhausted and not state.rule.match.mismatches(request):
+                state.uses += 1
+                return state.rule
+        return None
+
+    def explain_miss(self, request: ChatRequest) -> str:
+        """What arrived and why each rule did not answer it (strict mode's reject message)."""
+        last = request.messages[-1] if request.messages else None
+        prompt = (last.content or "") if last else ""
+        lines = [f"no scripted rule matches this request (strict mode): model {request.model!r}, "
+                 f"{len(request.messages)} messages, last {last.role.value if last else '-'}: {prompt[:200]!r}"]
+        if not self.states:
+            lines.append("no rules are defined; add one with the Control service or --rules FILE")
+        for state in self.states:
+            rule = state.rule
+            why = ["used up" + f" ({state.uses} of {rule.times} uses)"] if state.exhausted else []
+            why += rule.match.mismatches(request)
+            lines.append(f"- {rule.id} {rule.match.describe()}: {'; '.join(why)}")
+        return "\n".join(lines)
+
+
+# -- rule files ------------------------------------------------------------------------------------
+
+_RULE_KEYS = {"id", "match", "reply", "reject", "hang", "delay", "times"}
+_MATCH_KEYS = {"model", "contains", "regex", "role", "tool"}
+
+
+def load_rules(path: Path) -> list[Rule]:
+    """Rules from a YAML or JSON file (JSON is YAML too); errors name the file and the rule."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise RuleError(f"cannot read rules from {path}: {error}") from None
+    if isinstance(document, Mapping):
+        document = document.get("rules")
+    if not isinstance(document, list):
+        raise RuleError(f"{path}: expected `rules:` holding a list of rules")
+    rules = []
+    for index, item in enumerate(document, start=1):
+        try:
+            rules.append(rule_from_dict(item))
+        except RuleError as error:
+            raise RuleError(f"{path}: rule {index}: {error}") from None
+    return rules
+
+
+def rule_from_dict(item: Any) -> Rule:
+    """One rule from its plain-data form (as in a rule file)."""
+    if not isinstance(item, Mapping):
+        raise RuleError(f"a rule is a mapping, got {type(item).__name__}")
+    unknown = set(item) - _RULE_KEYS
+    if unknown:
+        raise RuleError(f"unknown keys {sorted(unknown)}; valid keys: {sorted(_RULE_KEYS)}")
+    outcomes = [key for key in ("reply", "reject", "hang") if key in item]
+    if len(outcomes) != 1:
+        raise RuleError(f"a rule needs exactly one of reply, reject, hang; got {outcomes or 'none'}")
+    match_data = item.get("match") or {}
+    if not isinstance(match_data, Mapping) or set(match_data) - _MATCH_KEYS:
+        raise RuleError(f"match must be a mapping with keys among {sorted(_MATCH_KEYS)}, got {match_data!r}")
+    match = Match(**{k: _text(v, k) for k, v in match_data.items() if k != "role"},
+                  role=parse_role(match_data["role"]) if "role" in match_data else None)
+    action: Action
+    if "reply" in outcomes:
+        action = Reply(_reply_message(item["reply"]))
+    elif "reject" in outcomes:
+        reject = item["reject"]
+        if not isinstance(reject, Mapping) or "code" not in reject:
+            raise RuleError("reject needs {code: 1-6, message: text}")
+        action = Reject(parse_reject_code(reject["code"]), str(reject.get("message", "")))
+    else:
+        action = Hang()
+    times = item.get("times")
+    return Rule(match, action, delay=float(item.get("delay", 0)), times=None if times is None else int(times),
+                id=str(item.get("id", "")))
+
+
+def _reply_message(reply: Any) -> AssistantMessage:
+    if isinstance(reply, str):
+        return AssistantMessage(content=reply)
+    if not isinstance(reply, Mapping):
+        raise RuleError("reply is a text or {content: text, tool_calls: [{id, name, arguments: {...}}]}")
+    calls = []
+    for index, call in enumerate(reply.get("tool_calls") or [], start=1):
+        if not isinstance(call, Mapping) or "name" not in call:
+            raise RuleError(f"tool call {index} needs a name (and optionally id and arguments)")
+        arguments = call.get("arguments") or {}
+        calls.append(ToolCall(
+            id=str(call.get("id") or f"call_{index}"),
+            function=FunctionCall(str(call["name"]), tuple(
+                ToolCallArgument(str(k), v if isinstance(v, str) else json.dumps(v))
+                for k, v in arguments.items()
+            )),
+        ))
+    content = reply.get("content")
+    return AssistantMessage(content=None if content is None else str(content), tool_calls=tuple(calls))
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise RuleError(f"match.{key} must be text, got {value!r}")
+    return value
+
+
+def parse_role(value: Any) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        raise RuleError(f"role {value!r} is not one of {', '.join(r.value for r in Role)}") from None
+
+
+def parse_reject_code(value: Any) -> RejectCode:
+    try:
+        return RejectCode(int(value))
+    except (TypeError, ValueError):
+        valid = ", ".join(f"{int(c)} {c.name}" for c in RejectCode)
+        raise RuleError(f"reject code {value!r} is not an IC reject code; valid: {valid}") from None

@@ -1,0 +1,159 @@
+"""The emulator process's servers around one engine: gRPC (with health and reflection) on loopback.
+
+`EmulatorServer` runs inside an event loop (the CLI's); `ThreadedEmulator` runs one in a background
+thread with its own loop, for the pytest plugin and for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from emulator._proto.icllm.v1 import canister_pb2, canister_pb2_grpc, control_pb2, control_pb2_grpc
+from emulator._proto.icllm.v1 import worker_pb2, worker_pb2_grpc
+from emulator.config import ConfigError, EmulatorConfig
+from emulator.engine import Engine
+from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
+
+log = logging.getLogger(__name__)
+
+# The IC refuses ingress and inter-canister messages above 2 MiB; so does the emulator.
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+SERVICE_NAMES = (
+    canister_pb2.DESCRIPTOR.services_by_name["LlmCanister"].full_name,
+    worker_pb2.DESCRIPTOR.services_by_name["AiWorker"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    host: str
+    grpc: int
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc}"
+
+
+class EmulatorServer:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.engine: Engine | None = None
+        self.ports: Ports | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> Ports:
+        """Listen, start the workers, then report SERVING and write the port file."""
+        engine = self.engine = Engine(self.config)
+        server = self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        canister_pb2_grpc.add_LlmCanisterServicer_to_server(LlmCanisterServicer(engine), server)
+        worker_pb2_grpc.add_AiWorkerServicer_to_server(AiWorkerServicer(engine), server)
+        control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(engine), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise ConfigError(f"cannot listen for gRPC on {address}: {error} (is the port in use?)") from None
+        await server.start()
+        engine.start()
+        self.ports = Ports(self.config.host, port)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.config.port_file:
+            write_port_file(Path(self.config.port_file), self.ports)
+        log.info("icllm emulator serving gRPC on %s", self.ports.grpc_target)
+        return self.ports
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let calls in flight finish within the grace period, then stop."""
+        grace = self.config.grace if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.engine is not None:
+            await self.engine.stop()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def write_port_file(path: Path, ports: Ports) -> None:
+    """Write the bound ports as JSON, atomically, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump({"host": ports.host, "grpc": ports.grpc, "grpc_target": ports.grpc_target}, handle)
+    os.replace(handle.name, path)
+
+
+class ThreadedEmulator:
+    """An emulator on its own event loop in a background thread; `with` starts and stops it."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.server = EmulatorServer(config)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="icllm-emulator", daemon=True)
+
+    @property
+    def ports(self) -> Ports:
+        assert self.server.ports is not None, "the emulator is not started"
+        return self.server.ports
+
+    @property
+    def engine(self) -> Engine:
+        assert self.server.engine is not None, "the emulator is not started"
+        return self.server.engine
+
+    def start(self) -> Ports:
+        self._thread.start()
+        try:
+            return asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, grace: float = 0.5) -> None:
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result()
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join()
+        self.loop.close()
+
+    def __enter__(self) -> ThreadedEmulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,134 @@
+"""AI workers: lease a job, produce its outcome, hand it in.
+
+The loop is the same for the emulator's built-in workers (which lease straight from the queue) and
+for an external worker process (which leases over the AiWorker gRPC service): only the `JobSource`
+differs. Built-in workers also carry out scripted rules; an external worker only runs its backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from emulator.backends import Backend
+from emulator.clock import Clock
+from emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
+from emulator.queue import Job, LeaseLost, PromptQueue, UnknownJob
+from emulator.rules import Hang, Reply, Rule
+from emulator.tokens import count_tokens, truncate_tokens
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    job_id: str
+    attempt: int
+    request: ChatRequest
+    max_output_tokens: int | None
+    lease_deadline: float
+    rule: Rule | None = None
+
+
+class JobSource(Protocol):
+    """Where a worker gets jobs and hands in outcomes."""
+
+    async def lease(self, worker_id: str) -> Lease | None: ...
+
+    async def renew(self, lease: Lease, worker_id: str) -> float: ...
+
+    async def submit(self, lease: Lease, worker_id: str, outcome: Answer | Reject) -> None: ...
+
+
+class QueueSource:
+    """The built-in workers' source: the queue itself, in the same process."""
+
+    def __init__(self, queue: PromptQueue) -> None:
+        self.queue = queue
+
+    async def lease(self, worker_id: str) -> Lease | None:
+        job = await self.queue.lease(worker_id)
+        return None if job is None else lease_of(job)
+
+    async def renew(self, lease: Lease, worker_id: str) -> float:
+        return self.queue.renew(lease.job_id, lease.attempt, worker_id)
+
+    async def submit(self, lease: Lease, worker_id: str, outcome: Answer | Reject) -> None:
+        self.queue.complete(lease.job_id, lease.attempt, worker_id, outcome)
+
+
+def lease_of(job: Job) -> Lease:
+    return Lease(job.id, job.attempt, job.request, job.max_output_tokens, job.lease_deadline, job.rule)
+
+
+class Hung(Exception):
+    """A scripted hang: the worker walks away from the job without a word."""
+
+
+def scripted_outcome(rule: Rule, max_output_tokens: int | None) -> Answer | Reject:
+    """What a rule's action gives, with text cut at the token cap like any answer."""
+    action = rule.action
+    if isinstance(action, Hang):
+        raise Hung(rule.id)
+    if isinstance(action, Reject):
+        return action
+    assert isinstance(action, Reply)
+    message = action.message
+    truncated = False
+    if message.content is not None:
+        content, truncated = truncate_tokens(message.content, max_output_tokens)
+        message = AssistantMessage(content=content, tool_calls=message.tool_calls)
+    return Answer(message, output_tokens=count_tokens(message.content or ""), truncated=truncated)
+
+
+class Worker:
+    """One AI worker: lease, answer, submit, until cancelled."""
+
+    def __init__(self, worker_id: str, source: JobSource, backend: Backend, clock: Clock) -> None:
+        self.worker_id = worker_id
+        self.source = source
+        self.backend = backend
+        self.clock = clock
+
+    async def run(self) -> None:
+        while True:
+            lease = await self.source.lease(self.worker_id)
+            if lease is not None:
+                await self.work(lease)
+
+    async def work(self, lease: Lease) -> None:
+        keeper = asyncio.ensure_future(self._keep_lease(lease))
+        try:
+            outcome = await self.respond(lease)
+        except Hung:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a backend bug must reach the caller as a reject, not kill the worker
+            log.exception("worker %s: backend failed on job %s", self.worker_id, lease.job_id)
+            outcome = Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
+        finally:
+            keeper.cancel()
+        try:
+            await self.source.submit(lease, self.worker_id, outcome)
+        except (LeaseLost, UnknownJob) as lost:
+            log.info("worker %s: answer for %s discarded: %s", self.worker_id, lease.job_id, lost)
+
+    async def respond(self, lease: Lease) -> Answer | Reject:
+        if lease.rule is not None:
+            if lease.rule.delay:
+                await self.clock.sleep_until(self.clock.now() + lease.rule.delay)
+            return scripted_outcome(lease.rule, lease.max_output_tokens)
+        return await self.backend.generate(lease.request, lease.max_output_tokens)
+
+    async def _keep_lease(self, lease: Lease) -> None:
+        """Renew the lease while the work goes on, as a live worker does."""
+        deadline = lease.lease_deadline
+        while True:
+            await self.clock.sleep_until(deadline - (deadline - self.clock.now()) / 2)
+            try:
+                deadline = await self.source.renew(lease, self.worker_id)
+            except (LeaseLost, UnknownJob):
+                return
