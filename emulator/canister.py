@@ -121,12 +121,21 @@ class Canister:
             rule = self.rules.select(request)
             if rule is None and config.strict_rules:
                 raise Reject(RejectCode.CANISTER_REJECT, self.rules.explain_miss(request))
-            record.job = job = self.queue.submit(
-                call_id, request, caller, config.limits.max_output_tokens, rule
-            )
+            try:
+                record.job = job = self.queue.submit(
+                    call_id, request, caller, config.limits.max_output_tokens, rule
+                )
+            except Reject:
+                if rule is not None:
+                    self.rules.refund(rule)
+                raise
             outcome = await self._wait(job.done, record.received_at, config.caller_deadline)
         except Reject as reject:
             self.history.close(record, reject)
+            raise
+        except asyncio.CancelledError:
+            # The caller hung up (a cancelled gRPC call); the job, if any, goes on as on the IC.
+            self.history.close(record, Reject(RejectCode.SYS_UNKNOWN, "the caller cancelled the call"))
             raise
         self.history.close(record, outcome)
         if isinstance(outcome, Reject):

@@ -6,7 +6,7 @@ One frozen value describes a running emulator; the Control service replaces it w
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from emulator.backends import ToolPolicy
@@ -59,7 +59,8 @@ class EmulatorConfig:
     port_file: str | None = None
     backend: BackendKind = BackendKind.FAKE
     profile: str = "current"
-    limits: Limits = field(default_factory=lambda: PROFILES["current"])
+    # Limits that override the profile's; the profile is then called "custom".
+    custom_limits: Limits | None = None
     models: tuple[str, ...] = DEFAULT_MODELS
     seed: int = 0
     tool_policy: ToolPolicy = ToolPolicy.AUTO
@@ -76,7 +77,18 @@ class EmulatorConfig:
     history_limit: int = 10_000
 
     def __post_init__(self) -> None:
+        # Accept plain strings (from env vars, ini files, JSON) for every enum setting.
+        object.__setattr__(self, "backend", choice(BackendKind, self.backend, "backend"))
+        object.__setattr__(self, "tool_policy", choice(ToolPolicy, self.tool_policy, "tool policy"))
+        object.__setattr__(self, "clock", choice(ClockKind, self.clock, "clock"))
+        object.__setattr__(self, "models", tuple(self.models))
+        if self.custom_limits is not None:
+            object.__setattr__(self, "profile", CUSTOM_PROFILE)
         self.validate()
+
+    @property
+    def limits(self) -> Limits:
+        return self.custom_limits or PROFILES[self.profile]
 
     @property
     def default_model(self) -> str:
@@ -85,11 +97,16 @@ class EmulatorConfig:
     def validate(self) -> None:
         checks = [
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
-            (self.queue_capacity >= 0, f"queue capacity must be 0 (unbounded) or more, got {self.queue_capacity}"),
+            (
+                self.queue_capacity >= 0,
+                f"queue capacity must be 0 (unbounded) or more, got {self.queue_capacity}",
+            ),
             (self.max_attempts >= 1, f"max attempts must be 1 or more, got {self.max_attempts}"),
             (self.lease_seconds > 0, f"lease seconds must be more than 0, got {self.lease_seconds}"),
-            (self.caller_deadline is None or self.caller_deadline > 0,
-             f"caller deadline must be more than 0 seconds, got {self.caller_deadline}"),
+            (
+                self.caller_deadline is None or self.caller_deadline > 0,
+                f"caller deadline must be more than 0 seconds, got {self.caller_deadline}",
+            ),
             (self.seed >= 0, f"seed must be 0 or more, got {self.seed}"),
             (bool(self.models), "the model catalogue needs at least one model"),
             (all(m.strip() for m in self.models), f"model names must not be empty, got {list(self.models)}"),
@@ -99,8 +116,12 @@ class EmulatorConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        for name, value in (("max messages", self.limits.max_messages),
-                            ("max prompt bytes", self.limits.max_prompt_bytes),
-                            ("max output tokens", self.limits.max_output_tokens)):
+        if self.custom_limits is None and self.profile not in PROFILES:
+            raise ConfigError(f"profile {self.profile!r} is not valid; choose one of: {', '.join(PROFILES)}")
+        for name, value in (
+            ("max messages", self.limits.max_messages),
+            ("max prompt bytes", self.limits.max_prompt_bytes),
+            ("max output tokens", self.limits.max_output_tokens),
+        ):
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be 0 or more (or absent for no limit), got {value}")

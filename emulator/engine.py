@@ -90,8 +90,9 @@ class Engine:
         self.queue.reset()
         self.rules.clear()
         self.history.clear()
-        self.configure(**{f.name: getattr(self.initial_config, f.name)
-                          for f in dataclasses.fields(self.initial_config)})
+        self.configure(
+            **{f.name: getattr(self.initial_config, f.name) for f in dataclasses.fields(self.initial_config)}
+        )
         self._load_rule_file()
 
     async def advance_clock(self, seconds: float) -> float:

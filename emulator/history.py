@@ -52,6 +52,7 @@ class History:
     def __init__(self, limit: int = 10_000) -> None:
         self.records: collections.deque[CallRecord] = collections.deque(maxlen=limit)
         self._latencies: collections.deque[float] = collections.deque(maxlen=limit)
+        self._open: set[CallRecord] = set()
         self._reset_totals()
 
     def _reset_totals(self) -> None:
@@ -61,6 +62,7 @@ class History:
 
     def open(self, record: CallRecord) -> CallRecord:
         self.records.append(record)
+        self._open.add(record)
         self.calls += 1
         self.input_tokens += record.input_tokens
         return record
@@ -69,6 +71,9 @@ class History:
         """What the caller received: called exactly once per call."""
         record.outcome = outcome
         record.latency_ms = (time.perf_counter() - record.started) * 1000
+        if record not in self._open:
+            return  # received before the last clear: it is not among the totals
+        self._open.remove(record)
         self._latencies.append(record.latency_ms)
         if isinstance(outcome, Answer):
             self.answered += 1
@@ -80,6 +85,7 @@ class History:
     def clear(self) -> None:
         self.records.clear()
         self._latencies.clear()
+        self._open.clear()
         self._reset_totals()
 
     def stats(self, queue: PromptQueue) -> Stats:
@@ -95,8 +101,10 @@ class History:
             held=queue.count(JobState.HELD),
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
-            latency_ms={name: _percentile(ordered, q) for name, q in
-                        (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))},
+            latency_ms={
+                name: _percentile(ordered, q)
+                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+            },
         )
 
 

@@ -54,6 +54,7 @@ class Job:
     finished_at: float | None = None
     outcome: Outcome | None = None
     held_outcome: Outcome | None = field(default=None, repr=False)
+    expiry: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -108,9 +109,18 @@ class PromptQueue:
     # -- workers ---------------------------------------------------------------------------------
 
     async def lease(
-        self, worker_id: str, *, wait: float | None = None, accept: Callable[[Job], bool] | None = None
+        self,
+        worker_id: str,
+        *,
+        wait: float | None = None,
+        accept: Callable[[Job], bool] | None = None,
+        expires: bool = True,
     ) -> Job | None:
-        """The oldest waiting job that `accept` takes, leased to `worker_id`; None after `wait` seconds."""
+        """The oldest waiting job that `accept` takes, leased to `worker_id`; None after `wait` seconds.
+
+        `expires=False` is for the built-in workers, which live in this process and cannot vanish
+        unnoticed: their leases start running out only when they `abandon` the job.
+        """
 
         def pick() -> Job | None:
             if self._paused:
@@ -143,8 +153,18 @@ class PromptQueue:
         job.lease_deadline = now + self.lease_seconds
         if job.first_leased_at is None:
             job.first_leased_at = now
-        asyncio.get_running_loop().create_task(self._expire(job, job.attempt))
+        if expires:
+            self._start_expiry(job)
         return job
+
+    def abandon(self, job_id: str, attempt: int, worker_id: str) -> None:
+        """The worker walked away without a word: from now on its lease runs out like any other."""
+        job = self._leased(job_id, attempt, worker_id)
+        job.lease_deadline = self.clock.now() + self.lease_seconds
+        self._start_expiry(job)
+
+    def _start_expiry(self, job: Job) -> None:
+        job.expiry = asyncio.get_running_loop().create_task(self._expire(job, job.attempt))
 
     def renew(self, job_id: str, attempt: int, worker_id: str) -> float:
         """Extend a held lease; returns the new deadline."""
@@ -184,6 +204,7 @@ class PromptQueue:
             await self.clock.sleep_until(job.lease_deadline)
 
     def _requeue(self, job: Job, reason: str) -> None:
+        self._stop_expiry(job)
         if job.attempt >= self.max_attempts:
             self._finish(
                 job,
@@ -198,7 +219,14 @@ class PromptQueue:
         self._waiting.appendleft(job)
         self._notify()
 
+    @staticmethod
+    def _stop_expiry(job: Job) -> None:
+        if job.expiry is not None and job.expiry is not asyncio.current_task():
+            job.expiry.cancel()
+        job.expiry = None
+
     def _finish(self, job: Job, outcome: Outcome) -> None:
+        self._stop_expiry(job)
         job.state = JobState.DONE if isinstance(outcome, Answer) else JobState.FAILED
         job.outcome = outcome
         job.held_outcome = None
@@ -221,6 +249,8 @@ class PromptQueue:
                 held = ", ".join(j.id for j in self.held()) or "none"
                 state = "unknown or finished" if job is None else job.state.value
                 raise UnknownJob(f"job '{job_id}' is not held (it is {state}); held jobs: {held}")
+            if job in jobs:
+                raise UnknownJob(f"job '{job_id}' is named more than once; each held job is released once")
             jobs.append(job)
         for job in jobs:
             assert job.held_outcome is not None
@@ -252,7 +282,9 @@ class PromptQueue:
     def reset(self) -> None:
         """Reject every unfinished job and forget hold and pause."""
         for job in list(self._jobs.values()):
-            self._finish(job, Reject(RejectCode.SYS_TRANSIENT, "the emulator was reset while the call waited"))
+            self._finish(
+                job, Reject(RejectCode.SYS_TRANSIENT, "the emulator was reset while the call waited")
+            )
         self._waiting.clear()
         self._hold = False
         self.set_paused(False)

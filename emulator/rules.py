@@ -69,7 +69,9 @@ class Match:
 
     def describe(self) -> str:
         fields = {k: getattr(self, k) for k in ("model", "contains", "regex", "role", "tool")}
-        shown = ", ".join(f"{k}={v!r}" if k != "role" else f"role={v.value!r}" for k, v in fields.items() if v)
+        shown = ", ".join(
+            f"{k}={v!r}" if k != "role" else f"role={v.value!r}" for k, v in fields.items() if v
+        )
         return f"match({shown})" if shown else "match(any request)"
 
 
@@ -119,9 +121,11 @@ class RuleBook:
     _ids: Iterable[int] = field(default_factory=lambda: itertools.count(1))
 
     def add(self, rule: Rule) -> Rule:
+        taken = {state.rule.id for state in self.states}
         if not rule.id:
-            rule = Rule(rule.match, rule.action, rule.delay, rule.times, id=f"rule-{next(iter(self._ids))}")
-        elif any(state.rule.id == rule.id for state in self.states):
+            new_id = next(rule_id for rule_id in (f"rule-{n}" for n in self._ids) if rule_id not in taken)
+            rule = Rule(rule.match, rule.action, rule.delay, rule.times, id=new_id)
+        elif rule.id in taken:
             raise RuleError(f"a rule with id {rule.id!r} exists already; ids must be unique")
         self.states.append(RuleState(rule))
         return rule
@@ -138,12 +142,21 @@ class RuleBook:
                 return state.rule
         return None
 
+    def refund(self, rule: Rule) -> None:
+        """Give back the use `select` counted, for a call that never reached a worker."""
+        for state in self.states:
+            if state.rule is rule and state.uses:
+                state.uses -= 1
+                return
+
     def explain_miss(self, request: ChatRequest) -> str:
         """What arrived and why each rule did not answer it (strict mode's reject message)."""
         last = request.messages[-1] if request.messages else None
         prompt = (last.content or "") if last else ""
-        lines = [f"no scripted rule matches this request (strict mode): model {request.model!r}, "
-                 f"{len(request.messages)} messages, last {last.role.value if last else '-'}: {prompt[:200]!r}"]
+        lines = [
+            f"no scripted rule matches this request (strict mode): model {request.model!r}, "
+            f"{len(request.messages)} messages, last {last.role.value if last else '-'}: {prompt[:200]!r}"
+        ]
         if not self.states:
             lines.append("no rules are defined; add one with the Control service or --rules FILE")
         for state in self.states:
@@ -192,8 +205,10 @@ def rule_from_dict(item: Any) -> Rule:
     match_data = item.get("match") or {}
     if not isinstance(match_data, Mapping) or set(match_data) - _MATCH_KEYS:
         raise RuleError(f"match must be a mapping with keys among {sorted(_MATCH_KEYS)}, got {match_data!r}")
-    match = Match(**{k: _text(v, k) for k, v in match_data.items() if k != "role"},
-                  role=parse_role(match_data["role"]) if "role" in match_data else None)
+    match = Match(
+        **{k: _text(v, k) for k, v in match_data.items() if k != "role"},
+        role=parse_role(match_data["role"]) if "role" in match_data else None,
+    )
     action: Action
     if "reply" in outcomes:
         action = Reply(_reply_message(item["reply"]))
@@ -203,10 +218,26 @@ def rule_from_dict(item: Any) -> Rule:
             raise RuleError("reject needs {code: 1-6, message: text}")
         action = Reject(parse_reject_code(reject["code"]), str(reject.get("message", "")))
     else:
+        if item["hang"] is not True:
+            raise RuleError(f"hang must be true (leave it out to answer), got {item['hang']!r}")
         action = Hang()
     times = item.get("times")
-    return Rule(match, action, delay=float(item.get("delay", 0)), times=None if times is None else int(times),
-                id=str(item.get("id", "")))
+    return Rule(
+        match,
+        action,
+        delay=_number(item.get("delay", 0), "delay", float),
+        times=None if times is None else _number(times, "times", int),
+        id=str(item.get("id", "")),
+    )
+
+
+def _number(value: Any, key: str, kind: type[float] | type[int]) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RuleError(f"{key} must be a number, got {value!r}")
+    try:
+        return kind(value)
+    except (ValueError, OverflowError):
+        raise RuleError(f"{key} must be a number, got {value!r}") from None
 
 
 def _reply_message(reply: Any) -> AssistantMessage:
@@ -219,13 +250,20 @@ def _reply_message(reply: Any) -> AssistantMessage:
         if not isinstance(call, Mapping) or "name" not in call:
             raise RuleError(f"tool call {index} needs a name (and optionally id and arguments)")
         arguments = call.get("arguments") or {}
-        calls.append(ToolCall(
-            id=str(call.get("id") or f"call_{index}"),
-            function=FunctionCall(str(call["name"]), tuple(
-                ToolCallArgument(str(k), v if isinstance(v, str) else json.dumps(v))
-                for k, v in arguments.items()
-            )),
-        ))
+        if not isinstance(arguments, Mapping):
+            raise RuleError(f"tool call {index}: arguments must be a mapping name: value, got {arguments!r}")
+        calls.append(
+            ToolCall(
+                id=str(call.get("id") or f"call_{index}"),
+                function=FunctionCall(
+                    str(call["name"]),
+                    tuple(
+                        ToolCallArgument(str(k), v if isinstance(v, str) else json.dumps(v))
+                        for k, v in arguments.items()
+                    ),
+                ),
+            )
+        )
     content = reply.get("content")
     return AssistantMessage(content=None if content is None else str(content), tool_calls=tuple(calls))
 

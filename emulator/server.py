@@ -20,8 +20,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from emulator._proto.icllm.v1 import canister_pb2, canister_pb2_grpc, control_pb2, control_pb2_grpc
-from emulator._proto.icllm.v1 import worker_pb2, worker_pb2_grpc
+from emulator._proto.icllm.v1 import (
+    canister_pb2,
+    canister_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 from emulator.config import ConfigError, EmulatorConfig
 from emulator.engine import Engine
 from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
@@ -70,7 +76,11 @@ class EmulatorServer:
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -8,6 +8,7 @@ differs. Built-in workers also carry out scripted rules; an external worker only
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,7 +36,12 @@ class Lease:
 class JobSource(Protocol):
     """Where a worker gets jobs and hands in outcomes."""
 
+    # Leases from this source run out unless the worker renews them while it works.
+    renews: bool
+
     async def lease(self, worker_id: str) -> Lease | None: ...
+
+    async def abandon(self, lease: Lease, worker_id: str) -> None: ...
 
     async def renew(self, lease: Lease, worker_id: str) -> float: ...
 
@@ -43,14 +49,23 @@ class JobSource(Protocol):
 
 
 class QueueSource:
-    """The built-in workers' source: the queue itself, in the same process."""
+    """The built-in workers' source: the queue itself, in the same process.
+
+    A built-in worker cannot vanish unnoticed, so its leases need no renewal; when it walks away
+    from a job (a scripted hang, or the worker is stopped) the lease starts running out.
+    """
+
+    renews = False
 
     def __init__(self, queue: PromptQueue) -> None:
         self.queue = queue
 
     async def lease(self, worker_id: str) -> Lease | None:
-        job = await self.queue.lease(worker_id)
+        job = await self.queue.lease(worker_id, expires=False)
         return None if job is None else lease_of(job)
+
+    async def abandon(self, lease: Lease, worker_id: str) -> None:
+        self.queue.abandon(lease.job_id, lease.attempt, worker_id)
 
     async def renew(self, lease: Lease, worker_id: str) -> float:
         return self.queue.renew(lease.job_id, lease.attempt, worker_id)
@@ -99,18 +114,22 @@ class Worker:
                 await self.work(lease)
 
     async def work(self, lease: Lease) -> None:
-        keeper = asyncio.ensure_future(self._keep_lease(lease))
+        keeper = asyncio.ensure_future(self._keep_lease(lease)) if self.source.renews else None
         try:
             outcome = await self.respond(lease)
-        except Hung:
+        except (Hung, asyncio.CancelledError) as gone:
+            await self._abandon(lease)
+            if isinstance(gone, asyncio.CancelledError):
+                raise
             return
-        except asyncio.CancelledError:
-            raise
         except Exception as error:  # a backend bug must reach the caller as a reject, not kill the worker
             log.exception("worker %s: backend failed on job %s", self.worker_id, lease.job_id)
-            outcome = Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
+            outcome = Reject(
+                RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}"
+            )
         finally:
-            keeper.cancel()
+            if keeper is not None:
+                keeper.cancel()
         try:
             await self.source.submit(lease, self.worker_id, outcome)
         except (LeaseLost, UnknownJob) as lost:
@@ -122,6 +141,10 @@ class Worker:
                 await self.clock.sleep_until(self.clock.now() + lease.rule.delay)
             return scripted_outcome(lease.rule, lease.max_output_tokens)
         return await self.backend.generate(lease.request, lease.max_output_tokens)
+
+    async def _abandon(self, lease: Lease) -> None:
+        with contextlib.suppress(LeaseLost, UnknownJob):
+            await self.source.abandon(lease, self.worker_id)
 
     async def _keep_lease(self, lease: Lease) -> None:
         """Renew the lease while the work goes on, as a live worker does."""

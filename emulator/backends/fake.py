@@ -44,6 +44,8 @@ _FAKER_LOCK = threading.Lock()
 
 _MIN_TEXT_TOKENS = 5
 _MAX_TEXT_TOKENS = 400
+_MIN_SENTENCE_WORDS = 4
+_MAX_SENTENCE_WORDS = 14
 _TOOL_RESULT_SNIPPET_TOKENS = 20
 _ECHO_WORDS = 8
 _WORD = re.compile(r"\w+")
@@ -105,32 +107,32 @@ def _digest(request: ChatRequest, seed: int) -> bytes:
     return hashlib.sha256(payload.encode("utf-8")).digest()
 
 
-def _sentences_text(fake: Faker, rng: random.Random) -> str:
-    """Faker sentences up to a length drawn log-uniformly from 5..400 tokens, split into paragraphs.
+def _sentences_text(fake: Faker, rng: random.Random) -> tuple[str, int]:
+    """Sentences up to a length drawn log-uniformly from 5..400 tokens, split into paragraphs.
 
     Log-uniform so that short replies are as common as long ones; whole sentences only, so the
-    uncapped text never ends mid-sentence.
+    uncapped text never ends mid-sentence. One Faker call draws every word (Faker's words are
+    single tokens), so the token count is known without scanning the text. Returns (text, tokens).
     """
     target = round(math.exp(rng.uniform(math.log(_MIN_TEXT_TOKENS), math.log(_MAX_TEXT_TOKENS))))
+    words = fake.words(nb=target + _MAX_SENTENCE_WORDS)
     paragraphs: list[str] = []
-    current: list[str] = []
+    sentences: list[str] = []
     paragraph_size = rng.randint(3, 6)
-    tokens = 0
-    while True:
-        sentence = fake.sentence()
-        if current and tokens + count_tokens(sentence) > _MAX_TEXT_TOKENS:
-            break
-        current.append(sentence)
-        tokens += count_tokens(sentence)
-        if tokens >= target:
-            break
-        if len(current) >= paragraph_size:
-            paragraphs.append(" ".join(current))
-            current = []
+    tokens = used = 0
+    while tokens < target:
+        length = rng.randint(_MIN_SENTENCE_WORDS, _MAX_SENTENCE_WORDS)
+        chunk = words[used : used + length]
+        used += length
+        sentences.append(" ".join(chunk).capitalize() + ".")
+        tokens += len(chunk) + 1
+        if len(sentences) >= paragraph_size:
+            paragraphs.append(" ".join(sentences))
+            sentences = []
             paragraph_size = rng.randint(3, 6)
-    if current:
-        paragraphs.append(" ".join(current))
-    return "\n\n".join(paragraphs)
+    if sentences:
+        paragraphs.append(" ".join(sentences))
+    return "\n\n".join(paragraphs), tokens
 
 
 def _prefix(last: Message | None, rng: random.Random) -> str:
@@ -157,7 +159,12 @@ def _text_answer(
     request: ChatRequest, fake: Faker, rng: random.Random, max_output_tokens: int | None
 ) -> Answer:
     last = request.messages[-1] if request.messages else None
-    text = _prefix(last, rng) + _sentences_text(fake, rng)
+    prefix = _prefix(last, rng)
+    body, body_tokens = _sentences_text(fake, rng)
+    tokens = count_tokens(prefix) + body_tokens
+    text = prefix + body
+    if max_output_tokens is None or tokens <= max_output_tokens:
+        return Answer(message=AssistantMessage(content=text), output_tokens=tokens)
     final, truncated = truncate_tokens(text, max_output_tokens)
     return Answer(
         message=AssistantMessage(content=final), output_tokens=count_tokens(final), truncated=truncated

@@ -6,6 +6,8 @@ A proto message that cannot describe a valid request (no role, an empty `oneof`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from emulator._proto.icllm.v1 import canister_pb2 as pb
 from emulator.domain import (
     Api,
@@ -28,7 +30,7 @@ class BadRequest(ValueError):
     """A request that is not well formed; the message says which field and what is valid."""
 
 
-_V0_ROLES = {
+_V0_ROLES: dict[int, Callable[[str], Message]] = {
     pb.ChatMessageV0.USER: UserMessage,
     pb.ChatMessageV0.SYSTEM: SystemMessage,
     pb.ChatMessageV0.ASSISTANT: lambda content: AssistantMessage(content=content),
@@ -41,7 +43,9 @@ def v0_request(request: pb.V0ChatRequest) -> ChatRequest:
         make = _V0_ROLES.get(message.role)
         if make is None:
             known = message.role in pb.ChatMessageV0.Role.values()
-            seen = pb.ChatMessageV0.Role.Name(message.role) if known else f"{message.role}, which is not a role"
+            seen = (
+                pb.ChatMessageV0.Role.Name(message.role) if known else f"{message.role}, which is not a role"
+            )
             raise BadRequest(f"messages[{index}].role is {seen}; valid roles: USER, ASSISTANT, SYSTEM")
         messages.append(make(message.content))
     return ChatRequest(model=request.model, messages=tuple(messages), api=Api.V0)
@@ -123,7 +127,9 @@ def assistant_message_pb(message: AssistantMessage) -> pb.AssistantMessage:
                 id=call.id,
                 function=pb.FunctionCall(
                     name=call.function.name,
-                    arguments=[pb.ToolCallArgument(name=a.name, value=a.value) for a in call.function.arguments],
+                    arguments=[
+                        pb.ToolCallArgument(name=a.name, value=a.value) for a in call.function.arguments
+                    ],
                 ),
             )
             for call in message.tool_calls

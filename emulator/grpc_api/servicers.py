@@ -8,13 +8,11 @@ from typing import Any
 import grpc
 
 from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import canister_pb2_grpc
+from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
 from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator._proto.icllm.v1 import control_pb2_grpc
 from emulator._proto.icllm.v1 import worker_pb2 as wpb
-from emulator._proto.icllm.v1 import worker_pb2_grpc
 from emulator.backends import ToolPolicy
-from emulator.config import CUSTOM_PROFILE, ConfigError, EmulatorConfig, choice, profile_limits
+from emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
 from emulator.domain import Answer, Limits, Reject, RejectCode
 from emulator.engine import Engine
 from emulator.grpc_api import convert
@@ -54,7 +52,9 @@ class AiWorkerServicer(worker_pb2_grpc.AiWorkerServicer):
     async def Poll(self, request: wpb.PollRequest, context: grpc.aio.ServicerContext) -> wpb.PollResponse:
         worker_id = _worker_id(request.worker_id)
         if not 0 <= request.wait_seconds <= MAX_POLL_SECONDS:
-            raise convert.BadRequest(f"wait_seconds must be 0-{MAX_POLL_SECONDS:g}, got {request.wait_seconds}")
+            raise convert.BadRequest(
+                f"wait_seconds must be 0-{MAX_POLL_SECONDS:g}, got {request.wait_seconds}"
+            )
         models = set(request.models)
 
         def accept(job: Job) -> bool:
@@ -71,16 +71,19 @@ class AiWorkerServicer(worker_pb2_grpc.AiWorkerServicer):
                 lease_deadline=lease.lease_deadline,
                 request=convert.v1_request_pb(lease.request),
                 max_output_tokens=lease.max_output_tokens,
+                lease_seconds=self.engine.queue.lease_seconds,
             )
         )
 
     @rpc
     async def Renew(self, request: wpb.RenewRequest, context: grpc.aio.ServicerContext) -> wpb.RenewResponse:
         deadline = self.engine.queue.renew(request.job_id, request.attempt, _worker_id(request.worker_id))
-        return wpb.RenewResponse(lease_deadline=deadline)
+        return wpb.RenewResponse(lease_deadline=deadline, lease_seconds=self.engine.queue.lease_seconds)
 
     @rpc
-    async def Submit(self, request: wpb.SubmitRequest, context: grpc.aio.ServicerContext) -> wpb.SubmitResponse:
+    async def Submit(
+        self, request: wpb.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> wpb.SubmitResponse:
         worker_id = _worker_id(request.worker_id)
         queue = self.engine.queue
         kind = request.WhichOneof("outcome")
@@ -114,15 +117,21 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return cpb.ResetResponse()
 
     @rpc
-    async def GetConfig(self, request: cpb.GetConfigRequest, context: grpc.aio.ServicerContext) -> cpb.EmulatorConfig:
+    async def GetConfig(
+        self, request: cpb.GetConfigRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.EmulatorConfig:
         return config_pb(self.engine.config)
 
     @rpc
-    async def Configure(self, request: cpb.ConfigureRequest, context: grpc.aio.ServicerContext) -> cpb.EmulatorConfig:
+    async def Configure(
+        self, request: cpb.ConfigureRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.EmulatorConfig:
         return config_pb(self.engine.configure(**config_changes(request, self.engine.config)))
 
     @rpc
-    async def AddRules(self, request: cpb.AddRulesRequest, context: grpc.aio.ServicerContext) -> cpb.AddRulesResponse:
+    async def AddRules(
+        self, request: cpb.AddRulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.AddRulesResponse:
         rules = [rule_from_pb(rule, index) for index, rule in enumerate(request.rules)]
         return cpb.AddRulesResponse(rule_ids=[self.engine.rules.add(rule).id for rule in rules])
 
@@ -140,12 +149,16 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return cpb.ClearRulesResponse()
 
     @rpc
-    async def SetHold(self, request: cpb.SetHoldRequest, context: grpc.aio.ServicerContext) -> cpb.SetHoldResponse:
+    async def SetHold(
+        self, request: cpb.SetHoldRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.SetHoldResponse:
         self.engine.queue.set_hold(request.hold)
         return cpb.SetHoldResponse()
 
     @rpc
-    async def Release(self, request: cpb.ReleaseRequest, context: grpc.aio.ServicerContext) -> cpb.ReleaseResponse:
+    async def Release(
+        self, request: cpb.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ReleaseResponse:
         queue = self.engine.queue
         if request.all == bool(request.job_ids):
             raise convert.BadRequest("name the jobs to release in job_ids, or set all (not both)")
@@ -160,7 +173,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return cpb.SetPausedResponse()
 
     @rpc
-    async def ListJobs(self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext) -> cpb.ListJobsResponse:
+    async def ListJobs(
+        self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListJobsResponse:
         return cpb.ListJobsResponse(jobs=[job_pb(job) for job in self.engine.queue.jobs()])
 
     @rpc
@@ -194,7 +209,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: cpb.AdvanceClockRequest, context: grpc.aio.ServicerContext
     ) -> cpb.AdvanceClockResponse:
         if request.seconds < 0:
-            raise convert.BadRequest(f"seconds must be 0 or more: the clock only moves forward, got {request.seconds}")
+            raise convert.BadRequest(
+                f"seconds must be 0 or more: the clock only moves forward, got {request.seconds}"
+            )
         try:
             now = await self.engine.advance_clock(request.seconds)
         except ConfigError as error:
@@ -238,19 +255,25 @@ def config_changes(request: cpb.ConfigureRequest, current: EmulatorConfig) -> di
     changes: dict[str, Any] = {}
     if request.HasField("profile"):
         changes["profile"] = request.profile
-        changes["limits"] = profile_limits(request.profile)
+        changes["custom_limits"] = None
     if request.HasField("limits"):
-        base = changes.get("limits", current.limits)
-        given = {f: getattr(request.limits, f) for f in ("max_messages", "max_prompt_bytes", "max_output_tokens")
-                 if request.limits.HasField(f)}
-        changes["limits"] = dataclasses.replace(base, **given)
-        changes["profile"] = CUSTOM_PROFILE
+        base = profile_limits(request.profile) if request.HasField("profile") else current.limits
+        given = {field.name: value for field, value in request.limits.ListFields()}
+        changes["custom_limits"] = dataclasses.replace(base, **given)
     if request.models:
         changes["models"] = tuple(request.models)
     if request.HasField("tool_policy"):
         changes["tool_policy"] = choice(ToolPolicy, request.tool_policy, "tool policy")
-    simple = ("seed", "workers", "strict_requests", "strict_rules", "max_attempts", "lease_seconds", "queue_capacity")
-    changes.update({name: getattr(request, name) for name in simple if request.HasField(name)})
+    simple = (
+        "seed",
+        "workers",
+        "strict_requests",
+        "strict_rules",
+        "max_attempts",
+        "lease_seconds",
+        "queue_capacity",
+    )
+    changes.update({field.name: value for field, value in request.ListFields() if field.name in simple})
     if request.HasField("caller_deadline_seconds") and request.clear_caller_deadline:
         raise ConfigError("set caller_deadline_seconds or clear_caller_deadline, not both")
     if request.HasField("caller_deadline_seconds"):
@@ -265,10 +288,14 @@ def rule_from_pb(rule: cpb.Rule, index: int) -> Rule:
     action: Action
     kind = rule.action.WhichOneof("outcome")
     if kind == "reply":
-        action = Reply(convert.assistant_message(pb.AssistantMessage(
-            content=rule.action.reply.content if rule.action.reply.HasField("content") else None,
-            tool_calls=rule.action.reply.tool_calls,
-        )))
+        action = Reply(
+            convert.assistant_message(
+                pb.AssistantMessage(
+                    content=rule.action.reply.content if rule.action.reply.HasField("content") else None,
+                    tool_calls=rule.action.reply.tool_calls,
+                )
+            )
+        )
     elif kind == "reject":
         action = Reject(parse_reject_code(rule.action.reject.code), rule.action.reject.message)
     elif kind == "hang":
@@ -295,17 +322,25 @@ def rule_pb(rule: Rule) -> cpb.Rule:
     action = cpb.RuleAction(delay_seconds=rule.delay)
     if isinstance(rule.action, Reply):
         message = convert.assistant_message_pb(rule.action.message)
-        action.reply.CopyFrom(cpb.ReplyAction(
-            content=message.content if message.HasField("content") else None, tool_calls=message.tool_calls
-        ))
+        action.reply.CopyFrom(
+            cpb.ReplyAction(
+                content=message.content if message.HasField("content") else None,
+                tool_calls=message.tool_calls,
+            )
+        )
     elif isinstance(rule.action, Reject):
         action.reject.CopyFrom(cpb.RejectAction(code=int(rule.action.code), message=rule.action.message))
     else:
         action.hang.SetInParent()
     return cpb.Rule(
         id=rule.id,
-        match=cpb.RuleMatch(model=match.model, contains=match.contains, regex=match.regex,
-                            role=match.role.value if match.role else None, tool=match.tool),
+        match=cpb.RuleMatch(
+            model=match.model,
+            contains=match.contains,
+            regex=match.regex,
+            role=match.role.value if match.role else None,
+            tool=match.tool,
+        ),
         action=action,
         times=rule.times,
     )
@@ -317,8 +352,13 @@ def rule_state_pb(state: RuleState) -> cpb.RuleState:
 
 def job_pb(job: Job) -> cpb.JobInfo:
     return cpb.JobInfo(
-        id=job.id, state=job.state.value, attempt=job.attempt, model=job.request.model, caller=job.caller,
-        worker_id=job.worker_id, rule_id=job.rule.id if job.rule else "",
+        id=job.id,
+        state=job.state.value,
+        attempt=job.attempt,
+        model=job.request.model,
+        caller=job.caller,
+        worker_id=job.worker_id,
+        rule_id=job.rule.id if job.rule else "",
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from emulator._proto.icllm.v1 import canister_pb2 as icllm_dot_v1_dot_canister__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15icllm/v1/worker.proto\x12\x08icllm.v1\x1a\x17icllm/v1/canister.proto\"F\n\x0bPollRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06models\x18\x03 \x03(\t\"7\n\x0cPollResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\r.icllm.v1.JobH\x00\x88\x01\x01\x42\x06\n\x04_job\"\x9a\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x16\n\x0elease_deadline\x18\x03 \x01(\x01\x12(\n\x07request\x18\x04 \x01(\x0b\x32\x17.icllm.v1.V1ChatRequest\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\x14\n\x12_max_output_tokens\"B\n\x0cRenewRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\"\'\n\rRenewResponse\x12\x16\n\x0elease_deadline\x18\x01 \x01(\x01\"\xa0\x01\n\rSubmitRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12*\n\ncompletion\x18\x04 \x01(\x0b\x32\x14.icllm.v1.CompletionH\x00\x12$\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x11.icllm.v1.FailureH\x00\x42\t\n\x07outcome\"c\n\nCompletion\x12+\n\x07message\x18\x01 \x01(\x0b\x32\x1a.icllm.v1.AssistantMessage\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\")\n\x07\x46\x61ilure\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05retry\x18\x02 \x01(\x08\"\x10\n\x0eSubmitResponse2\xb8\x01\n\x08\x41iWorker\x12\x35\n\x04Poll\x12\x15.icllm.v1.PollRequest\x1a\x16.icllm.v1.PollResponse\x12\x38\n\x05Renew\x12\x16.icllm.v1.RenewRequest\x1a\x17.icllm.v1.RenewResponse\x12;\n\x06Submit\x12\x17.icllm.v1.SubmitRequest\x1a\x18.icllm.v1.SubmitResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15icllm/v1/worker.proto\x12\x08icllm.v1\x1a\x17icllm/v1/canister.proto\"F\n\x0bPollRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06models\x18\x03 \x03(\t\"7\n\x0cPollResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\r.icllm.v1.JobH\x00\x88\x01\x01\x42\x06\n\x04_job\"\xb1\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x16\n\x0elease_deadline\x18\x03 \x01(\x01\x12(\n\x07request\x18\x04 \x01(\x0b\x32\x17.icllm.v1.V1ChatRequest\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x15\n\rlease_seconds\x18\x06 \x01(\x01\x42\x14\n\x12_max_output_tokens\"B\n\x0cRenewRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\">\n\rRenewResponse\x12\x16\n\x0elease_deadline\x18\x01 \x01(\x01\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\"\xa0\x01\n\rSubmitRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12*\n\ncompletion\x18\x04 \x01(\x0b\x32\x14.icllm.v1.CompletionH\x00\x12$\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x11.icllm.v1.FailureH\x00\x42\t\n\x07outcome\"c\n\nCompletion\x12+\n\x07message\x18\x01 \x01(\x0b\x32\x1a.icllm.v1.AssistantMessage\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\")\n\x07\x46\x61ilure\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05retry\x18\x02 \x01(\x08\"\x10\n\x0eSubmitResponse2\xb8\x01\n\x08\x41iWorker\x12\x35\n\x04Poll\x12\x15.icllm.v1.PollRequest\x1a\x16.icllm.v1.PollResponse\x12\x38\n\x05Renew\x12\x16.icllm.v1.RenewRequest\x1a\x17.icllm.v1.RenewResponse\x12;\n\x06Submit\x12\x17.icllm.v1.SubmitRequest\x1a\x18.icllm.v1.SubmitResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,19 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLLRESPONSE']._serialized_start=132
   _globals['_POLLRESPONSE']._serialized_end=187
   _globals['_JOB']._serialized_start=190
-  _globals['_JOB']._serialized_end=344
-  _globals['_RENEWREQUEST']._serialized_start=346
-  _globals['_RENEWREQUEST']._serialized_end=412
-  _globals['_RENEWRESPONSE']._serialized_start=414
-  _globals['_RENEWRESPONSE']._serialized_end=453
-  _globals['_SUBMITREQUEST']._serialized_start=456
-  _globals['_SUBMITREQUEST']._serialized_end=616
-  _globals['_COMPLETION']._serialized_start=618
-  _globals['_COMPLETION']._serialized_end=717
-  _globals['_FAILURE']._serialized_start=719
-  _globals['_FAILURE']._serialized_end=760
-  _globals['_SUBMITRESPONSE']._serialized_start=762
-  _globals['_SUBMITRESPONSE']._serialized_end=778
-  _globals['_AIWORKER']._serialized_start=781
-  _globals['_AIWORKER']._serialized_end=965
+  _globals['_JOB']._serialized_end=367
+  _globals['_RENEWREQUEST']._serialized_start=369
+  _globals['_RENEWREQUEST']._serialized_end=435
+  _globals['_RENEWRESPONSE']._serialized_start=437
+  _globals['_RENEWRESPONSE']._serialized_end=499
+  _globals['_SUBMITREQUEST']._serialized_start=502
+  _globals['_SUBMITREQUEST']._serialized_end=662
+  _globals['_COMPLETION']._serialized_start=664
+  _globals['_COMPLETION']._serialized_end=763
+  _globals['_FAILURE']._serialized_start=765
+  _globals['_FAILURE']._serialized_end=806
+  _globals['_SUBMITRESPONSE']._serialized_start=808
+  _globals['_SUBMITRESPONSE']._serialized_end=824
+  _globals['_AIWORKER']._serialized_start=827
+  _globals['_AIWORKER']._serialized_end=1011
 # @@protoc_insertion_point(module_scope)

@@ -80,6 +80,7 @@ class Job(_message.Message):
     LEASE_DEADLINE_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     attempt: _builtins.int
     """1 for the first lease; a lease that expired puts the job back and the next lease counts one more."""
@@ -87,6 +88,8 @@ class Job(_message.Message):
     """Seconds since the Unix epoch on the emulator's clock."""
     max_output_tokens: _builtins.int
     """The output token cap of the emulator's limit profile; absent when unlimited."""
+    lease_seconds: _builtins.float
+    """How long a lease lasts from now; renew well before it runs out."""
     @_builtins.property
     def request(self) -> _canister_pb2.V1ChatRequest: ...
     def __init__(
@@ -97,10 +100,11 @@ class Job(_message.Message):
         lease_deadline: _builtins.float = ...,
         request: _canister_pb2.V1ChatRequest | None = ...,
         max_output_tokens: _builtins.int | None = ...,
+        lease_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "max_output_tokens", b"max_output_tokens", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "attempt", b"attempt", "id", b"id", "lease_deadline", b"lease_deadline", "max_output_tokens", b"max_output_tokens", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "attempt", b"attempt", "id", b"id", "lease_deadline", b"lease_deadline", "lease_seconds", b"lease_seconds", "max_output_tokens", b"max_output_tokens", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
@@ -138,15 +142,18 @@ class RenewResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASE_DEADLINE_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     lease_deadline: _builtins.float
+    lease_seconds: _builtins.float
     def __init__(
         self,
         *,
         lease_deadline: _builtins.float = ...,
+        lease_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_deadline", b"lease_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_deadline", b"lease_deadline", "lease_seconds", b"lease_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

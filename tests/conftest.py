@@ -1,0 +1,69 @@
+"""Shared fixtures: an emulator in a background thread and gRPC stubs bound to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from emulator._proto.icllm.v1 import canister_pb2 as pb
+from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
+from emulator.config import EmulatorConfig
+from emulator.server import ThreadedEmulator
+
+
+@dataclass
+class Stubs:
+    emulator: ThreadedEmulator
+    channel: grpc.Channel
+    canister: canister_pb2_grpc.LlmCanisterStub
+    worker: worker_pb2_grpc.AiWorkerStub
+    control: control_pb2_grpc.ControlStub
+
+
+@pytest.fixture
+def start_emulator() -> Iterator[Callable[..., Stubs]]:
+    """Start emulators with the given config fields; all are stopped at the end of the test."""
+    started: list[Stubs] = []
+
+    def start(**fields: Any) -> Stubs:
+        emulator = ThreadedEmulator(EmulatorConfig(grpc_port=0, **fields))
+        emulator.start()
+        channel = grpc.insecure_channel(emulator.ports.grpc_target)
+        stubs = Stubs(
+            emulator,
+            channel,
+            canister_pb2_grpc.LlmCanisterStub(channel),
+            worker_pb2_grpc.AiWorkerStub(channel),
+            control_pb2_grpc.ControlStub(channel),
+        )
+        started.append(stubs)
+        return stubs
+
+    yield start
+    for stubs in started:
+        stubs.channel.close()
+        stubs.emulator.stop()
+
+
+@pytest.fixture
+def emu(start_emulator: Callable[..., Stubs]) -> Stubs:
+    """An emulator with the default configuration (fake backend, one worker, real clock)."""
+    return start_emulator()
+
+
+def user_request(
+    text: str = "What's the speed of light?", model: str = "llama3.1:8b", **kw: Any
+) -> pb.V1ChatRequest:
+    return pb.V1ChatRequest(model=model, messages=[pb.ChatMessageV1(user=pb.UserMessage(content=text))], **kw)
+
+
+def reject_code(error: grpc.RpcError) -> int | None:
+    """The IC reject code a gRPC error carries, or None for a plain gRPC error."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "icllm-reject-code":
+            return int(value)
+    return None
