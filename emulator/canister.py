@@ -147,7 +147,7 @@ class Canister:
     ) -> Answer | Reject:
         """The job's outcome, or SYS_UNKNOWN once a bounded-wait caller's deadline has passed."""
         if deadline is None:
-            return await asyncio.shield(done)
+            return await done  # a cancelled caller cancels only its wait: the queue checks done() first
         timer = asyncio.ensure_future(self.clock.sleep_until(since + deadline))
         try:
             await asyncio.wait((done, timer), return_when=asyncio.FIRST_COMPLETED)
