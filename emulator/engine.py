@@ -19,7 +19,7 @@ from emulator.config import BackendKind, ConfigError, EmulatorConfig
 from emulator.history import History
 from emulator.queue import PromptQueue
 from emulator.rules import RuleBook, load_rules
-from emulator.workers import QueueSource, Worker
+from emulator.workers import QueueSource, Worker, instant_outcome
 
 
 def make_backend(config: EmulatorConfig) -> Backend:
@@ -45,6 +45,9 @@ class Engine:
         self.history = History(config.history_limit)
         self.backend = make_backend(config)
         self.canister = Canister(lambda: self.config, self.clock, self.queue, self.rules, self.history)
+        self.queue.answer_now = lambda job: instant_outcome(
+            job.rule, job.request, job.max_output_tokens, self.backend
+        )
         self._workers: list[asyncio.Task[None]] = []
         self._worker_ids = 0
         self._load_rule_file()

@@ -77,6 +77,10 @@ class PromptQueue:
         self._jobs: dict[str, Job] = {}
         self._waiting: collections.deque[Job] = collections.deque()
         self._wakers: list[asyncio.Future[None]] = []
+        # Built-in workers waiting for a job, by id, in the order they started waiting.
+        self._idle: dict[str, None] = {}
+        # The outcome of a job when it can be had without waiting, else None (set by the engine).
+        self.answer_now: Callable[[Job], Outcome | None] | None = None
         self._hold = False
         self._paused = False
 
@@ -102,9 +106,26 @@ class PromptQueue:
             done=asyncio.get_running_loop().create_future(),
         )
         self._jobs[job_id] = job
-        self._waiting.append(job)
-        self._notify()
+        if not self._hand_over(job):
+            self._waiting.append(job)
+            self._notify()
         return job
+
+    def _hand_over(self, job: Job) -> bool:
+        """An idle built-in worker answers at once when that needs no waiting (see `answer_now`).
+
+        The worker's lease and answer are the same as through `lease`; only the trip through the
+        event loop to wake the worker's task is saved. FIFO order holds: nothing is waiting ahead.
+        """
+        if self.answer_now is None or self._paused or self._waiting or not self._idle:
+            return False
+        outcome = self.answer_now(job)
+        if outcome is None:
+            return False
+        worker_id = next(iter(self._idle))
+        self._grant(job, worker_id, expires=False)
+        self.complete(job.id, job.attempt, worker_id, outcome)
+        return True
 
     # -- workers ---------------------------------------------------------------------------------
 
@@ -138,14 +159,21 @@ class PromptQueue:
                 return None
             waker = loop.create_future()
             self._wakers.append(waker)
+            if not expires:
+                self._idle[worker_id] = None
             try:
                 await asyncio.wait_for(waker, timeout)
             except TimeoutError:
                 return None
             finally:
+                self._idle.pop(worker_id, None)
                 if waker in self._wakers:
                     self._wakers.remove(waker)
         self._waiting.remove(job)
+        self._grant(job, worker_id, expires)
+        return job
+
+    def _grant(self, job: Job, worker_id: str, expires: bool) -> None:
         now = self.clock.now()
         job.state = JobState.LEASED
         job.attempt += 1
@@ -155,7 +183,6 @@ class PromptQueue:
             job.first_leased_at = now
         if expires:
             self._start_expiry(job)
-        return job
 
     def abandon(self, job_id: str, attempt: int, worker_id: str) -> None:
         """The worker walked away without a word: from now on its lease runs out like any other."""

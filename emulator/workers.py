@@ -98,6 +98,33 @@ def scripted_outcome(rule: Rule, max_output_tokens: int | None) -> Answer | Reje
     return Answer(message, output_tokens=count_tokens(message.content or ""), truncated=truncated)
 
 
+def failure(error: Exception) -> Reject:
+    """A backend bug reaches the caller as a reject; the worker goes on serving."""
+    log.error("backend failed", exc_info=error)
+    return Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
+
+
+def instant_outcome(
+    rule: Rule | None, request: ChatRequest, max_output_tokens: int | None, backend: Backend
+) -> Answer | Reject | None:
+    """The outcome a built-in worker would give, when it needs no waiting; None when it does.
+
+    A scripted answer without delay, or a backend with a synchronous `answer_now`, qualify.
+    """
+    if rule is not None:
+        if rule.delay or isinstance(rule.action, Hang):
+            return None
+        return scripted_outcome(rule, max_output_tokens)
+    answer_now = getattr(backend, "answer_now", None)
+    if answer_now is None:
+        return None
+    try:
+        answer: Answer = answer_now(request, max_output_tokens)
+    except Exception as error:
+        return failure(error)
+    return answer
+
+
 class Worker:
     """One AI worker: lease, answer, submit, until cancelled."""
 

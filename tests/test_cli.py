@@ -136,10 +136,13 @@ def start_serve(
     return child, wait_for_port_file(child, port_file)
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """A command expected to end by itself (bad options, --help); killed if it does not."""
     return subprocess.run(
         emulator_command(*args),
+        cwd=cwd,
         env=child_env(env),
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -227,11 +230,12 @@ def test_settings_from_env_vars_and_flags(
 def test_bad_options_fail_fast_naming_what_is_valid(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], mentions: str
 ) -> None:
-    result = run_cli("serve", "--grpc-port", "0", "--port-file", str(tmp_path / "ports.json"), *args, env=env)
+    port_file = tmp_path / "ports.json"
+    result = run_cli("serve", "--grpc-port", "0", "--port-file", str(port_file), *args, env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert mentions in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "ports.json").exists()
+    assert not port_file.exists()
 
 
 def test_rules_file_is_applied(spawn: Callable[..., Child], tmp_path: Path) -> None:
@@ -272,6 +276,8 @@ def test_external_worker_answers_like_an_in_process_emulator(
     assert answer.SerializeToString() == in_process.SerializeToString()
 
     assert worker.stop() == 0, worker.stderr()
+    assert "Traceback" not in worker.stderr()
+    assert "worker ext-1 serving fake" in worker.stderr()
     assert server.stop() == 0, server.stderr()
 
 
@@ -291,7 +297,8 @@ def test_help_lists_the_commands() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "serve" in result.stdout and "worker" in result.stdout
+    assert "{serve,worker}" in result.stdout
+    assert "run the emulator" in result.stdout and "run an external AI worker" in result.stdout
 
 
 @pytest.mark.parametrize(

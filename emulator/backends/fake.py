@@ -269,11 +269,14 @@ class FakeBackend:
         self.seed = seed
         self.tool_policy = tool_policy
 
-    async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
-        """Answer synchronously: a fake answer takes well under a millisecond, not worth a thread."""
+    def answer_now(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
+        """A fake answer takes tens of microseconds: workers may take it without waiting."""
         return fake_answer(
             request, seed=self.seed, max_output_tokens=max_output_tokens, tool_policy=self.tool_policy
         )
+
+    async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
+        return self.answer_now(request, max_output_tokens)
 
     async def aclose(self) -> None:
         """Nothing to release."""
