@@ -120,6 +120,7 @@ class Canister:
             record.warnings = tuple(self.check(request))
             rule = self.rules.select(request)
             if rule is None and config.strict_rules:
+                record.unexpected = True
                 raise Reject(RejectCode.CANISTER_REJECT, self.rules.explain_miss(request))
             try:
                 record.job = job = self.queue.submit(

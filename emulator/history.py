@@ -23,6 +23,7 @@ class CallRecord:
     received_at: float
     input_tokens: int
     warnings: tuple[str, ...] = ()
+    unexpected: bool = False
     job: Job | None = None
     outcome: Answer | Reject | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)

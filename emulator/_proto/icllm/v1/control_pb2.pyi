@@ -849,6 +849,7 @@ class CallRecord(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    UNEXPECTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job's id."""
     method: _builtins.str
@@ -866,6 +867,8 @@ class CallRecord(_message.Message):
     input_tokens: _builtins.int
     output_tokens: _builtins.int
     truncated: _builtins.bool
+    unexpected: _builtins.bool
+    """Rejected in strict mode because no scripted rule expected it."""
     @_builtins.property
     def request(self) -> _canister_pb2.V1ChatRequest: ...
     @_builtins.property
@@ -896,10 +899,11 @@ class CallRecord(_message.Message):
         input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
         truncated: _builtins.bool = ...,
+        unexpected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "message", b"message", "outcome", b"outcome", "reject", b"reject", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "attempts", b"attempts", "caller", b"caller", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "id", b"id", "input_tokens", b"input_tokens", "job_state", b"job_state", "message", b"message", "method", b"method", "outcome", b"outcome", "output_tokens", b"output_tokens", "received_at", b"received_at", "reject", b"reject", "request", b"request", "rule_id", b"rule_id", "truncated", b"truncated", "warnings", b"warnings", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "attempts", b"attempts", "caller", b"caller", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "id", b"id", "input_tokens", b"input_tokens", "job_state", b"job_state", "message", b"message", "method", b"method", "outcome", b"outcome", "output_tokens", b"output_tokens", "received_at", b"received_at", "reject", b"reject", "request", b"request", "rule_id", b"rule_id", "truncated", b"truncated", "unexpected", b"unexpected", "warnings", b"warnings", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__finished_at: _TypeAlias = _typing.Literal["finished_at"]  # noqa: Y015
     _WhichOneofArgType__finished_at: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at"]  # noqa: Y015

@@ -1,0 +1,218 @@
+"""The plugin's settings and the one resolver that decides them.
+
+Precedence, lowest first: built-in defaults < ini keys (`[pytest]`/`pyproject.toml`) < command-line
+flags < the `icllm_config` fixture < `@pytest.mark.icllm(...)` markers (module, then class, then the
+test itself: the closest wins). Session settings (backend, clock, workers, url) describe the emulator
+that the whole session shares, so only defaults, ini keys and flags decide them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from emulator.backends import ToolPolicy
+from emulator.clock import ClockKind
+from emulator.config import DEFAULT_MODELS, PROFILES, BackendKind
+
+
+class OptionError(ValueError):
+    """A setting with a value that cannot work; the message lists what would be valid."""
+
+
+def _choice(valid: Iterable[str]) -> Callable[[Any], str]:
+    names = list(valid)
+
+    def parse(value: Any) -> str:
+        text = str(value.value if hasattr(value, "value") else value)
+        if text not in names:
+            raise OptionError(f"{value!r} is not valid; choose one of: {', '.join(names)}")
+        return text
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise OptionError(f"{value!r} is not a boolean; use true or false")
+
+
+def _natural(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{value!r} is not a whole number") from None
+    if number < 0 or isinstance(value, bool):
+        raise OptionError(f"{value!r} is not a whole number of 0 or more")
+    return number
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None or str(value).strip().lower() in ("", "none", "off"):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{value!r} is not a number of seconds (or 'none')") from None
+    if seconds <= 0:
+        raise OptionError(f"{value!r} must be more than 0 seconds (or 'none')")
+    return seconds
+
+
+def _models(value: Any) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",")) if isinstance(value, str) else tuple(map(str, value))
+    if not names or not all(names):
+        raise OptionError(f"{value!r} is not a list of model names")
+    return names
+
+
+def _url(value: Any) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip().removeprefix("grpc://")
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise OptionError(f"{value!r} is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    per_test: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--icllm-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "icllm_" + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "backend",
+        _choice(b.value for b in BackendKind),
+        BackendKind.FAKE.value,
+        "where answers come from",
+        per_test=False,
+    ),
+    Option(
+        "clock",
+        _choice(c.value for c in ClockKind),
+        ClockKind.REAL.value,
+        "real, or virtual (tests move it with icllm.advance)",
+        per_test=False,
+    ),
+    Option("workers", _natural, 1, "built-in AI workers of the session's emulator", per_test=False),
+    Option("url", _url, None, "use a running emulator at HOST:PORT instead of starting one", per_test=False),
+    Option("profile", _choice(PROFILES), "current", "limit profile"),
+    Option("models", _models, DEFAULT_MODELS, "model catalogue (comma-separated)"),
+    Option("seed", _natural, 0, "seed of the fake backend's answers"),
+    Option(
+        "tool_policy",
+        _choice(p.value for p in ToolPolicy),
+        ToolPolicy.AUTO.value,
+        "whether fake answers call offered tools",
+    ),
+    Option("strict", _bool, False, "reject (and report) prompts that no scripted answer expects"),
+    Option("strict_requests", _bool, False, "reject requests the real canister only warns about"),
+    Option("caller_deadline", _seconds, None, "seconds before a caller gets SYS_UNKNOWN (ic-llm: 300)"),
+    Option("assert_all_used", _bool, True, "fail a test whose scripted answers were never used"),
+    Option("assert_all_expected", _bool, True, "in strict mode, fail a test that sent unexpected prompts"),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+PER_TEST = tuple(option.name for option in OPTIONS if option.per_test)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of one test (or of the session, for the session's fields)."""
+
+    backend: str
+    clock: str
+    workers: int
+    url: str | None
+    profile: str
+    models: tuple[str, ...]
+    seed: int
+    tool_policy: str
+    strict: bool
+    strict_requests: bool
+    caller_deadline: float | None
+    assert_all_used: bool
+    assert_all_expected: bool
+
+    def header(self) -> str:
+        server = self.url or f"in-process, backend={self.backend}, clock={self.clock}, workers={self.workers}"
+        return (
+            f"icllm: {server}; profile={self.profile}, seed={self.seed}, tool_policy={self.tool_policy}, "
+            f"strict={self.strict}"
+        )
+
+
+def parse_option(name: str, value: Any, origin: str) -> Any:
+    """One value, checked; errors say where it came from and what is valid."""
+    try:
+        return BY_NAME[name].parse(value)
+    except OptionError as error:
+        raise OptionError(f"{origin}: {error}") from None
+
+
+def resolve(
+    ini: Mapping[str, Any],
+    cli: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+    markers: Iterable[tuple[str, Mapping[str, Any]]] = (),
+) -> Settings:
+    """Merge every layer in precedence order (see the module docstring) into checked settings.
+
+    `ini` and `cli` are keyed by option name and hold only what was given; `markers` are
+    (location, kwargs) pairs ordered farthest first.
+    """
+    values: dict[str, Any] = {option.name: option.default for option in OPTIONS}
+    for name, value in ini.items():
+        values[name] = parse_option(name, value, f"ini option {BY_NAME[name].ini}")
+    for name, value in cli.items():
+        values[name] = parse_option(name, value, f"option {BY_NAME[name].flag}")
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if config:
+        layers.append(("the icllm_config fixture", config))
+    layers.extend(markers)
+    for origin, layer in layers:
+        check_keys(layer, origin)
+        for name, value in layer.items():
+            values[name] = parse_option(name, value, f"{origin}: {name}")
+    return Settings(**values)
+
+
+def check_keys(layer: Mapping[str, Any], origin: str) -> None:
+    unknown = sorted(set(layer) - set(BY_NAME))
+    if unknown:
+        raise OptionError(
+            f"{origin}: unknown setting {', '.join(map(repr, unknown))}; "
+            f"valid settings: {', '.join(PER_TEST)}"
+        )
+    session = sorted(name for name in layer if not BY_NAME[name].per_test)
+    if session:
+        raise OptionError(
+            f"{origin}: {', '.join(session)} is chosen for the whole session; set it with "
+            f"{', '.join(BY_NAME[n].flag for n in session)} or the ini key "
+            f"{', '.join(BY_NAME[n].ini for n in session)}"
+        )
+
+
+def session_fields(settings: Settings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
