@@ -11,6 +11,7 @@ import asyncio
 import itertools
 from collections.abc import Callable
 
+from emulator.billing import Ledger, Receipt
 from emulator.clock import Clock
 from emulator.config import EmulatorConfig
 from emulator.domain import (
@@ -25,6 +26,10 @@ from emulator.history import CallRecord, History
 from emulator.queue import PromptQueue
 from emulator.rules import RuleBook
 from emulator.tokens import count_tokens
+
+
+# What a paid call may cost is reserved up front; with no output cap, this many answer tokens.
+UNCAPPED_RESERVE_TOKENS = 4096
 
 
 def prompt_bytes(request: ChatRequest) -> int:
@@ -70,6 +75,7 @@ class Canister:
         self.queue = queue
         self.rules = rules
         self.history = history
+        self.ledger = Ledger()
         self._ids = itertools.count(1)
 
     def check(self, request: ChatRequest) -> list[str]:
@@ -102,9 +108,17 @@ class Canister:
             raise Reject(RejectCode.CANISTER_REJECT, "strict requests: " + "; ".join(warnings))
         return warnings
 
-    async def chat(self, request: ChatRequest, caller: str) -> Answer:
-        """One call to v0_chat or v1_chat: the answer, or a `Reject` exactly as the caller would see it."""
+    async def chat(
+        self, request: ChatRequest, caller: str, cycles: int = 0, receipt: Receipt | None = None
+    ) -> Answer:
+        """One call to v0_chat or v1_chat: the answer, or a `Reject` exactly as the caller would see it.
+
+        `cycles` are attached to the call; `receipt`, when given, learns what was charged and refunded.
+        """
         config = self._config()
+        receipt = Receipt(attached=cycles) if receipt is None else receipt
+        receipt.attached = cycles
+        price = config.prices.get(request.model) if config.charges else None
         call_id = f"call-{next(self._ids):06d}"
         record = self.history.open(
             CallRecord(
@@ -114,24 +128,33 @@ class Canister:
                 request=request,
                 received_at=self.clock.now(),
                 input_tokens=sum(count_tokens(m.content or "") for m in request.messages),
+                receipt=receipt,
             )
         )
+
+        def settle(outcome: Answer | Reject) -> None:
+            tokens = record.input_tokens + outcome.output_tokens if isinstance(outcome, Answer) else None
+            self.ledger.settle(receipt, caller, price, tokens)
+
         try:
             record.warnings = tuple(self.check(request))
             rule = self.rules.select(request)
             if rule is None and config.strict_rules:
                 record.unexpected = True
                 raise Reject(RejectCode.CANISTER_REJECT, self.rules.explain_miss(request))
+            cap = config.limits.max_output_tokens
+            most_tokens = record.input_tokens + (UNCAPPED_RESERVE_TOKENS if cap is None else cap)
             try:
-                record.job = job = self.queue.submit(
-                    call_id, request, caller, config.limits.max_output_tokens, rule
-                )
+                self.ledger.admit(receipt, caller, request.model, price, most_tokens)
+                record.job = job = self.queue.submit(call_id, request, caller, cap, rule, on_finish=settle)
             except Reject:
                 if rule is not None:
                     self.rules.refund(rule)
                 raise
             outcome = await self._wait(job.done, record.received_at, config.caller_deadline)
         except Reject as reject:
+            if record.job is None:
+                settle(reject)
             self.history.close(record, reject)
             raise
         except asyncio.CancelledError:

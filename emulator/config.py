@@ -6,15 +6,17 @@ One frozen value describes a running emulator; the Control service replaces it w
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from emulator.backends import ToolPolicy
+from emulator.billing import DEFAULT_PRICES, Price
 from emulator.clock import ClockKind
 from emulator.domain import Limits
 
 ANONYMOUS_PRINCIPAL = "2vxsx-fae"
-DEFAULT_MODELS = ("llama3.1:8b", "qwen3:32b", "llama4-scout")
+DEFAULT_MODELS = ("llama3.1:8b", "qwen3:32b", "llama4-scout", "gemma3:27b")
 
 PROFILES: dict[str, Limits] = {
     # Since the output cap was raised from 200 to 1000 tokens.
@@ -24,6 +26,8 @@ PROFILES: dict[str, Limits] = {
     "unlimited": Limits(max_messages=None, max_prompt_bytes=None, max_output_tokens=None),
 }
 CUSTOM_PROFILE = "custom"
+# Profiles of the canister before paid models: every call is free and attached cycles come back.
+FREE_PROFILES = frozenset({"launch-2025"})
 E = TypeVar("E", bound=enum.StrEnum)
 
 
@@ -62,6 +66,10 @@ class EmulatorConfig:
     # Limits that override the profile's; the profile is then called "custom".
     custom_limits: Limits | None = None
     models: tuple[str, ...] = DEFAULT_MODELS
+    # Paid models and their prices; a model not named here is free.
+    prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    # Whether paid models charge: by default, unless the profile predates paid models.
+    billing: bool | None = None
     seed: int = 0
     tool_policy: ToolPolicy = ToolPolicy.AUTO
     rules_file: str | None = None
@@ -85,6 +93,10 @@ class EmulatorConfig:
         if self.custom_limits is not None:
             object.__setattr__(self, "profile", CUSTOM_PROFILE)
         self.validate()
+
+    @property
+    def charges(self) -> bool:
+        return self.billing if self.billing is not None else self.profile not in FREE_PROFILES
 
     @property
     def limits(self) -> Limits:

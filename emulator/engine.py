@@ -93,6 +93,7 @@ class Engine:
         self.queue.reset()
         self.rules.clear()
         self.history.clear()
+        self.canister.ledger.balances.clear()
         self.configure(
             **{f.name: getattr(self.initial_config, f.name) for f in dataclasses.fields(self.initial_config)}
         )

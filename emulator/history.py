@@ -10,6 +10,7 @@ import collections
 import time
 from dataclasses import dataclass, field
 
+from emulator.billing import Receipt
 from emulator.domain import Answer, Api, ChatRequest, Reject
 from emulator.queue import Job, JobState, PromptQueue
 
@@ -24,6 +25,7 @@ class CallRecord:
     input_tokens: int
     warnings: tuple[str, ...] = ()
     unexpected: bool = False
+    receipt: Receipt = field(default_factory=Receipt)
     job: Job | None = None
     outcome: Answer | Reject | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)

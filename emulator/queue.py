@@ -55,6 +55,7 @@ class Job:
     outcome: Outcome | None = None
     held_outcome: Outcome | None = field(default=None, repr=False)
     expiry: asyncio.Task[None] | None = field(default=None, repr=False)
+    on_finish: Callable[[Outcome], None] | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -87,9 +88,18 @@ class PromptQueue:
     # -- callers ---------------------------------------------------------------------------------
 
     def submit(
-        self, job_id: str, request: ChatRequest, caller: str, max_output_tokens: int | None, rule: Rule | None
+        self,
+        job_id: str,
+        request: ChatRequest,
+        caller: str,
+        max_output_tokens: int | None,
+        rule: Rule | None,
+        on_finish: Callable[[Outcome], None] | None = None,
     ) -> Job:
-        """Queue a prompt, or reject it with SYS_TRANSIENT when the queue is full."""
+        """Queue a prompt, or reject it with SYS_TRANSIENT when the queue is full.
+
+        `on_finish` runs once with the job's outcome, whether or not its caller still waits.
+        """
         if self.capacity and len(self._jobs) >= self.capacity:
             raise Reject(
                 RejectCode.SYS_TRANSIENT,
@@ -104,6 +114,7 @@ class PromptQueue:
             rule=rule,
             queued_at=self.clock.now(),
             done=asyncio.get_running_loop().create_future(),
+            on_finish=on_finish,
         )
         self._jobs[job_id] = job
         if not self._hand_over(job):
@@ -259,6 +270,8 @@ class PromptQueue:
         job.held_outcome = None
         job.finished_at = self.clock.now()
         del self._jobs[job.id]
+        if job.on_finish is not None:
+            job.on_finish(outcome)
         if not job.done.done():
             job.done.set_result(outcome)
 

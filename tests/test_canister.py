@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from emulator.backends import Backend
 from emulator.backends.fake import FakeBackend
+from emulator.billing import MIN_ATTACHED
 from emulator.clock import ClockKind
 from emulator.config import DEFAULT_MODELS, PROFILES, EmulatorConfig
 from emulator.domain import (
@@ -198,7 +199,8 @@ async def test_unknown_model_is_rejected_naming_every_known_model(engine: Engine
 @pytest.mark.asyncio
 async def test_every_catalogued_model_is_served(engine: Engine) -> None:
     for model in DEFAULT_MODELS:
-        answer = await ask(engine, UserMessage("hi"), model=model)
+        request = ChatRequest(model=model, messages=(UserMessage("hi"),))
+        answer = await engine.canister.chat(request, caller=CALLER, cycles=MIN_ATTACHED)
         assert answer.message.content
 
 

@@ -378,6 +378,7 @@ def record_pb(record: CallRecord) -> cpb.CallRecord:
         rule_id=job.rule.id if job and job.rule else "",
         worker_id=job.worker_id if job else "",
         input_tokens=record.input_tokens,
+        unexpected=record.unexpected,
     )
     outcome = record.outcome
     if isinstance(outcome, Answer):
