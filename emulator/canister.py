@@ -27,7 +27,6 @@ from emulator.queue import PromptQueue
 from emulator.rules import RuleBook
 from emulator.tokens import count_tokens
 
-
 # What a paid call may cost is reserved up front; with no output cap, this many answer tokens.
 UNCAPPED_RESERVE_TOKENS = 4096
 
