@@ -108,11 +108,19 @@ class Canister:
         return warnings
 
     async def chat(
-        self, request: ChatRequest, caller: str, cycles: int = 0, receipt: Receipt | None = None
+        self,
+        request: ChatRequest,
+        caller: str,
+        cycles: int = 0,
+        receipt: Receipt | None = None,
+        *,
+        max_output_tokens: int | None = None,
     ) -> Answer:
         """One call to v0_chat or v1_chat: the answer, or a `Reject` exactly as the caller would see it.
 
         `cycles` are attached to the call; `receipt`, when given, learns what was charged and refunded.
+        `max_output_tokens` lowers the profile's output cap for this call only (an Ollama client's
+        `num_predict`); it never raises it.
         """
         config = self._config()
         receipt = Receipt(attached=cycles) if receipt is None else receipt
@@ -142,6 +150,8 @@ class Canister:
                 record.unexpected = True
                 raise Reject(RejectCode.CANISTER_REJECT, self.rules.explain_miss(request))
             cap = config.limits.max_output_tokens
+            if max_output_tokens is not None and (cap is None or max_output_tokens < cap):
+                cap = max_output_tokens
             most_tokens = record.input_tokens + (UNCAPPED_RESERVE_TOKENS if cap is None else cap)
             try:
                 self.ledger.admit(receipt, caller, request.model, price, most_tokens)
@@ -164,6 +174,10 @@ class Canister:
         if isinstance(outcome, Reject):
             raise outcome
         return outcome
+
+    def deposit(self, caller: str, cycles: int, beneficiary: str | None = None) -> int:
+        """v1_deposit: the attached cycles join the beneficiary's (else the caller's) prepaid balance."""
+        return self.ledger.deposit(beneficiary or caller, cycles)
 
     async def _wait(
         self, done: asyncio.Future[Answer | Reject], since: float, deadline: float | None

@@ -1,0 +1,123 @@
+"""Cycles and paid models: what each call is charged and refunded, and prepaid balances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from emulator.billing import MIN_ATTACHED, Price, Receipt
+from emulator.config import EmulatorConfig
+from emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
+from emulator.engine import Engine
+from emulator.rules import Match, Reply, Rule
+
+ALICE = "aaaaa-aa"
+BOB = "2vxsx-fae"
+PRICE = Price(per_call=1_000, per_token=10)
+
+
+@pytest_asyncio.fixture
+async def engine() -> AsyncIterator[Engine]:
+    """An engine where gemma3:27b costs 1000 cycles a call plus 10 a token, and answers are scripted."""
+    engine = Engine(EmulatorConfig(prices={"gemma3:27b": PRICE}))
+    engine.rules.add(Rule(Match(), Reply(AssistantMessage("four words of answer"))))
+    engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+async def call(engine: Engine, model: str, cycles: int, caller: str = ALICE) -> Receipt:
+    receipt = Receipt()
+    request = ChatRequest(model=model, messages=(UserMessage("two words"),))
+    await engine.canister.chat(request, caller, cycles=cycles, receipt=receipt)
+    return receipt
+
+
+COST = PRICE.of(2 + 4)  # "two words" and "four words of answer"
+MOST = PRICE.of(2 + 1000)  # what a call reserves: its prompt tokens and the whole output cap
+
+
+@pytest.mark.asyncio
+async def test_free_model_refunds_everything_attached(engine: Engine) -> None:
+    assert (await call(engine, "llama3.1:8b", 0)).refunded == 0
+    receipt = await call(engine, "llama3.1:8b", 5 * MIN_ATTACHED)
+    assert (receipt.charged, receipt.refunded) == (0, 5 * MIN_ATTACHED)
+
+
+@pytest.mark.asyncio
+async def test_paid_model_with_too_few_cycles_is_rejected_with_what_to_do(engine: Engine) -> None:
+    receipt = Receipt()
+    request = ChatRequest(model="gemma3:27b", messages=(UserMessage("two words"),))
+    with pytest.raises(Reject) as caught:
+        await engine.canister.chat(request, ALICE, cycles=MIN_ATTACHED - 1, receipt=receipt)
+    assert caught.value.code is RejectCode.CANISTER_REJECT
+    message = caught.value.message
+    assert f"attach at least {MIN_ATTACHED} cycles" in message and f"attached: {MIN_ATTACHED - 1}" in message
+    assert "v1_deposit" in message and "balance: 0" in message
+    assert (receipt.charged, receipt.refunded) == (0, MIN_ATTACHED - 1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("attached", [MIN_ATTACHED, 3 * MIN_ATTACHED])
+async def test_paid_model_charges_the_price_and_refunds_the_rest(engine: Engine, attached: int) -> None:
+    receipt = await call(engine, "gemma3:27b", attached)
+    assert (receipt.charged, receipt.refunded) == (COST, attached - COST)
+    (record,) = engine.history.records
+    assert record.receipt.charged == COST
+
+
+@pytest.mark.asyncio
+async def test_deposit_then_call_draws_on_the_balance(engine: Engine) -> None:
+    assert engine.canister.deposit(BOB, 2 * MOST, beneficiary=ALICE) == 2 * MOST
+    receipt = await call(engine, "gemma3:27b", 5)
+    assert (receipt.charged, receipt.refunded, receipt.from_balance) == (COST, 5, True)
+    assert engine.canister.ledger.balance(ALICE) == 2 * MOST - COST
+    assert engine.canister.deposit(ALICE, 0) == 2 * MOST - COST  # no beneficiary: the caller's own
+
+
+@pytest.mark.asyncio
+async def test_balance_exhausted_midway_rejects_the_next_call(engine: Engine) -> None:
+    engine.canister.deposit(ALICE, MOST + COST)
+    await call(engine, "gemma3:27b", 0)
+    await call(engine, "gemma3:27b", 0)
+    with pytest.raises(Reject, match=r"balance: \d+; this call may cost up to"):
+        await call(engine, "gemma3:27b", 0)
+    assert engine.canister.ledger.balance(ALICE) == MOST + COST - 2 * COST
+
+
+@pytest.mark.asyncio
+async def test_concurrent_callers_never_spend_one_balance_twice(engine: Engine) -> None:
+    deposited = 3 * MOST
+    engine.canister.deposit(ALICE, deposited)
+    engine.queue.set_paused(True)  # every call is admitted before any is answered
+    calls = [asyncio.ensure_future(call(engine, "gemma3:27b", 0)) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    engine.queue.set_paused(False)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    charged = sum(r.charged for r in results if isinstance(r, Receipt))
+    assert sum(isinstance(r, Receipt) for r in results) == 3
+    assert all(isinstance(r, Reject) for r in results if not isinstance(r, Receipt))
+    assert charged <= deposited
+    assert engine.canister.ledger.balance(ALICE) == deposited - charged
+
+
+@pytest.mark.asyncio
+async def test_a_rejected_paid_call_is_charged_nothing(engine: Engine) -> None:
+    engine.rules.clear()
+    engine.rules.add(Rule(Match(), Reject(RejectCode.SYS_TRANSIENT, "busy")))
+    engine.canister.deposit(ALICE, MOST)
+    with pytest.raises(Reject, match="busy"):
+        await call(engine, "gemma3:27b", 0)
+    assert engine.canister.ledger.balance(ALICE) == MOST
+
+
+@pytest.mark.asyncio
+async def test_launch_profile_predates_paid_models(engine: Engine) -> None:
+    engine.configure(profile="launch-2025")
+    receipt = await call(engine, "gemma3:27b", 7)
+    assert (receipt.charged, receipt.refunded) == (0, 7)
