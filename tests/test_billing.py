@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
 
+from emulator._proto.icllm.v1 import canister_pb2 as pb
+from emulator._proto.icllm.v1 import control_pb2 as cpb
 from emulator.billing import MIN_ATTACHED, Price, Receipt
 from emulator.config import EmulatorConfig
 from emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
 from emulator.engine import Engine
 from emulator.rules import Match, Reply, Rule
+from tests.conftest import Stubs, reject_code, user_request
 
 ALICE = "aaaaa-aa"
 BOB = "2vxsx-fae"
@@ -121,3 +126,60 @@ async def test_launch_profile_predates_paid_models(engine: Engine) -> None:
     engine.configure(profile="launch-2025")
     receipt = await call(engine, "gemma3:27b", 7)
     assert (receipt.charged, receipt.refunded) == (0, 7)
+
+
+# -- over gRPC -------------------------------------------------------------------------------------
+
+
+def refunded(call: Any) -> int:
+    return int(dict(call.trailing_metadata())["icllm-cycles-refunded"])
+
+
+def test_grpc_refund_travels_as_trailing_metadata(emu: Stubs) -> None:
+    emu.control.Configure(cpb.ConfigureRequest(prices=[cpb.ModelPrice(model="gemma3:27b", per_call=1_000)]))
+    _, free = emu.canister.V1Chat.with_call(
+        user_request(model="llama3.1:8b"), metadata=(("icllm-cycles", "500"),)
+    )
+    assert refunded(free) == 500
+    _, paid = emu.canister.V1Chat.with_call(
+        user_request(model="gemma3:27b"), metadata=(("icllm-cycles", str(MIN_ATTACHED)),)
+    )
+    assert refunded(paid) == MIN_ATTACHED - 1_000
+    (_, record) = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
+    assert (record.cycles_attached, record.cycles_charged, record.cycles_refunded) == (
+        MIN_ATTACHED,
+        1_000,
+        MIN_ATTACHED - 1_000,
+    )
+
+
+def test_grpc_reject_for_too_few_cycles_refunds_them(emu: Stubs) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.V1Chat(user_request(model="gemma3:27b"), metadata=(("icllm-cycles", "7"),))
+    assert reject_code(caught.value) == 4 and refunded(caught.value) == 7
+    assert "attached: 7" in caught.value.details()
+
+
+def test_grpc_deposit_for_a_beneficiary_and_balances_in_control(emu: Stubs) -> None:
+    deposit = emu.canister.V1Deposit(
+        pb.V1DepositRequest(beneficiary=ALICE), metadata=(("icllm-cycles", "5000"),)
+    )
+    assert deposit.balance == 5000
+    assert emu.canister.V1Deposit(pb.V1DepositRequest(), metadata=(("icllm-cycles", "1"),)).balance == 1
+    assert dict(emu.control.GetBalances(cpb.GetBalancesRequest()).balances) == {ALICE: 5000, BOB: 1}
+    emu.control.SetBalance(cpb.SetBalanceRequest(principal=ALICE, cycles=9))
+    assert emu.control.GetBalances(cpb.GetBalancesRequest()).balances[ALICE] == 9
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.V1Deposit(pb.V1DepositRequest(beneficiary="Not A Principal"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "beneficiary 'Not A Principal' is not a textual principal" in caught.value.details()
+
+
+def test_grpc_billing_can_be_switched_off(emu: Stubs) -> None:
+    config = emu.control.Configure(cpb.ConfigureRequest(billing=False))
+    assert not config.billing and [p.model for p in config.prices] == ["gemma3:27b"]
+    _, call = emu.canister.V1Chat.with_call(
+        user_request(model="gemma3:27b"), metadata=(("icllm-cycles", "3"),)
+    )
+    assert refunded(call) == 3
+    assert emu.control.Configure(cpb.ConfigureRequest(clear_prices=True)).prices == []

@@ -12,11 +12,12 @@ from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker
 from emulator._proto.icllm.v1 import control_pb2 as cpb
 from emulator._proto.icllm.v1 import worker_pb2 as wpb
 from emulator.backends import ToolPolicy
+from emulator.billing import Price, Receipt
 from emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
-from emulator.domain import Answer, Limits, Reject, RejectCode
+from emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode
 from emulator.engine import Engine
 from emulator.grpc_api import convert
-from emulator.grpc_api.status import caller_of, rpc
+from emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
 from emulator.history import CallRecord
 from emulator.queue import Job
 from emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
@@ -29,17 +30,34 @@ class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    async def _chat(self, request: ChatRequest, context: grpc.aio.ServicerContext) -> Answer:
+        """One chat call with the caller's cycles; the refund travels back as trailing metadata."""
+        caller, cycles = caller_of(context)
+        receipt = Receipt()
+        try:
+            return await self.engine.canister.chat(request, caller, cycles, receipt)
+        finally:
+            context.set_trailing_metadata(((REFUNDED_KEY, str(receipt.refunded)),))
+
     @rpc
     async def V0Chat(self, request: pb.V0ChatRequest, context: grpc.aio.ServicerContext) -> pb.V0ChatResponse:
-        caller, _cycles = caller_of(context)
-        answer = await self.engine.canister.chat(convert.v0_request(request), caller)
+        answer = await self._chat(convert.v0_request(request), context)
         return pb.V0ChatResponse(text=answer.message.content or "")
 
     @rpc
     async def V1Chat(self, request: pb.V1ChatRequest, context: grpc.aio.ServicerContext) -> pb.V1ChatResponse:
-        caller, _cycles = caller_of(context)
-        answer = await self.engine.canister.chat(convert.v1_request(request), caller)
+        answer = await self._chat(convert.v1_request(request), context)
         return pb.V1ChatResponse(message=convert.assistant_message_pb(answer.message))
+
+    @rpc
+    async def V1Deposit(
+        self, request: pb.V1DepositRequest, context: grpc.aio.ServicerContext
+    ) -> pb.V1DepositResponse:
+        caller, cycles = caller_of(context)
+        beneficiary = (
+            principal_of(request.beneficiary, "beneficiary") if request.HasField("beneficiary") else None
+        )
+        return pb.V1DepositResponse(balance=self.engine.canister.deposit(caller, cycles, beneficiary))
 
 
 class AiWorkerServicer(worker_pb2_grpc.AiWorkerServicer):
@@ -218,6 +236,19 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         return cpb.AdvanceClockResponse(now=now)
 
+    @rpc
+    async def GetBalances(
+        self, request: cpb.GetBalancesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.GetBalancesResponse:
+        return cpb.GetBalancesResponse(balances=self.engine.canister.ledger.balances)
+
+    @rpc
+    async def SetBalance(
+        self, request: cpb.SetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.SetBalanceResponse:
+        self.engine.canister.ledger.set_balance(principal_of(request.principal, "principal"), request.cycles)
+        return cpb.SetBalanceResponse()
+
 
 # -- control-plane conversions ---------------------------------------------------------------------
 
@@ -247,6 +278,11 @@ def config_pb(config: EmulatorConfig) -> cpb.EmulatorConfig:
         caller_deadline_seconds=config.caller_deadline,
         backend=config.backend.value,
         clock=config.clock.value,
+        billing=config.charges,
+        prices=[
+            cpb.ModelPrice(model=model, per_call=price.per_call, per_token=price.per_token)
+            for model, price in config.prices.items()
+        ],
     )
 
 
@@ -280,6 +316,12 @@ def config_changes(request: cpb.ConfigureRequest, current: EmulatorConfig) -> di
         changes["caller_deadline"] = request.caller_deadline_seconds
     if request.clear_caller_deadline:
         changes["caller_deadline"] = None
+    if request.HasField("billing"):
+        changes["billing"] = request.billing
+    if request.prices and request.clear_prices:
+        raise ConfigError("give prices or set clear_prices, not both")
+    if request.prices or request.clear_prices:
+        changes["prices"] = {p.model: Price(p.per_call, p.per_token) for p in request.prices}
     return changes
 
 
@@ -379,6 +421,9 @@ def record_pb(record: CallRecord) -> cpb.CallRecord:
         worker_id=job.worker_id if job else "",
         input_tokens=record.input_tokens,
         unexpected=record.unexpected,
+        cycles_attached=record.receipt.attached,
+        cycles_charged=record.receipt.charged,
+        cycles_refunded=record.receipt.refunded,
     )
     outcome = record.outcome
     if isinstance(outcome, Answer):

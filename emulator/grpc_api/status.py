@@ -23,6 +23,7 @@ from emulator.rules import RuleError
 REJECT_CODE_KEY = "icllm-reject-code"
 CALLER_KEY = "icllm-caller"
 CYCLES_KEY = "icllm-cycles"
+REFUNDED_KEY = "icllm-cycles-refunded"
 
 GRPC_STATUS: dict[RejectCode, grpc.StatusCode] = {
     RejectCode.SYS_FATAL: grpc.StatusCode.ABORTED,
@@ -38,23 +39,27 @@ _PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
 
 
 async def abort_with_reject(context: grpc.aio.ServicerContext, reject: Reject) -> NoReturn:
-    await context.abort(
-        GRPC_STATUS[reject.code],
-        reject.message,
-        trailing_metadata=((REJECT_CODE_KEY, str(int(reject.code))),),
-    )
+    # Keep what the handler set already (the cycles refunded) beside the reject code.
+    trailing = (*(context.trailing_metadata() or ()), (REJECT_CODE_KEY, str(int(reject.code))))
+    await context.abort(GRPC_STATUS[reject.code], reject.message, trailing_metadata=trailing)
     raise AssertionError("abort returns only by raising")
+
+
+def principal_of(text: str, what: str) -> str:
+    """A textual principal, checked for its shape (not its checksum)."""
+    principal = text.strip()
+    if not _PRINCIPAL.match(principal):
+        raise BadRequest(
+            f"{what} {principal!r} is not a textual principal "
+            f"(lower-case base32 groups joined by dashes, e.g. {ANONYMOUS_PRINCIPAL})"
+        )
+    return principal
 
 
 def caller_of(context: grpc.aio.ServicerContext) -> tuple[str, int]:
     """The calling principal and the cycles attached, from request metadata."""
     metadata = dict(context.invocation_metadata() or ())
-    caller = str(metadata.get(CALLER_KEY, ANONYMOUS_PRINCIPAL)).strip()
-    if not _PRINCIPAL.match(caller):
-        raise BadRequest(
-            f"metadata {CALLER_KEY} {caller!r} is not a textual principal "
-            f"(lower-case base32 groups joined by dashes, e.g. {ANONYMOUS_PRINCIPAL})"
-        )
+    caller = principal_of(str(metadata.get(CALLER_KEY, ANONYMOUS_PRINCIPAL)), f"metadata {CALLER_KEY}")
     cycles_text = str(metadata.get(CYCLES_KEY, "0")).strip()
     if not cycles_text.isdigit():
         raise BadRequest(f"metadata {CYCLES_KEY} {cycles_text!r} is not a natural number of cycles")

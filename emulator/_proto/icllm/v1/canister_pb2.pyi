@@ -8,6 +8,8 @@ Request metadata: `icllm-caller` (the calling principal, default the anonymous p
 `icllm-cycles` (cycles attached to the call, a decimal nat).
 A reject is a gRPC error: trailing metadata `icllm-reject-code` holds the IC reject code (1-6) and the
 status details hold the reject message. See the README for the gRPC status of each code.
+Replies and rejects of V0Chat/V1Chat carry trailing metadata `icllm-cycles-refunded`: the attached
+cycles that came back (all of them for a free model or a reject).
 """
 
 from collections import abc as _abc
@@ -457,3 +459,43 @@ class V1ChatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___V1ChatResponse: _TypeAlias = V1ChatResponse  # noqa: Y015
+
+@_typing.final
+class V1DepositRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BENEFICIARY_FIELD_NUMBER: _builtins.int
+    beneficiary: _builtins.str
+    def __init__(
+        self,
+        *,
+        beneficiary: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beneficiary", b"_beneficiary", "beneficiary", b"beneficiary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beneficiary", b"_beneficiary", "beneficiary", b"beneficiary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__beneficiary: _TypeAlias = _typing.Literal["beneficiary"]  # noqa: Y015
+    _WhichOneofArgType__beneficiary: _TypeAlias = _typing.Literal["_beneficiary", b"_beneficiary"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beneficiary) -> _WhichOneofReturnType__beneficiary | None: ...
+
+Global___V1DepositRequest: _TypeAlias = V1DepositRequest  # noqa: Y015
+
+@_typing.final
+class V1DepositResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    balance: _builtins.int
+    def __init__(
+        self,
+        *,
+        balance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___V1DepositResponse: _TypeAlias = V1DepositResponse  # noqa: Y015

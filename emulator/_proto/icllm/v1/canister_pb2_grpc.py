@@ -44,6 +44,11 @@ class LlmCanisterStub:
                 request_serializer=icllm_dot_v1_dot_canister__pb2.V1ChatRequest.SerializeToString,
                 response_deserializer=icllm_dot_v1_dot_canister__pb2.V1ChatResponse.FromString,
                 _registered_method=True)
+        self.V1Deposit = channel.unary_unary(
+                '/icllm.v1.LlmCanister/V1Deposit',
+                request_serializer=icllm_dot_v1_dot_canister__pb2.V1DepositRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canister__pb2.V1DepositResponse.FromString,
+                _registered_method=True)
 
 
 class LlmCanisterServicer:
@@ -63,6 +68,14 @@ class LlmCanisterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def V1Deposit(self, request, context):
+        """v1_deposit : (opt principal) -> (nat): the attached cycles (metadata icllm-cycles) join the
+        beneficiary's prepaid balance (the caller's when none is given); returns the new balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LlmCanisterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_LlmCanisterServicer_to_server(servicer, server):
                     servicer.V1Chat,
                     request_deserializer=icllm_dot_v1_dot_canister__pb2.V1ChatRequest.FromString,
                     response_serializer=icllm_dot_v1_dot_canister__pb2.V1ChatResponse.SerializeToString,
+            ),
+            'V1Deposit': grpc.unary_unary_rpc_method_handler(
+                    servicer.V1Deposit,
+                    request_deserializer=icllm_dot_v1_dot_canister__pb2.V1DepositRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canister__pb2.V1DepositResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class LlmCanister:
             '/icllm.v1.LlmCanister/V1Chat',
             icllm_dot_v1_dot_canister__pb2.V1ChatRequest.SerializeToString,
             icllm_dot_v1_dot_canister__pb2.V1ChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def V1Deposit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.LlmCanister/V1Deposit',
+            icllm_dot_v1_dot_canister__pb2.V1DepositRequest.SerializeToString,
+            icllm_dot_v1_dot_canister__pb2.V1DepositResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,8 @@ Request metadata: `icllm-caller` (the calling principal, default the anonymous p
 `icllm-cycles` (cycles attached to the call, a decimal nat).
 A reject is a gRPC error: trailing metadata `icllm-reject-code` holds the IC reject code (1-6) and the
 status details hold the reject message. See the README for the gRPC status of each code.
+Replies and rejects of V0Chat/V1Chat carry trailing metadata `icllm-cycles-refunded`: the attached
+cycles that came back (all of them for a free model or a reject).
 """
 
 from collections import abc as _abc
@@ -42,6 +44,10 @@ class LlmCanisterStub:
     """v0_chat : (record { model; messages }) -> (text)"""
     V1Chat: _grpc.UnaryUnaryMultiCallable[_canister_pb2.V1ChatRequest, _canister_pb2.V1ChatResponse]
     """v1_chat : (chat_request_v1) -> (record { message : assistant_message })"""
+    V1Deposit: _grpc.UnaryUnaryMultiCallable[_canister_pb2.V1DepositRequest, _canister_pb2.V1DepositResponse]
+    """v1_deposit : (opt principal) -> (nat): the attached cycles (metadata icllm-cycles) join the
+    beneficiary's prepaid balance (the caller's when none is given); returns the new balance.
+    """
 
 @_typing.type_check_only
 class LlmCanisterAsyncStub(LlmCanisterStub):
@@ -50,6 +56,10 @@ class LlmCanisterAsyncStub(LlmCanisterStub):
     """v0_chat : (record { model; messages }) -> (text)"""
     V1Chat: _aio.UnaryUnaryMultiCallable[_canister_pb2.V1ChatRequest, _canister_pb2.V1ChatResponse]  # type: ignore[assignment]
     """v1_chat : (chat_request_v1) -> (record { message : assistant_message })"""
+    V1Deposit: _aio.UnaryUnaryMultiCallable[_canister_pb2.V1DepositRequest, _canister_pb2.V1DepositResponse]  # type: ignore[assignment]
+    """v1_deposit : (opt principal) -> (nat): the attached cycles (metadata icllm-cycles) join the
+    beneficiary's prepaid balance (the caller's when none is given); returns the new balance.
+    """
 
 class LlmCanisterServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -67,5 +77,15 @@ class LlmCanisterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_canister_pb2.V1ChatResponse, _abc.Awaitable[_canister_pb2.V1ChatResponse]]:
         """v1_chat : (chat_request_v1) -> (record { message : assistant_message })"""
+
+    @_abc_1.abstractmethod
+    def V1Deposit(
+        self,
+        request: _canister_pb2.V1DepositRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canister_pb2.V1DepositResponse, _abc.Awaitable[_canister_pb2.V1DepositResponse]]:
+        """v1_deposit : (opt principal) -> (nat): the attached cycles (metadata icllm-cycles) join the
+        beneficiary's prepaid balance (the caller's when none is given); returns the new balance.
+        """
 
 def add_LlmCanisterServicer_to_server(servicer: LlmCanisterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

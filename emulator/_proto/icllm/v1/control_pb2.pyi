@@ -121,6 +121,8 @@ class EmulatorConfig(_message.Message):
     CALLER_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    BILLING_FIELD_NUMBER: _builtins.int
+    PRICES_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     default_model: _builtins.str
     seed: _builtins.int
@@ -136,10 +138,14 @@ class EmulatorConfig(_message.Message):
     """Absent: callers wait for as long as the job takes."""
     backend: _builtins.str
     clock: _builtins.str
+    billing: _builtins.bool
+    """Whether paid models charge (the launch-2025 profile predates paid models)."""
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPrice]: ...
     def __init__(
         self,
         *,
@@ -158,16 +164,45 @@ class EmulatorConfig(_message.Message):
         caller_deadline_seconds: _builtins.float | None = ...,
         backend: _builtins.str = ...,
         clock: _builtins.str = ...,
+        billing: _builtins.bool = ...,
+        prices: _abc.Iterable[Global___ModelPrice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_caller_deadline_seconds", b"_caller_deadline_seconds", "caller_deadline_seconds", b"caller_deadline_seconds", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_caller_deadline_seconds", b"_caller_deadline_seconds", "backend", b"backend", "caller_deadline_seconds", b"caller_deadline_seconds", "clock", b"clock", "default_model", b"default_model", "lease_seconds", b"lease_seconds", "limits", b"limits", "max_attempts", b"max_attempts", "models", b"models", "profile", b"profile", "queue_capacity", b"queue_capacity", "seed", b"seed", "strict_requests", b"strict_requests", "strict_rules", b"strict_rules", "tool_policy", b"tool_policy", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_caller_deadline_seconds", b"_caller_deadline_seconds", "backend", b"backend", "billing", b"billing", "caller_deadline_seconds", b"caller_deadline_seconds", "clock", b"clock", "default_model", b"default_model", "lease_seconds", b"lease_seconds", "limits", b"limits", "max_attempts", b"max_attempts", "models", b"models", "prices", b"prices", "profile", b"profile", "queue_capacity", b"queue_capacity", "seed", b"seed", "strict_requests", b"strict_requests", "strict_rules", b"strict_rules", "tool_policy", b"tool_policy", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__caller_deadline_seconds: _TypeAlias = _typing.Literal["caller_deadline_seconds"]  # noqa: Y015
     _WhichOneofArgType__caller_deadline_seconds: _TypeAlias = _typing.Literal["_caller_deadline_seconds", b"_caller_deadline_seconds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__caller_deadline_seconds) -> _WhichOneofReturnType__caller_deadline_seconds | None: ...
 
 Global___EmulatorConfig: _TypeAlias = EmulatorConfig  # noqa: Y015
+
+@_typing.final
+class ModelPrice(_message.Message):
+    """A paid model's price in cycles: per call, plus per token of prompt and answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PER_CALL_FIELD_NUMBER: _builtins.int
+    PER_TOKEN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    per_call: _builtins.int
+    per_token: _builtins.int
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        per_call: _builtins.int = ...,
+        per_token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "per_call", b"per_call", "per_token", b"per_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelPrice: _TypeAlias = ModelPrice  # noqa: Y015
 
 @_typing.final
 class ConfigureRequest(_message.Message):
@@ -186,6 +221,9 @@ class ConfigureRequest(_message.Message):
     QUEUE_CAPACITY_FIELD_NUMBER: _builtins.int
     CALLER_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
     CLEAR_CALLER_DEADLINE_FIELD_NUMBER: _builtins.int
+    BILLING_FIELD_NUMBER: _builtins.int
+    PRICES_FIELD_NUMBER: _builtins.int
+    CLEAR_PRICES_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """A named profile sets all three limits; `limits` given beside it then overrides single fields."""
     seed: _builtins.int
@@ -199,11 +237,18 @@ class ConfigureRequest(_message.Message):
     caller_deadline_seconds: _builtins.float
     clear_caller_deadline: _builtins.bool
     """Set to remove the caller deadline."""
+    billing: _builtins.bool
+    clear_prices: _builtins.bool
+    """Make every model free."""
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Replaces the model catalogue."""
+
+    @_builtins.property
+    def prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPrice]:
+        """Replaces the price list when given (models not listed are free)."""
 
     def __init__(
         self,
@@ -221,11 +266,16 @@ class ConfigureRequest(_message.Message):
         queue_capacity: _builtins.int | None = ...,
         caller_deadline_seconds: _builtins.float | None = ...,
         clear_caller_deadline: _builtins.bool = ...,
+        billing: _builtins.bool | None = ...,
+        prices: _abc.Iterable[Global___ModelPrice] | None = ...,
+        clear_prices: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_caller_deadline_seconds", b"_caller_deadline_seconds", "_lease_seconds", b"_lease_seconds", "_limits", b"_limits", "_max_attempts", b"_max_attempts", "_profile", b"_profile", "_queue_capacity", b"_queue_capacity", "_seed", b"_seed", "_strict_requests", b"_strict_requests", "_strict_rules", b"_strict_rules", "_tool_policy", b"_tool_policy", "_workers", b"_workers", "caller_deadline_seconds", b"caller_deadline_seconds", "lease_seconds", b"lease_seconds", "limits", b"limits", "max_attempts", b"max_attempts", "profile", b"profile", "queue_capacity", b"queue_capacity", "seed", b"seed", "strict_requests", b"strict_requests", "strict_rules", b"strict_rules", "tool_policy", b"tool_policy", "workers", b"workers"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_billing", b"_billing", "_caller_deadline_seconds", b"_caller_deadline_seconds", "_lease_seconds", b"_lease_seconds", "_limits", b"_limits", "_max_attempts", b"_max_attempts", "_profile", b"_profile", "_queue_capacity", b"_queue_capacity", "_seed", b"_seed", "_strict_requests", b"_strict_requests", "_strict_rules", b"_strict_rules", "_tool_policy", b"_tool_policy", "_workers", b"_workers", "billing", b"billing", "caller_deadline_seconds", b"caller_deadline_seconds", "lease_seconds", b"lease_seconds", "limits", b"limits", "max_attempts", b"max_attempts", "profile", b"profile", "queue_capacity", b"queue_capacity", "seed", b"seed", "strict_requests", b"strict_requests", "strict_rules", b"strict_rules", "tool_policy", b"tool_policy", "workers", b"workers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_caller_deadline_seconds", b"_caller_deadline_seconds", "_lease_seconds", b"_lease_seconds", "_limits", b"_limits", "_max_attempts", b"_max_attempts", "_profile", b"_profile", "_queue_capacity", b"_queue_capacity", "_seed", b"_seed", "_strict_requests", b"_strict_requests", "_strict_rules", b"_strict_rules", "_tool_policy", b"_tool_policy", "_workers", b"_workers", "caller_deadline_seconds", b"caller_deadline_seconds", "clear_caller_deadline", b"clear_caller_deadline", "lease_seconds", b"lease_seconds", "limits", b"limits", "max_attempts", b"max_attempts", "models", b"models", "profile", b"profile", "queue_capacity", b"queue_capacity", "seed", b"seed", "strict_requests", b"strict_requests", "strict_rules", b"strict_rules", "tool_policy", b"tool_policy", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_billing", b"_billing", "_caller_deadline_seconds", b"_caller_deadline_seconds", "_lease_seconds", b"_lease_seconds", "_limits", b"_limits", "_max_attempts", b"_max_attempts", "_profile", b"_profile", "_queue_capacity", b"_queue_capacity", "_seed", b"_seed", "_strict_requests", b"_strict_requests", "_strict_rules", b"_strict_rules", "_tool_policy", b"_tool_policy", "_workers", b"_workers", "billing", b"billing", "caller_deadline_seconds", b"caller_deadline_seconds", "clear_caller_deadline", b"clear_caller_deadline", "clear_prices", b"clear_prices", "lease_seconds", b"lease_seconds", "limits", b"limits", "max_attempts", b"max_attempts", "models", b"models", "prices", b"prices", "profile", b"profile", "queue_capacity", b"queue_capacity", "seed", b"seed", "strict_requests", b"strict_requests", "strict_rules", b"strict_rules", "tool_policy", b"tool_policy", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__billing: _TypeAlias = _typing.Literal["billing"]  # noqa: Y015
+    _WhichOneofArgType__billing: _TypeAlias = _typing.Literal["_billing", b"_billing"]  # noqa: Y015
     _WhichOneofReturnType__caller_deadline_seconds: _TypeAlias = _typing.Literal["caller_deadline_seconds"]  # noqa: Y015
     _WhichOneofArgType__caller_deadline_seconds: _TypeAlias = _typing.Literal["_caller_deadline_seconds", b"_caller_deadline_seconds"]  # noqa: Y015
     _WhichOneofReturnType__lease_seconds: _TypeAlias = _typing.Literal["lease_seconds"]  # noqa: Y015
@@ -248,6 +298,8 @@ class ConfigureRequest(_message.Message):
     _WhichOneofArgType__tool_policy: _TypeAlias = _typing.Literal["_tool_policy", b"_tool_policy"]  # noqa: Y015
     _WhichOneofReturnType__workers: _TypeAlias = _typing.Literal["workers"]  # noqa: Y015
     _WhichOneofArgType__workers: _TypeAlias = _typing.Literal["_workers", b"_workers"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__billing) -> _WhichOneofReturnType__billing | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__caller_deadline_seconds) -> _WhichOneofReturnType__caller_deadline_seconds | None: ...
     @_typing.overload
@@ -850,6 +902,9 @@ class CallRecord(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     UNEXPECTED_FIELD_NUMBER: _builtins.int
+    CYCLES_ATTACHED_FIELD_NUMBER: _builtins.int
+    CYCLES_CHARGED_FIELD_NUMBER: _builtins.int
+    CYCLES_REFUNDED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job's id."""
     method: _builtins.str
@@ -869,6 +924,9 @@ class CallRecord(_message.Message):
     truncated: _builtins.bool
     unexpected: _builtins.bool
     """Rejected in strict mode because no scripted rule expected it."""
+    cycles_attached: _builtins.int
+    cycles_charged: _builtins.int
+    cycles_refunded: _builtins.int
     @_builtins.property
     def request(self) -> _canister_pb2.V1ChatRequest: ...
     @_builtins.property
@@ -900,10 +958,13 @@ class CallRecord(_message.Message):
         output_tokens: _builtins.int = ...,
         truncated: _builtins.bool = ...,
         unexpected: _builtins.bool = ...,
+        cycles_attached: _builtins.int = ...,
+        cycles_charged: _builtins.int = ...,
+        cycles_refunded: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "message", b"message", "outcome", b"outcome", "reject", b"reject", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "attempts", b"attempts", "caller", b"caller", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "id", b"id", "input_tokens", b"input_tokens", "job_state", b"job_state", "message", b"message", "method", b"method", "outcome", b"outcome", "output_tokens", b"output_tokens", "received_at", b"received_at", "reject", b"reject", "request", b"request", "rule_id", b"rule_id", "truncated", b"truncated", "unexpected", b"unexpected", "warnings", b"warnings", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "attempts", b"attempts", "caller", b"caller", "cycles_attached", b"cycles_attached", "cycles_charged", b"cycles_charged", "cycles_refunded", b"cycles_refunded", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "id", b"id", "input_tokens", b"input_tokens", "job_state", b"job_state", "message", b"message", "method", b"method", "outcome", b"outcome", "output_tokens", b"output_tokens", "received_at", b"received_at", "reject", b"reject", "request", b"request", "rule_id", b"rule_id", "truncated", b"truncated", "unexpected", b"unexpected", "warnings", b"warnings", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__finished_at: _TypeAlias = _typing.Literal["finished_at"]  # noqa: Y015
     _WhichOneofArgType__finished_at: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at"]  # noqa: Y015
@@ -1018,6 +1079,98 @@ class Stats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Stats: _TypeAlias = Stats  # noqa: Y015
+
+@_typing.final
+class GetBalancesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBalancesRequest: _TypeAlias = GetBalancesRequest  # noqa: Y015
+
+@_typing.final
+class GetBalancesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BalancesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BALANCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balances(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        balances: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBalancesResponse: _TypeAlias = GetBalancesResponse  # noqa: Y015
+
+@_typing.final
+class SetBalanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    CYCLES_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    cycles: _builtins.int
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        cycles: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycles", b"cycles", "principal", b"principal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceRequest: _TypeAlias = SetBalanceRequest  # noqa: Y015
+
+@_typing.final
+class SetBalanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceResponse: _TypeAlias = SetBalanceResponse  # noqa: Y015
 
 @_typing.final
 class AdvanceClockRequest(_message.Message):

@@ -99,6 +99,16 @@ class ControlStub:
                 request_serializer=icllm_dot_v1_dot_control__pb2.AdvanceClockRequest.SerializeToString,
                 response_deserializer=icllm_dot_v1_dot_control__pb2.AdvanceClockResponse.FromString,
                 _registered_method=True)
+        self.GetBalances = channel.unary_unary(
+                '/icllm.v1.Control/GetBalances',
+                request_serializer=icllm_dot_v1_dot_control__pb2.GetBalancesRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.GetBalancesResponse.FromString,
+                _registered_method=True)
+        self.SetBalance = channel.unary_unary(
+                '/icllm.v1.Control/SetBalance',
+                request_serializer=icllm_dot_v1_dot_control__pb2.SetBalanceRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.SetBalanceResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -189,6 +199,19 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBalances(self, request, context):
+        """Prepaid cycle balances (what v1_deposit fills and paid calls draw on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBalance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +279,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.AdvanceClock,
                     request_deserializer=icllm_dot_v1_dot_control__pb2.AdvanceClockRequest.FromString,
                     response_serializer=icllm_dot_v1_dot_control__pb2.AdvanceClockResponse.SerializeToString,
+            ),
+            'GetBalances': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalances,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.GetBalancesRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.GetBalancesResponse.SerializeToString,
+            ),
+            'SetBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBalance,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.SetBalanceRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.SetBalanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +642,60 @@ class Control:
             '/icllm.v1.Control/AdvanceClock',
             icllm_dot_v1_dot_control__pb2.AdvanceClockRequest.SerializeToString,
             icllm_dot_v1_dot_control__pb2.AdvanceClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/GetBalances',
+            icllm_dot_v1_dot_control__pb2.GetBalancesRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.GetBalancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/SetBalance',
+            icllm_dot_v1_dot_control__pb2.SetBalanceRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.SetBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,9 @@ class ControlStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetStatsRequest, _control_pb2.Stats]
     AdvanceClock: _grpc.UnaryUnaryMultiCallable[_control_pb2.AdvanceClockRequest, _control_pb2.AdvanceClockResponse]
     """Move a virtual clock forward; FAILED_PRECONDITION on a real clock."""
+    GetBalances: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetBalancesRequest, _control_pb2.GetBalancesResponse]
+    """Prepaid cycle balances (what v1_deposit fills and paid calls draw on)."""
+    SetBalance: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetBalanceRequest, _control_pb2.SetBalanceResponse]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -77,6 +80,9 @@ class ControlAsyncStub(ControlStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_control_pb2.GetStatsRequest, _control_pb2.Stats]  # type: ignore[assignment]
     AdvanceClock: _aio.UnaryUnaryMultiCallable[_control_pb2.AdvanceClockRequest, _control_pb2.AdvanceClockResponse]  # type: ignore[assignment]
     """Move a virtual clock forward; FAILED_PRECONDITION on a real clock."""
+    GetBalances: _aio.UnaryUnaryMultiCallable[_control_pb2.GetBalancesRequest, _control_pb2.GetBalancesResponse]  # type: ignore[assignment]
+    """Prepaid cycle balances (what v1_deposit fills and paid calls draw on)."""
+    SetBalance: _aio.UnaryUnaryMultiCallable[_control_pb2.SetBalanceRequest, _control_pb2.SetBalanceResponse]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -177,5 +183,20 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.AdvanceClockResponse, _abc.Awaitable[_control_pb2.AdvanceClockResponse]]:
         """Move a virtual clock forward; FAILED_PRECONDITION on a real clock."""
+
+    @_abc_1.abstractmethod
+    def GetBalances(
+        self,
+        request: _control_pb2.GetBalancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetBalancesResponse, _abc.Awaitable[_control_pb2.GetBalancesResponse]]:
+        """Prepaid cycle balances (what v1_deposit fills and paid calls draw on)."""
+
+    @_abc_1.abstractmethod
+    def SetBalance(
+        self,
+        request: _control_pb2.SetBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SetBalanceResponse, _abc.Awaitable[_control_pb2.SetBalanceResponse]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
