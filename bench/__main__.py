@@ -12,6 +12,9 @@ import sys
 # name -> module with `main(argv: list[str] | None) -> int`
 BENCHMARKS = {
     "grpc": "bench.grpc_vs_echo",
+    "llama": "bench.llama_vs_direct",
+    "plugin": "bench.plugin_overhead",
+    "http": "bench.http_vs_grpc",
 }
 
 

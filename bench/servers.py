@@ -83,7 +83,7 @@ def emulator_main(report: Queue[tuple[str, Any]], profile_path: str | None = Non
     server_module = importlib.import_module("emulator.server")
 
     async def main() -> None:
-        config = config_module.EmulatorConfig(host=HOST, grpc_port=0, workers=1)
+        config = config_module.EmulatorConfig(host=HOST, grpc_port=0, ollama_port=None, workers=1)
         server: _Server = server_module.EmulatorServer(config)
         try:
             ports = await server.start()

@@ -19,10 +19,18 @@ from typing import Any
 
 import grpc
 
-from emulator.backends import ToolPolicy
+from emulator.backends import Backend, ToolPolicy
 from emulator.backends.fake import FakeBackend
 from emulator.clock import ClockKind, RealClock
-from emulator.config import DEFAULT_MODELS, BackendKind, ConfigError, EmulatorConfig, choice
+from emulator.config import (
+    DEFAULT_MODELS,
+    BackendKind,
+    ConfigError,
+    EmulatorConfig,
+    choice,
+    parse_model_files,
+    resolve_model_files,
+)
 from emulator.grpc_api.worker_source import GrpcSource
 from emulator.rules import RuleError
 from emulator.server import EmulatorServer
@@ -44,18 +52,35 @@ def _models(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _port_or_off(text: str) -> int | None:
+    return None if text.strip().lower() in ("off", "none") else int(text)
+
+
 def _optional_seconds(text: str) -> float | None:
     return None if text.strip().lower() in ("", "none", "off") else float(text)
 
 
-# (flag, type, default, help); the env var of each is derived from the flag.
+MODEL_HELP = (
+    "GGUF file of the llama backend: NAME=PATH, or a bare PATH for the default model; "
+    "repeat for several models (in the env var, separate them with ;)"
+)
+
+# (flag, type, default, help); the env var of each is derived from the flag. A list default makes a
+# flag repeatable: each use adds to the list, and using it at all replaces the env var's list.
 SERVE_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--host", str, "127.0.0.1", "address to listen on (loopback by default)"),
     ("--grpc-port", int, 50051, "gRPC port; 0 picks a free one (see --port-file)"),
+    (
+        "--ollama-port",
+        _port_or_off,
+        11434,
+        "Ollama-compatible HTTP port (Ollama's own); 0 picks a free one, off turns HTTP off",
+    ),
     ("--port-file", str, None, "write the bound ports here as JSON once listening"),
     ("--backend", str, BackendKind.FAKE.value, f"answers from: {', '.join(b.value for b in BackendKind)}"),
     ("--profile", str, "current", "limit profile: current, launch-2025, unlimited"),
     ("--models", _models, DEFAULT_MODELS, "comma-separated model catalogue; the first is the default"),
+    ("--model", parse_model_files, [], MODEL_HELP),
     ("--seed", int, 0, "seed of the fake backend's answers"),
     (
         "--tool-policy",
@@ -81,6 +106,7 @@ WORKER_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--worker-id", str, None, "this worker's name (default: a random one)"),
     ("--backend", str, BackendKind.FAKE.value, f"answers from: {', '.join(b.value for b in BackendKind)}"),
     ("--models", _models, (), "only lease prompts for these models (comma-separated; default: all)"),
+    ("--model", parse_model_files, [], MODEL_HELP + " (this worker then leases only those models' prompts)"),
     ("--seed", int, 0, "seed of the fake backend's answers"),
     (
         "--tool-policy",
@@ -109,7 +135,26 @@ def _add_options(
                 default = kind(environ[env])
             except (ValueError, argparse.ArgumentTypeError) as error:
                 parser.error(f"environment variable {env}={environ[env]!r} is not valid: {error}")
-        parser.add_argument(flag, type=kind, default=default, help=f"{text} [env {env}]")
+        if isinstance(default, list):
+            parser.add_argument(
+                flag, type=kind, default=default, action=_Repeatable, help=f"{text} [env {env}]"
+            )
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=f"{text} [env {env}]")
+
+
+class _Repeatable(argparse.Action):
+    """Collects a repeatable flag's values; the first use on the command line drops the default's."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        flag: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*([] if current is self.default else current), *values])
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -124,10 +169,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
         host=args.host,
         grpc_port=args.grpc_port,
+        ollama_port=args.ollama_port,
         port_file=args.port_file,
         backend=choice(BackendKind, args.backend, "backend"),
         profile=args.profile,
         models=args.models,
+        model_files=tuple(args.model),
         seed=args.seed,
         tool_policy=choice(ToolPolicy, args.tool_policy, "tool policy"),
         rules_file=args.rules,
@@ -158,21 +205,43 @@ async def serve(config: EmulatorConfig) -> None:
     log.info("stopped")
 
 
+def worker_backend(args: argparse.Namespace) -> tuple[Backend, tuple[str, ...]]:
+    """An external worker's backend, and the models whose prompts it leases (none named: all)."""
+    kind = choice(BackendKind, args.backend, "backend")
+    if kind is BackendKind.LLAMA:
+        # Imported here: it imports llama_cpp, an optional extra (a ConfigError says how to install it).
+        from emulator.backends.llama import LlamaBackend, LlamaSettings
+
+        files = resolve_model_files(args.model, args.models[0] if args.models else DEFAULT_MODELS[0])
+        llama = LlamaBackend(files, LlamaSettings(seed=args.seed))
+        return llama, tuple(args.models) or tuple(llama.models)
+    if args.model:
+        raise ConfigError(
+            f"--model gives GGUF files to the llama backend, but the backend is {kind.value!r}; "
+            "add --backend llama"
+        )
+    tool_policy = choice(ToolPolicy, args.tool_policy, "tool policy")
+    return FakeBackend(seed=args.seed, tool_policy=tool_policy), tuple(args.models)
+
+
 async def run_worker(args: argparse.Namespace) -> None:
-    choice(BackendKind, args.backend, "backend")
-    backend = FakeBackend(seed=args.seed, tool_policy=choice(ToolPolicy, args.tool_policy, "tool policy"))
+    backend, models = worker_backend(args)
+    load = getattr(backend, "load", None)
+    if load is not None:
+        await load()
     worker_id = args.worker_id or f"worker-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with grpc.aio.insecure_channel(args.connect) as channel:
-        source = GrpcSource(channel, models=args.models, poll_seconds=args.poll_seconds)
+        source = GrpcSource(channel, models=models, poll_seconds=args.poll_seconds)
         task = asyncio.create_task(Worker(worker_id, source, backend, RealClock()).run())
         log.info("worker %s serving %s for the emulator at %s", worker_id, backend.name, args.connect)
         await stop.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    await backend.aclose()
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -25,6 +25,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from emulator._proto.icllm.v1 import canister_pb2 as pb
 from emulator._proto.icllm.v1 import canister_pb2_grpc
+from emulator.candid import decode_reply, encode_chat_request
 from emulator.domain import (
     Api,
     AssistantMessage,
@@ -65,6 +66,8 @@ __all__ = [
     "ToolMessage",
     "UserMessage",
     "assistant",
+    "decode_reply",
+    "encode_chat_request",
     "parameter",
     "system",
     "tool",
@@ -257,7 +260,7 @@ class ChatBuilder(Generic[R]):
 class _Call(Generic[Resp, T]):
     """One unary call described without doing it: the sync and async clients only transport it."""
 
-    method: Literal["V0Chat", "V1Chat"]
+    method: Literal["V0Chat", "V1Chat", "CallCandid", "V1Deposit"]
     request: ProtoMessage
     decode: Callable[[Resp], T]
 
@@ -280,6 +283,16 @@ def _v0_call(model: str, messages: Sequence[Message]) -> _Call[pb.V0ChatResponse
     """A `v0_chat` call; raises `convert.BadRequest` (a ValueError) for tool messages, which v0 lacks."""
     request = convert.v0_request_pb(ChatRequest(model=model, messages=tuple(messages), api=Api.V0))
     return _Call("V0Chat", request, lambda r: r.text)
+
+
+def _candid_call(method: str, arg: bytes) -> _Call[pb.CallCandidResponse, bytes]:
+    """A method called with its Candid argument bytes; the reply is the Candid reply bytes."""
+    return _Call("CallCandid", pb.CallCandidRequest(method=method, arg=arg), lambda r: r.reply)
+
+
+def _deposit_call(beneficiary: str | None) -> _Call[pb.V1DepositResponse, int]:
+    """v1_deposit: the client's attached cycles join the beneficiary's (else the caller's) balance."""
+    return _Call("V1Deposit", pb.V1DepositRequest(beneficiary=beneficiary), lambda r: int(r.balance))
 
 
 class _ClientSettings:
@@ -346,6 +359,14 @@ class LlmClient(_ClientSettings):
     def v1_chat(self, request: ChatRequest) -> AssistantMessage:
         return self._invoke(_v1_call(request))
 
+    def call_candid(self, method: str, arg: bytes) -> bytes:
+        """Call `method` with a Candid argument, as a canister would; returns the Candid reply bytes."""
+        return self._invoke(_candid_call(method, arg))
+
+    def v1_deposit(self, beneficiary: str | None = None) -> int:
+        """Deposit the client's `cycles` for `beneficiary` (default: the caller); returns the new balance."""
+        return self._invoke(_deposit_call(beneficiary))
+
     def close(self) -> None:
         self._channel.close()
 
@@ -392,6 +413,14 @@ class AsyncLlmClient(_ClientSettings):
 
     async def v1_chat(self, request: ChatRequest) -> AssistantMessage:
         return await self._invoke(_v1_call(request))
+
+    async def call_candid(self, method: str, arg: bytes) -> bytes:
+        """Call `method` with a Candid argument, as a canister would; returns the Candid reply bytes."""
+        return await self._invoke(_candid_call(method, arg))
+
+    async def v1_deposit(self, beneficiary: str | None = None) -> int:
+        """Deposit the client's `cycles` for `beneficiary` (default: the caller); returns the new balance."""
+        return await self._invoke(_deposit_call(beneficiary))
 
     async def close(self) -> None:
         await self._channel.close()

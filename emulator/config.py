@@ -6,7 +6,8 @@ One frozen value describes a running emulator; the Control service replaces it w
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -33,6 +34,7 @@ E = TypeVar("E", bound=enum.StrEnum)
 
 class BackendKind(enum.StrEnum):
     FAKE = "fake"
+    LLAMA = "llama"
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,41 @@ def choice(kind: type[E], value: str, what: str) -> E:
         raise ConfigError(f"{what} {value!r} is not valid; choose one of: {valid}") from None
 
 
+MODEL_FILE_SEPARATOR = ";"
+
+
+def parse_model_files(text: str) -> list[tuple[str, str]]:
+    """`NAME=PATH` or a bare `PATH` (name ""), several separated by `;` (as in the env var ICLLM_MODEL).
+
+    A `NAME` holds no `/`, so a path that contains `=` is still read as a path.
+    """
+    files: list[tuple[str, str]] = []
+    for spec in text.split(MODEL_FILE_SEPARATOR):
+        spec = spec.strip()
+        if not spec:
+            continue
+        name, equals, path = spec.partition("=")
+        if not equals or "/" in name or os.sep in name:
+            name, path = "", spec
+        files.append((name.strip(), path.strip()))
+    return files
+
+
+def resolve_model_files(files: Iterable[tuple[str, str]], default_model: str) -> tuple[tuple[str, str], ...]:
+    """Name every GGUF file (a file given without a name serves the default model), one file per model."""
+    resolved: dict[str, str] = {}
+    for given_name, path in files:
+        name = given_name.strip() or default_model
+        if not path.strip():
+            raise ConfigError(f"model {name!r}: the path of its GGUF file is empty; give --model {name}=PATH")
+        if name in resolved:
+            raise ConfigError(
+                f"model {name!r} is given two GGUF files ({resolved[name]} and {path}); give each model one"
+            )
+        resolved[name] = path
+    return tuple(resolved.items())
+
+
 def profile_limits(name: str) -> Limits:
     if name not in PROFILES:
         raise ConfigError(f"profile {name!r} is not valid; choose one of: {', '.join(PROFILES)}")
@@ -60,12 +97,17 @@ class EmulatorConfig:
 
     host: str = "127.0.0.1"
     grpc_port: int = 50051
+    # The Ollama-compatible HTTP API's port (Ollama's own by default); 0 picks a free one, None: no HTTP.
+    ollama_port: int | None = 11434
     port_file: str | None = None
     backend: BackendKind = BackendKind.FAKE
     profile: str = "current"
     # Limits that override the profile's; the profile is then called "custom".
     custom_limits: Limits | None = None
     models: tuple[str, ...] = DEFAULT_MODELS
+    # GGUF files of the llama backend, (model name, path); a name "" stands for the default model.
+    # Names not in `models` join the catalogue.
+    model_files: tuple[tuple[str, str], ...] = ()
     # Paid models and their prices; a model not named here is free.
     prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     # Whether paid models charge: by default, unless the profile predates paid models.
@@ -90,6 +132,11 @@ class EmulatorConfig:
         object.__setattr__(self, "tool_policy", choice(ToolPolicy, self.tool_policy, "tool policy"))
         object.__setattr__(self, "clock", choice(ClockKind, self.clock, "clock"))
         object.__setattr__(self, "models", tuple(self.models))
+        if self.model_files:
+            files = resolve_model_files(self.model_files, self.models[0] if self.models else "")
+            object.__setattr__(self, "model_files", files)
+            extra = tuple(dict.fromkeys(name for name, _ in files if name not in self.models))
+            object.__setattr__(self, "models", self.models + extra)
         if self.custom_limits is not None:
             object.__setattr__(self, "profile", CUSTOM_PROFILE)
         self.validate()
@@ -123,11 +170,25 @@ class EmulatorConfig:
             (bool(self.models), "the model catalogue needs at least one model"),
             (all(m.strip() for m in self.models), f"model names must not be empty, got {list(self.models)}"),
             (0 <= self.grpc_port <= 65535, f"gRPC port must be 0-65535, got {self.grpc_port}"),
+            (
+                self.ollama_port is None or 0 <= self.ollama_port <= 65535,
+                f"Ollama HTTP port must be 0-65535 (or off), got {self.ollama_port}",
+            ),
             (self.history_limit >= 1, f"history limit must be 1 or more, got {self.history_limit}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.backend is BackendKind.LLAMA and not self.model_files:
+            raise ConfigError(
+                "the llama backend needs a GGUF file: give --model NAME=PATH (NAME a model of the catalogue, "
+                "e.g. llama3.1:8b), or --model PATH for the default model"
+            )
+        if self.model_files and self.backend is not BackendKind.LLAMA:
+            raise ConfigError(
+                f"--model gives GGUF files to the llama backend, but the backend is {self.backend.value!r}; "
+                "add --backend llama"
+            )
         if self.custom_limits is None and self.profile not in PROFILES:
             raise ConfigError(f"profile {self.profile!r} is not valid; choose one of: {', '.join(PROFILES)}")
         for name, value in (

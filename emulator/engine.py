@@ -25,6 +25,11 @@ from emulator.workers import QueueSource, Worker, instant_outcome
 def make_backend(config: EmulatorConfig) -> Backend:
     if config.backend is BackendKind.FAKE:
         return FakeBackend(seed=config.seed, tool_policy=config.tool_policy)
+    if config.backend is BackendKind.LLAMA:
+        # Imported here: it imports llama_cpp, an optional extra (a ConfigError says how to install it).
+        from emulator.backends.llama import LlamaBackend, LlamaSettings
+
+        return LlamaBackend(config.model_files, LlamaSettings(seed=config.seed))
     raise ConfigError(f"backend {config.backend!r} is not available")
 
 
@@ -56,6 +61,12 @@ class Engine:
         if self.config.rules_file:
             for rule in load_rules(Path(self.config.rules_file)):
                 self.rules.add(rule)
+
+    async def load(self) -> None:
+        """Make the backend ready (a model backend loads its files here), before any worker starts."""
+        load = getattr(self.backend, "load", None)
+        if load is not None:
+            await load()
 
     def start(self) -> None:
         self._scale_workers(self.config.workers)
@@ -94,6 +105,9 @@ class Engine:
         self.rules.clear()
         self.history.clear()
         self.canister.ledger.balances.clear()
+        # Fresh built-in workers: one still inside a scripted delay for a job the reset ended would
+        # otherwise sleep through the next test's prompts. `configure` starts the new ones.
+        self._scale_workers(0)
         self.configure(
             **{f.name: getattr(self.initial_config, f.name) for f in dataclasses.fields(self.initial_config)}
         )

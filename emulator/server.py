@@ -1,4 +1,5 @@
-"""The emulator process's servers around one engine: gRPC (with health and reflection) on loopback.
+"""The emulator process's servers around one engine, on loopback: gRPC (with health and reflection)
+and the Ollama-compatible HTTP API, on one event loop.
 
 `EmulatorServer` runs inside an event loop (the CLI's); `ThreadedEmulator` runs one in a background
 thread with its own loop, for the pytest plugin and for tests.
@@ -31,11 +32,11 @@ from emulator._proto.icllm.v1 import (
 from emulator.config import ConfigError, EmulatorConfig
 from emulator.engine import Engine
 from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
+from emulator.grpc_api.status import MAX_MESSAGE_BYTES, TRANSPORT_MAX_BYTES
+from emulator.ollama.serve import OllamaHttpServer
 
 log = logging.getLogger(__name__)
 
-# The IC refuses ingress and inter-canister messages above 2 MiB; so does the emulator.
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 SERVICE_NAMES = (
     canister_pb2.DESCRIPTOR.services_by_name["LlmCanister"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["AiWorker"].full_name,
@@ -47,10 +48,19 @@ SERVICE_NAMES = (
 class Ports:
     host: str
     grpc: int
+    # The Ollama-compatible HTTP API's port; None when HTTP is off.
+    http: int | None = None
 
     @property
     def grpc_target(self) -> str:
         return f"{self.host}:{self.grpc}"
+
+    @property
+    def http_url(self) -> str | None:
+        if self.http is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.http}"
 
 
 class EmulatorServer:
@@ -59,14 +69,16 @@ class EmulatorServer:
         self.engine: Engine | None = None
         self.ports: Ports | None = None
         self._server: grpc.aio.Server | None = None
+        self._http: OllamaHttpServer | None = None
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> Ports:
-        """Listen, start the workers, then report SERVING and write the port file."""
+        """Listen, load the backend's models, start the workers, report SERVING, write the port file."""
         engine = self.engine = Engine(self.config)
         server = self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # above the IC's 2 MiB: the handlers refuse those at once (see grpc_api/status.py)
+                ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ]
@@ -90,12 +102,20 @@ class EmulatorServer:
         except RuntimeError as error:
             raise ConfigError(f"cannot listen for gRPC on {address}: {error} (is the port in use?)") from None
         await server.start()
+        http_port = None
+        if self.config.ollama_port is not None:
+            self._http = OllamaHttpServer(engine, self.config.host, self.config.ollama_port)
+            http_port = await self._http.start()
+        # Health stays NOT_SERVING while a model loads (off the event loop, so health keeps answering).
+        await engine.load()
         engine.start()
-        self.ports = Ports(self.config.host, port)
+        self.ports = Ports(self.config.host, port, http_port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.config.port_file:
             write_port_file(Path(self.config.port_file), self.ports)
         log.info("icllm emulator serving gRPC on %s", self.ports.grpc_target)
+        if self.ports.http_url is not None:
+            log.info("icllm emulator serving the Ollama API on %s", self.ports.http_url)
         return self.ports
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
@@ -106,8 +126,12 @@ class EmulatorServer:
         """Refuse new calls, let calls in flight finish within the grace period, then stop."""
         grace = self.config.grace if grace is None else grace
         await self._health.enter_graceful_shutdown()
+        stopping = []
         if self._server is not None:
-            await self._server.stop(grace)
+            stopping.append(self._server.stop(grace))
+        if self._http is not None:
+            stopping.append(self._http.stop(grace))
+        await asyncio.gather(*stopping)
         if self.engine is not None:
             await self.engine.stop()
 
@@ -120,7 +144,16 @@ def write_port_file(path: Path, ports: Ports) -> None:
     """Write the bound ports as JSON, atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump({"host": ports.host, "grpc": ports.grpc, "grpc_target": ports.grpc_target}, handle)
+        json.dump(
+            {
+                "host": ports.host,
+                "grpc": ports.grpc,
+                "grpc_target": ports.grpc_target,
+                "http": ports.http,
+                "http_url": ports.http_url,
+            },
+            handle,
+        )
     os.replace(handle.name, path)
 
 

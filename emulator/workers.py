@@ -149,6 +149,8 @@ class Worker:
             if isinstance(gone, asyncio.CancelledError):
                 raise
             return
+        except Reject as reject:  # a backend refusing a job it cannot serve, with the canister's words
+            outcome = reject
         except Exception as error:  # a backend bug must reach the caller as a reject, not kill the worker
             log.exception("worker %s: backend failed on job %s", self.worker_id, lease.job_id)
             outcome = Reject(

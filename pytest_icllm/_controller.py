@@ -1,7 +1,8 @@
 """The per-test controller: script answers, steer the queue and clock, inspect every call.
 
-It speaks to the emulator through the gRPC Control service only, so it works the same with the
-emulator the plugin starts in-process and with one started elsewhere (`--icllm-url`).
+It speaks to the emulator through the Control service only (over gRPC to an emulator started
+elsewhere with `--icllm-url`, or straight to the servicer of the in-process one), so it works the
+same with both.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from emulator._proto.icllm.v1 import control_pb2_grpc
 from emulator.client import EmulatorError, LlmReject, translate_error
 from emulator.domain import AssistantMessage, ChatRequest, Message, RejectCode, Role
 from emulator.grpc_api import convert
-from emulator.rules import Match
+from emulator.rules import Match, RuleError, parse_reject_code, parse_role
+from pytest_icllm._inprocess import InProcessControl
 from pytest_icllm._options import Settings
 
 
@@ -84,12 +86,14 @@ class Expectation:
 
     def times(self, count: int) -> Expectation:
         """Answer at most `count` calls (then the next rule, or the backend, answers)."""
+        __tracebackhide__ = True
         if count < 1:
             raise ValueError(f"times must be 1 or more, got {count}")
         return Expectation(self._controller, self._match, count, self._delay)
 
     def after(self, seconds: float) -> Expectation:
         """Wait this long on the emulator's clock before answering (a slow model)."""
+        __tracebackhide__ = True
         if seconds < 0:
             raise ValueError(f"a delay must be 0 or more seconds, got {seconds}")
         return Expectation(self._controller, self._match, self._times, seconds)
@@ -124,8 +128,13 @@ class Expectation:
         return [self.times(1).reply(text) for text in texts]
 
     def reject(self, code: RejectCode | int, message: str) -> ScriptedAnswer:
-        """Reject the call with an IC reject code, as the canister or the system would."""
-        return self._add(cpb.RuleAction(reject=cpb.RejectAction(code=int(code), message=message)))
+        """Reject the call with an IC reject code (1-6), as the canister or the system would."""
+        __tracebackhide__ = True
+        try:
+            checked = parse_reject_code(code)
+        except RuleError as error:
+            raise ValueError(str(error)) from None
+        return self._add(cpb.RuleAction(reject=cpb.RejectAction(code=int(checked), message=message)))
 
     def hang(self) -> ScriptedAnswer:
         """The AI worker takes the call and never answers; its lease runs out and the job is retried."""
@@ -144,8 +153,9 @@ def _json(value: Any) -> str:
 class IcllmController:
     """The test's handle on the emulated LLM canister (exposed for type hints; get it from `icllm`)."""
 
-    def __init__(self, channel: grpc.Channel, settings: Settings) -> None:
-        self._control = control_pb2_grpc.ControlStub(channel)
+    def __init__(self, control: control_pb2_grpc.ControlStub | InProcessControl, settings: Settings) -> None:
+        self._control = control
+        # The effective settings of this test (read-only): defaults, ini, flags, config fixture, markers.
         self.settings = settings
         self._scripted: list[ScriptedAnswer] = []
 
@@ -165,12 +175,14 @@ class IcllmController:
         `contains` and `regex` look in every message's content (only `role` messages, when given);
         `tool` asks that the request offers that tool.
         """
+        __tracebackhide__ = True
+        checked = _match(contains=contains, regex=regex, model=model, role=role, tool=tool)
         match = cpb.RuleMatch(
             contains=contains,
             regex=regex,
             model=model,
             tool=tool,
-            role=None if role is None else str(Role(role).value),
+            role=None if checked.role is None else checked.role.value,
         )
         return Expectation(self, match)
 
@@ -193,6 +205,7 @@ class IcllmController:
 
     @property
     def requests(self) -> list[ChatRequest]:
+        """The request of every call, oldest first (`requests[-1].messages[-1].content`)."""
         return [call.request for call in self.calls]
 
     @property
@@ -215,9 +228,7 @@ class IcllmController:
         On failure the message lists every call received and why each did not match.
         """
         __tracebackhide__ = True
-        match = Match(
-            model=model, contains=contains, regex=regex, tool=tool, role=None if role is None else Role(role)
-        )
+        match = _match(model=model, contains=contains, regex=regex, role=role, tool=tool)
         calls = self.calls
         matched = [call for call in calls if not match.mismatches(call.request)]
         if (times is None and matched) or (times is not None and len(matched) == times):
@@ -251,31 +262,19 @@ class IcllmController:
     def held(self, count: int = 0, timeout: float = 10.0) -> list[str]:
         """Ids of held jobs, oldest first, waiting until at least `count` are held (blocking)."""
         __tracebackhide__ = True
-        give_up = time.monotonic() + timeout
-        while len(ids := self._held_now()) < count:
-            if time.monotonic() > give_up:
-                raise AssertionError(f"expected {count} held job(s) within {timeout:g} s, got {ids}")
-            time.sleep(0.005)
-        return ids
+        return [job.id for job in self.jobs("HELD", count=count, timeout=timeout)]
 
     async def wait_held(self, count: int, timeout: float = 10.0) -> list[str]:
         """`held` for asyncio tests: waits without blocking the test's event loop."""
         __tracebackhide__ = True
-        give_up = time.monotonic() + timeout
-        while len(ids := self._held_now()) < count:
-            if time.monotonic() > give_up:
-                raise AssertionError(f"expected {count} held job(s) within {timeout:g} s, got {ids}")
-            await asyncio.sleep(0.005)
-        return ids
-
-    def _held_now(self) -> list[str]:
-        return [job.id for job in self.jobs() if job.state == "HELD"]
+        return [job.id for job in await self.wait_jobs("HELD", count=count, timeout=timeout)]
 
     def release(self, *job_ids: str) -> list[str]:
         """Deliver held answers in the order given."""
         return list(self._rpc(self._control.Release, cpb.ReleaseRequest(job_ids=job_ids)).job_ids)
 
     def release_all(self) -> list[str]:
+        """Deliver every held answer, oldest first; returns the released job ids."""
         return list(self._rpc(self._control.Release, cpb.ReleaseRequest(all=True)).job_ids)
 
     def pause(self) -> None:
@@ -283,25 +282,66 @@ class IcllmController:
         self._rpc(self._control.SetPaused, cpb.SetPausedRequest(paused=True))
 
     def resume(self) -> None:
+        """Workers lease again, oldest prompt first."""
         self._rpc(self._control.SetPaused, cpb.SetPausedRequest(paused=False))
 
-    def jobs(self) -> list[cpb.JobInfo]:
-        """Jobs not yet finished (QUEUED, LEASED or HELD), oldest first."""
-        return list(self._rpc(self._control.ListJobs, cpb.ListJobsRequest()).jobs)
+    def jobs(self, state: str | None = None, *, count: int = 0, timeout: float = 10.0) -> list[cpb.JobInfo]:
+        """Unfinished jobs (QUEUED, LEASED, HELD; only `state` if given), oldest first, waiting until
+        at least `count` are there (blocking): e.g. `jobs("LEASED", count=1)` before `advance`."""
+        __tracebackhide__ = True
+        give_up = time.monotonic() + timeout
+        while len(found := self._jobs_now(state)) < count:
+            if time.monotonic() > give_up:
+                raise AssertionError(_not_reached(state, count, timeout, found))
+            time.sleep(0.002)
+        return found
+
+    async def wait_jobs(
+        self, state: str | None = None, *, count: int = 1, timeout: float = 10.0
+    ) -> list[cpb.JobInfo]:
+        """`jobs` for asyncio tests: waits without blocking the test's event loop."""
+        __tracebackhide__ = True
+        give_up = time.monotonic() + timeout
+        while len(found := self._jobs_now(state)) < count:
+            if time.monotonic() > give_up:
+                raise AssertionError(_not_reached(state, count, timeout, found))
+            await asyncio.sleep(0.002)
+        return found
+
+    def _jobs_now(self, state: str | None) -> list[cpb.JobInfo]:
+        __tracebackhide__ = True
+        if state is not None and state not in JOB_STATES:
+            raise ValueError(f"job state {state!r} is not valid; choose one of: {', '.join(JOB_STATES)}")
+        jobs = self._rpc(self._control.ListJobs, cpb.ListJobsRequest()).jobs
+        return [job for job in jobs if state is None or job.state == state]
 
     def advance(self, seconds: float) -> float:
         """Move the virtual clock (`--icllm-clock virtual`) forward; returns the new time."""
-        return float(self._rpc(self._control.AdvanceClock, cpb.AdvanceClockRequest(seconds=seconds)).now)
+        __tracebackhide__ = True
+        try:
+            response = self._rpc(self._control.AdvanceClock, cpb.AdvanceClockRequest(seconds=seconds))
+        except EmulatorError as error:
+            if error.status is not grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            raise EmulatorError(
+                error.status,
+                f"{error.details}; with pytest, run with --icllm-clock virtual "
+                "(or the ini key icllm_clock = virtual)",
+            ) from None
+        return float(response.now)
 
     def stats(self) -> cpb.Stats:
+        """Counts since the test started: calls, answers, rejects by code, queue depth, tokens, latency."""
         stats: cpb.Stats = self._rpc(self._control.GetStats, cpb.GetStatsRequest())
         return stats
 
     # -- lifecycle (the plugin calls these) --------------------------------------------------------
 
-    def _begin(self) -> None:
-        """Fresh state for a test: reset, then this test's settings."""
+    def _begin(self, configure: bool = True) -> None:
+        """Fresh state for a test: reset, then this test's settings (unless the reset restored them)."""
         self._rpc(self._control.Reset, cpb.ResetRequest())
+        if not configure:
+            return
         s = self.settings
         request = cpb.ConfigureRequest(
             profile=s.profile,
@@ -310,6 +350,9 @@ class IcllmController:
             tool_policy=s.tool_policy,
             strict_rules=s.strict,
             strict_requests=s.strict_requests,
+            queue_capacity=s.queue_capacity,
+            max_attempts=s.max_attempts,
+            lease_seconds=s.lease_seconds,
         )
         if s.caller_deadline is None:
             request.clear_caller_deadline = True
@@ -344,6 +387,36 @@ class IcllmController:
             return method(request, timeout=30)
         except grpc.RpcError as error:
             raise translate_error(error) from None
+
+
+JOB_STATES = ("QUEUED", "LEASED", "HELD")
+
+
+def _not_reached(state: str | None, count: int, timeout: float, found: list[cpb.JobInfo]) -> str:
+    kind = state.lower() if state else "unfinished"
+    return f"expected {count} {kind} job(s) within {timeout:g} s, got {[job.id for job in found]}"
+
+
+def _match(
+    *,
+    model: str | None,
+    contains: str | None,
+    regex: str | None,
+    role: str | Role | None,
+    tool: str | None,
+) -> Match:
+    """The criteria of `on` and `assert_prompted`, checked here so a mistake points at the test's line."""
+    __tracebackhide__ = True
+    try:
+        return Match(
+            model=model,
+            contains=contains,
+            regex=regex,
+            role=None if role is None else parse_role(role),
+            tool=tool,
+        )
+    except RuleError as error:
+        raise ValueError(str(error)) from None
 
 
 def _describe_rule(rule: cpb.Rule) -> str:

@@ -1,9 +1,10 @@
 """The plugin's settings and the one resolver that decides them.
 
-Precedence, lowest first: built-in defaults < ini keys (`[pytest]`/`pyproject.toml`) < command-line
-flags < the `icllm_config` fixture < `@pytest.mark.icllm(...)` markers (module, then class, then the
-test itself: the closest wins). Session settings (backend, clock, workers, url) describe the emulator
-that the whole session shares, so only defaults, ini keys and flags decide them.
+Precedence, lowest first: built-in defaults < ini keys (`pytest.ini`, `[tool.pytest.ini_options]`)
+< the `ICLLM_URL` environment variable (for `url` only) < command-line flags < the `icllm_config`
+fixture < `@pytest.mark.icllm(...)` markers: module, then class, then the test itself (the closest
+wins). Session settings (backend, clock, workers, url) describe the emulator that the whole session
+shares, so only defaults, ini keys, the environment and flags decide them.
 """
 
 from __future__ import annotations
@@ -55,9 +56,25 @@ def _natural(value: Any) -> int:
     return number
 
 
+def _positive(value: Any) -> int:
+    number = _natural(value)
+    if number < 1:
+        raise OptionError(f"{value!r} is not a whole number of 1 or more")
+    return number
+
+
+def _duration(value: Any) -> float:
+    seconds = _seconds(value)
+    if seconds is None:
+        raise OptionError(f"{value!r} is not a number of seconds above 0")
+    return seconds
+
+
 def _seconds(value: Any) -> float | None:
     if value is None or str(value).strip().lower() in ("", "none", "off"):
         return None
+    if isinstance(value, bool):
+        raise OptionError(f"{value!r} is not a number of seconds (or 'none')")
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -130,6 +147,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("strict", _bool, False, "reject (and report) prompts that no scripted answer expects"),
     Option("strict_requests", _bool, False, "reject requests the real canister only warns about"),
     Option("caller_deadline", _seconds, None, "seconds before a caller gets SYS_UNKNOWN (ic-llm: 300)"),
+    Option(
+        "queue_capacity", _natural, 0, "prompts waiting or in progress before SYS_TRANSIENT; 0: unbounded"
+    ),
+    Option("max_attempts", _positive, 3, "leases of one prompt before its caller is rejected"),
+    Option("lease_seconds", _duration, 60.0, "how long a worker's lease lasts (a hung worker loses it then)"),
     Option("assert_all_used", _bool, True, "fail a test whose scripted answers were never used"),
     Option("assert_all_expected", _bool, True, "in strict mode, fail a test that sent unexpected prompts"),
 )
@@ -152,11 +174,18 @@ class Settings:
     strict: bool
     strict_requests: bool
     caller_deadline: float | None
+    queue_capacity: int
+    max_attempts: int
+    lease_seconds: float
     assert_all_used: bool
     assert_all_expected: bool
 
     def header(self) -> str:
-        server = self.url or f"in-process, backend={self.backend}, clock={self.clock}, workers={self.workers}"
+        server = (
+            f"emulator at {self.url}"
+            if self.url
+            else f"in-process, backend={self.backend}, clock={self.clock}, workers={self.workers}"
+        )
         return (
             f"icllm: {server}; profile={self.profile}, seed={self.seed}, tool_policy={self.tool_policy}, "
             f"strict={self.strict}"

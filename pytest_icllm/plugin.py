@@ -17,12 +17,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from emulator._proto.icllm.v1 import control_pb2_grpc
+from emulator.backends import ToolPolicy
 from emulator.client import AsyncLlmClient, LlmClient
 from emulator.clock import ClockKind
 from emulator.config import BackendKind, EmulatorConfig
 from emulator.server import ThreadedEmulator
 from pytest_icllm._controller import IcllmController
-from pytest_icllm._options import OPTIONS, PER_TEST, OptionError, Settings, resolve
+from pytest_icllm._inprocess import InProcessControl
+from pytest_icllm._options import OPTIONS, PER_TEST, OptionError, Settings, parse_option, resolve
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -45,13 +48,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     ini = {o.name: config.getini(o.ini) for o in OPTIONS if config.getini(o.ini) not in (None, "", [])}
     cli = {o.name: v for o in OPTIONS if (v := config.getoption(f"icllm_{o.name}")) is not None}
-    if "url" not in cli and os.environ.get(URL_ENV):
-        cli["url"] = os.environ[URL_ENV]
     try:
+        if "url" not in cli and os.environ.get(URL_ENV):
+            cli["url"] = parse_option("url", os.environ[URL_ENV], f"environment variable {URL_ENV}")
         settings = resolve(ini, cli)
     except OptionError as error:
         raise pytest.UsageError(f"pytest-icllm: {error}") from None
-    if settings.url and os.environ.get("PYTEST_XDIST_WORKER"):
+    distributed = getattr(config.option, "dist", "no") != "no" or os.environ.get("PYTEST_XDIST_WORKER")
+    if settings.url and distributed:
         raise pytest.UsageError(
             "pytest-icllm: --icllm-url points every xdist worker at one emulator, whose state the workers "
             "would share and reset under each other; leave it out to give each worker its own emulator"
@@ -74,33 +78,68 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @dataclass(frozen=True)
 class EmulatorAddress:
-    """Where the session's emulator listens."""
+    """Where the session's emulator listens: its gRPC target (HOST:PORT) and Ollama-compatible HTTP URL.
+
+    `http_url` is None for an emulator given by --icllm-url, whose HTTP port the plugin cannot know.
+    """
 
     grpc_target: str
     in_process: bool
+    http_url: str | None = None
+
+
+@dataclass(frozen=True)
+class _Session:
+    address: EmulatorAddress
+    control: control_pb2_grpc.ControlStub | InProcessControl
+    # Whether Control.Reset restores the session's settings (true for the emulator started here).
+    resets_to_session: bool
 
 
 @pytest.fixture(scope="session")
-def icllm_server(pytestconfig: pytest.Config) -> Iterator[EmulatorAddress]:
-    """The session's emulator: started in a background thread, or the one at --icllm-url / ICLLM_URL."""
+def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
     settings = pytestconfig.stash[SETTINGS_KEY]
     if settings.url:
         _check_reachable(settings.url)
-        yield EmulatorAddress(settings.url, in_process=False)
+        with grpc.insecure_channel(settings.url) as channel:
+            control = control_pb2_grpc.ControlStub(channel)
+            yield _Session(EmulatorAddress(settings.url, in_process=False), control, resets_to_session=False)
         return
-    emulator = ThreadedEmulator(
-        EmulatorConfig(
-            grpc_port=0,
-            backend=BackendKind(settings.backend),
-            clock=ClockKind(settings.clock),
-            workers=settings.workers,
-        )
-    )
+    emulator = ThreadedEmulator(_start_config(settings))
     emulator.start()
     try:
-        yield EmulatorAddress(emulator.ports.grpc_target, in_process=True)
+        ports = emulator.ports
+        address = EmulatorAddress(ports.grpc_target, in_process=True, http_url=ports.http_url)
+        yield _Session(address, InProcessControl(emulator), resets_to_session=True)
     finally:
         emulator.stop()
+
+
+def _start_config(settings: Settings) -> EmulatorConfig:
+    """The in-process emulator starts with the session's settings, so a reset brings them back."""
+    return EmulatorConfig(
+        grpc_port=0,
+        ollama_port=0,  # a free port: never Ollama's own 11434, which a real Ollama may hold
+        backend=BackendKind(settings.backend),
+        clock=ClockKind(settings.clock),
+        workers=settings.workers,
+        profile=settings.profile,
+        models=settings.models,
+        seed=settings.seed,
+        tool_policy=ToolPolicy(settings.tool_policy),
+        strict_rules=settings.strict,
+        strict_requests=settings.strict_requests,
+        caller_deadline=settings.caller_deadline,
+        queue_capacity=settings.queue_capacity,
+        max_attempts=settings.max_attempts,
+        lease_seconds=settings.lease_seconds,
+    )
+
+
+@pytest.fixture(scope="session")
+def icllm_server(_icllm_session: _Session) -> EmulatorAddress:
+    """The session's emulator: started in a background thread, or the one at --icllm-url / ICLLM_URL."""
+    return _icllm_session.address
 
 
 def _check_reachable(target: str) -> None:
@@ -110,15 +149,18 @@ def _check_reachable(target: str) -> None:
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
             )
         except grpc.RpcError as error:
-            pytest.exit(f"pytest-icllm: no emulator answers at {target}: {error.code().name}", returncode=4)
+            pytest.exit(
+                f"pytest-icllm: no emulator answers at {target} ({error.code().name}): start one there "
+                "(icllm-emulator serve), or leave out --icllm-url / ICLLM_URL to run one in-process",
+                returncode=pytest.ExitCode.USAGE_ERROR,
+            )
         if status != health_pb2.HealthCheckResponse.SERVING:
-            pytest.exit(f"pytest-icllm: the emulator at {target} is not serving yet", returncode=4)
-
-
-@pytest.fixture(scope="session")
-def _icllm_channel(icllm_server: EmulatorAddress) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(icllm_server.grpc_target) as channel:
-        yield channel
+            pytest.exit(
+                f"pytest-icllm: the emulator at {target} is not serving yet "
+                f"(health {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}); "
+                "wait for its port file or health check before running the tests",
+                returncode=pytest.ExitCode.USAGE_ERROR,
+            )
 
 
 @pytest.fixture
@@ -129,15 +171,15 @@ def icllm_config() -> dict[str, Any]:
 
 @pytest.fixture
 def icllm(
-    request: pytest.FixtureRequest, _icllm_channel: grpc.Channel, icllm_config: dict[str, Any]
+    request: pytest.FixtureRequest, _icllm_session: _Session, icllm_config: dict[str, Any]
 ) -> Iterator[IcllmController]:
     """The controller of the emulated LLM canister, reset for this test: script, steer, inspect."""
     item = request.node
-    markers = [
-        (_marker_origin(item), _marker_kwargs(item, m)) for m in reversed(list(item.iter_markers("icllm")))
-    ]
     session = request.config.stash[SETTINGS_KEY]
     try:
+        markers = [
+            _marker_layer(node, mark) for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
+        ]
         settings = resolve(_session_layer(session), {}, icllm_config, markers)
     except OptionError as error:
         problem = str(error)
@@ -145,15 +187,22 @@ def icllm(
         problem = ""
     if problem:
         pytest.fail(problem, pytrace=False)
-    controller = IcllmController(_icllm_channel, settings)
-    controller._begin()
+    controller = IcllmController(_icllm_session.control, settings)
+    restored = _icllm_session.resets_to_session and all(
+        getattr(settings, name) == getattr(session, name) for name in EMULATOR_SETTINGS
+    )
+    controller._begin(configure=not restored)
     yield controller
     reports = item.stash.get(REPORTS_KEY, {})
-    if "call" in reports and not reports["call"].passed:
-        return  # the test's own failure says more than any teardown check
+    if any(not report.passed for report in reports.values()):
+        return  # the test's own failure (or its setup's) says more than any teardown check
     problems = controller._problems()
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+# What a test's Configure call sets; the assert_* settings are the plugin's own.
+EMULATOR_SETTINGS = tuple(name for name in PER_TEST if not name.startswith("assert_"))
 
 
 def _session_layer(session: Settings) -> dict[str, Any]:
@@ -161,26 +210,42 @@ def _session_layer(session: Settings) -> dict[str, Any]:
     return {option.name: getattr(session, option.name) for option in OPTIONS}
 
 
-def _marker_origin(item: pytest.Item) -> str:
-    path, line, _ = item.location
-    return f"{path}:{(line or 0) + 1}: @pytest.mark.icllm"
-
-
-def _marker_kwargs(item: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
+def _marker_layer(node: pytest.Item | pytest.Collector, marker: pytest.Mark) -> tuple[str, dict[str, Any]]:
+    """One marker's settings, named by where the marker is written (the test, its class or module)."""
+    origin = f"{_marker_location(node)}: @pytest.mark.icllm"
     if marker.args:
-        pytest.fail(
-            f"{_marker_origin(item)} takes keyword arguments only ({', '.join(PER_TEST)}), "
-            f"got positional {marker.args!r}",
-            pytrace=False,
+        raise OptionError(
+            f"{origin} takes keyword arguments only ({', '.join(PER_TEST)}); got positional {marker.args!r}"
         )
-    return dict(marker.kwargs)
+    return origin, dict(marker.kwargs)
+
+
+def _marker_location(node: pytest.Item | pytest.Collector) -> str:
+    """`path:line` of the test function, the class, or the module's `pytestmark` line."""
+    path = node.nodeid.split("::")[0]
+    line: int | None = None
+    if isinstance(node, pytest.Module):
+        try:
+            source = node.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            source = []
+        line = next((n for n, text in enumerate(source, 1) if text.startswith("pytestmark")), None)
+    elif isinstance(node, pytest.Class | pytest.Function):
+        _, lineno, _ = node.reportinfo()
+        line = None if lineno is None else lineno + 1
+    return f"{path}:{line}" if line else path
 
 
 @pytest.fixture(scope="session")
-def icllm_client(icllm_server: EmulatorAddress) -> Iterator[LlmClient]:
-    """A blocking client (shaped like ic-llm) bound to the session's emulator."""
+def _icllm_session_client(icllm_server: EmulatorAddress) -> Iterator[LlmClient]:
     with LlmClient(icllm_server.grpc_target) as client:
         yield client
+
+
+@pytest.fixture
+def icllm_client(icllm: IcllmController, _icllm_session_client: LlmClient) -> LlmClient:
+    """A blocking client (shaped like ic-llm) bound to the emulator, which `icllm` has reset."""
+    return _icllm_session_client
 
 
 try:
@@ -190,7 +255,9 @@ except ImportError:  # asyncio tests need pytest-asyncio; without it there is no
 else:
 
     @pytest_asyncio.fixture
-    async def icllm_async_client(icllm_server: EmulatorAddress) -> AsyncIterator[AsyncLlmClient]:
-        """An asyncio client bound to the session's emulator (needs pytest-asyncio)."""
+    async def icllm_async_client(
+        icllm: IcllmController, icllm_server: EmulatorAddress
+    ) -> AsyncIterator[AsyncLlmClient]:
+        """An asyncio client bound to the emulator, which `icllm` has reset (needs pytest-asyncio)."""
         async with AsyncLlmClient(icllm_server.grpc_target) as client:
             yield client

@@ -14,6 +14,9 @@ from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker
 from emulator.config import EmulatorConfig
 from emulator.server import ThreadedEmulator
 
+# The plugin is tested as users meet it: generated test files run by an inner pytest.
+pytest_plugins = ["pytester"]
+
 
 @dataclass
 class Stubs:
@@ -30,7 +33,8 @@ def start_emulator() -> Iterator[Callable[..., Stubs]]:
     started: list[Stubs] = []
 
     def start(**fields: Any) -> Stubs:
-        emulator = ThreadedEmulator(EmulatorConfig(grpc_port=0, **fields))
+        # Port 0 for HTTP too: many emulators run at once, and Ollama's own 11434 may be taken.
+        emulator = ThreadedEmulator(EmulatorConfig(**{"grpc_port": 0, "ollama_port": 0, **fields}))
         emulator.start()
         channel = grpc.insecure_channel(emulator.ports.grpc_target)
         stubs = Stubs(

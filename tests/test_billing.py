@@ -13,6 +13,7 @@ import pytest_asyncio
 from emulator._proto.icllm.v1 import canister_pb2 as pb
 from emulator._proto.icllm.v1 import control_pb2 as cpb
 from emulator.billing import MIN_ATTACHED, Price, Receipt
+from emulator.client import LlmClient, LlmReject
 from emulator.config import EmulatorConfig
 from emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
 from emulator.engine import Engine
@@ -183,3 +184,15 @@ def test_grpc_billing_can_be_switched_off(emu: Stubs) -> None:
     )
     assert refunded(call) == 3
     assert emu.control.Configure(cpb.ConfigureRequest(clear_prices=True)).prices == []
+
+
+def test_client_deposits_and_pays_for_a_paid_model(emu: Stubs) -> None:
+    target = emu.emulator.ports.grpc_target
+    with LlmClient(target, caller=ALICE, cycles=10 * MIN_ATTACHED) as funder:
+        assert funder.v1_deposit() == 10 * MIN_ATTACHED
+    with LlmClient(target, caller=ALICE) as llm:
+        assert llm.prompt("gemma3:27b", "Hi")  # no cycles attached: paid from the balance
+    with LlmClient(target, caller=BOB) as stranger, pytest.raises(LlmReject) as caught:
+        stranger.prompt("gemma3:27b", "Hi")
+    assert caught.value.code is RejectCode.CANISTER_REJECT and "v1_deposit" in caught.value.message
+    assert emu.control.GetBalances(cpb.GetBalancesRequest()).balances[ALICE] < 10 * MIN_ATTACHED

@@ -52,8 +52,12 @@ class Child:
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any ICLLM_* setting of the caller's, plus `extra`."""
+    """This process's environment without any ICLLM_* setting of the caller's, plus `extra`.
+
+    HTTP listens on a free port: emulators run side by side, and Ollama's own 11434 may be taken.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("ICLLM_")}
+    env["ICLLM_OLLAMA_PORT"] = "0"
     env.update(extra or {})
     return env
 
@@ -115,7 +119,8 @@ def wait_for_port_file(child: Child, port_file: Path) -> str:
 
     wait_until(ready, f"the port file {port_file}")
     ports = json.loads(port_file.read_text())
-    assert set(ports) == {"host", "grpc", "grpc_target"}
+    assert set(ports) == {"host", "grpc", "grpc_target", "http", "http_url"}
+    assert ports["http"] > 0 and ports["http_url"] == f"http://127.0.0.1:{ports['http']}"
     assert ports["host"] == "127.0.0.1" and ports["grpc"] > 0
     assert ports["grpc_target"] == f"127.0.0.1:{ports['grpc']}"
     target: str = ports["grpc_target"]

@@ -38,7 +38,7 @@ WEATHER = (
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[ThreadedEmulator]:
-    with ThreadedEmulator(EmulatorConfig(grpc_port=0)) as emu:
+    with ThreadedEmulator(EmulatorConfig(grpc_port=0, ollama_port=0)) as emu:
         yield emu
 
 

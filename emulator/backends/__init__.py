@@ -16,7 +16,12 @@ class ToolPolicy(enum.StrEnum):
 
 
 class Backend(Protocol):
-    """Something that answers a chat request, keeping within a token cap."""
+    """Something that answers a chat request, keeping within a token cap.
+
+    `generate` may raise a `Reject` for a job it cannot serve; the caller gets it as it is. A backend
+    that needs time to get ready (loading model files) also has `async def load(self) -> None`, which
+    the engine awaits before any worker starts and before health reports SERVING.
+    """
 
     name: str
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from emulator import candid
 from emulator._proto.icllm.v1 import canister_pb2 as pb
 from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
 from emulator._proto.icllm.v1 import control_pb2 as cpb
@@ -48,6 +49,30 @@ class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):
     async def V1Chat(self, request: pb.V1ChatRequest, context: grpc.aio.ServicerContext) -> pb.V1ChatResponse:
         answer = await self._chat(convert.v1_request(request), context)
         return pb.V1ChatResponse(message=convert.assistant_message_pb(answer.message))
+
+    @rpc
+    async def CallCandid(
+        self, request: pb.CallCandidRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CallCandidResponse:
+        caller, cycles = caller_of(context)
+        try:
+            if candid.check_method(request.method) == candid.DEPOSIT:
+                beneficiary = candid.decode_deposit(request.arg)
+                context.set_trailing_metadata(((REFUNDED_KEY, "0"),))
+                balance = self.engine.canister.deposit(caller, cycles, beneficiary)
+                return pb.CallCandidResponse(reply=candid.encode_deposit_reply(balance))
+            chat = candid.decode_request(request.method, request.arg)
+        except Reject:  # no such method, or a trap while decoding: every attached cycle comes back
+            context.set_trailing_metadata(((REFUNDED_KEY, str(cycles)),))
+            raise
+        answer = await self._chat(chat, context)
+        return pb.CallCandidResponse(reply=candid.encode_reply(chat.api, answer.message))
+
+    @rpc
+    async def GetCandidInterface(
+        self, request: pb.GetCandidInterfaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCandidInterfaceResponse:
+        return pb.GetCandidInterfaceResponse(did=candid.candid_interface())
 
     @rpc
     async def V1Deposit(

@@ -34,6 +34,12 @@ GRPC_STATUS: dict[RejectCode, grpc.StatusCode] = {
     RejectCode.SYS_UNKNOWN: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+# The IC refuses ingress and inter-canister messages above 2 MiB; so does the emulator. gRPC's transport
+# refuses an oversized message only after 0.1-1 s, so the server lets up to TRANSPORT_MAX_BYTES through
+# and every handler refuses at once, with this status, what the IC would refuse.
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+TRANSPORT_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
+
 # A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
 _PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
 
@@ -82,6 +88,13 @@ def rpc(handler: Handler) -> Handler:
 
     @wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        size = request.ByteSize()
+        if size > MAX_MESSAGE_BYTES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Received message larger than max ({size} vs. {MAX_MESSAGE_BYTES}): "
+                "the Internet Computer refuses messages over 2 MiB",
+            )
         try:
             return await handler(self, request, context)
         except Reject as reject:

@@ -499,3 +499,82 @@ class V1DepositResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___V1DepositResponse: _TypeAlias = V1DepositResponse  # noqa: Y015
+
+@_typing.final
+class CallCandidRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    ARG_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """"v0_chat" or "v1_chat" """
+    arg: _builtins.bytes
+    """the Candid-encoded argument ("DIDL" ...)"""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        arg: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arg", b"arg", "method", b"method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallCandidRequest: _TypeAlias = CallCandidRequest  # noqa: Y015
+
+@_typing.final
+class CallCandidResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    reply: _builtins.bytes
+    """the Candid-encoded reply"""
+    def __init__(
+        self,
+        *,
+        reply: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallCandidResponse: _TypeAlias = CallCandidResponse  # noqa: Y015
+
+@_typing.final
+class GetCandidInterfaceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCandidInterfaceRequest: _TypeAlias = GetCandidInterfaceRequest  # noqa: Y015
+
+@_typing.final
+class GetCandidInterfaceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DID_FIELD_NUMBER: _builtins.int
+    did: _builtins.str
+    """the .did text"""
+    def __init__(
+        self,
+        *,
+        did: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["did", b"did"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCandidInterfaceResponse: _TypeAlias = GetCandidInterfaceResponse  # noqa: Y015

@@ -44,6 +44,16 @@ class LlmCanisterStub:
                 request_serializer=icllm_dot_v1_dot_canister__pb2.V1ChatRequest.SerializeToString,
                 response_deserializer=icllm_dot_v1_dot_canister__pb2.V1ChatResponse.FromString,
                 _registered_method=True)
+        self.CallCandid = channel.unary_unary(
+                '/icllm.v1.LlmCanister/CallCandid',
+                request_serializer=icllm_dot_v1_dot_canister__pb2.CallCandidRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canister__pb2.CallCandidResponse.FromString,
+                _registered_method=True)
+        self.GetCandidInterface = channel.unary_unary(
+                '/icllm.v1.LlmCanister/GetCandidInterface',
+                request_serializer=icllm_dot_v1_dot_canister__pb2.GetCandidInterfaceRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canister__pb2.GetCandidInterfaceResponse.FromString,
+                _registered_method=True)
         self.V1Deposit = channel.unary_unary(
                 '/icllm.v1.LlmCanister/V1Deposit',
                 request_serializer=icllm_dot_v1_dot_canister__pb2.V1DepositRequest.SerializeToString,
@@ -63,6 +73,22 @@ class LlmCanisterServicer:
 
     def V1Chat(self, request, context):
         """v1_chat : (chat_request_v1) -> (record { message : assistant_message })
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallCandid(self, request, context):
+        """Any method with its Candid argument bytes, exactly as a canister sends them; the reply is the
+        Candid a canister receives. Same canister core, queue, metadata and rejects as V0Chat/V1Chat.
+        An unknown method is DESTINATION_INVALID (3); an argument that does not decode is CANISTER_ERROR (5).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCandidInterface(self, request, context):
+        """The canister's Candid interface (.did), as the emulator serves it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,6 +114,16 @@ def add_LlmCanisterServicer_to_server(servicer, server):
                     servicer.V1Chat,
                     request_deserializer=icllm_dot_v1_dot_canister__pb2.V1ChatRequest.FromString,
                     response_serializer=icllm_dot_v1_dot_canister__pb2.V1ChatResponse.SerializeToString,
+            ),
+            'CallCandid': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallCandid,
+                    request_deserializer=icllm_dot_v1_dot_canister__pb2.CallCandidRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canister__pb2.CallCandidResponse.SerializeToString,
+            ),
+            'GetCandidInterface': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCandidInterface,
+                    request_deserializer=icllm_dot_v1_dot_canister__pb2.GetCandidInterfaceRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canister__pb2.GetCandidInterfaceResponse.SerializeToString,
             ),
             'V1Deposit': grpc.unary_unary_rpc_method_handler(
                     servicer.V1Deposit,
@@ -149,6 +185,60 @@ class LlmCanister:
             '/icllm.v1.LlmCanister/V1Chat',
             icllm_dot_v1_dot_canister__pb2.V1ChatRequest.SerializeToString,
             icllm_dot_v1_dot_canister__pb2.V1ChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallCandid(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.LlmCanister/CallCandid',
+            icllm_dot_v1_dot_canister__pb2.CallCandidRequest.SerializeToString,
+            icllm_dot_v1_dot_canister__pb2.CallCandidResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCandidInterface(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.LlmCanister/GetCandidInterface',
+            icllm_dot_v1_dot_canister__pb2.GetCandidInterfaceRequest.SerializeToString,
+            icllm_dot_v1_dot_canister__pb2.GetCandidInterfaceResponse.FromString,
             options,
             channel_credentials,
             insecure,

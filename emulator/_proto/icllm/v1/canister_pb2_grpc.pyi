@@ -44,6 +44,13 @@ class LlmCanisterStub:
     """v0_chat : (record { model; messages }) -> (text)"""
     V1Chat: _grpc.UnaryUnaryMultiCallable[_canister_pb2.V1ChatRequest, _canister_pb2.V1ChatResponse]
     """v1_chat : (chat_request_v1) -> (record { message : assistant_message })"""
+    CallCandid: _grpc.UnaryUnaryMultiCallable[_canister_pb2.CallCandidRequest, _canister_pb2.CallCandidResponse]
+    """Any method with its Candid argument bytes, exactly as a canister sends them; the reply is the
+    Candid a canister receives. Same canister core, queue, metadata and rejects as V0Chat/V1Chat.
+    An unknown method is DESTINATION_INVALID (3); an argument that does not decode is CANISTER_ERROR (5).
+    """
+    GetCandidInterface: _grpc.UnaryUnaryMultiCallable[_canister_pb2.GetCandidInterfaceRequest, _canister_pb2.GetCandidInterfaceResponse]
+    """The canister's Candid interface (.did), as the emulator serves it."""
     V1Deposit: _grpc.UnaryUnaryMultiCallable[_canister_pb2.V1DepositRequest, _canister_pb2.V1DepositResponse]
     """v1_deposit : (opt principal) -> (nat): the attached cycles (metadata icllm-cycles) join the
     beneficiary's prepaid balance (the caller's when none is given); returns the new balance.
@@ -56,6 +63,13 @@ class LlmCanisterAsyncStub(LlmCanisterStub):
     """v0_chat : (record { model; messages }) -> (text)"""
     V1Chat: _aio.UnaryUnaryMultiCallable[_canister_pb2.V1ChatRequest, _canister_pb2.V1ChatResponse]  # type: ignore[assignment]
     """v1_chat : (chat_request_v1) -> (record { message : assistant_message })"""
+    CallCandid: _aio.UnaryUnaryMultiCallable[_canister_pb2.CallCandidRequest, _canister_pb2.CallCandidResponse]  # type: ignore[assignment]
+    """Any method with its Candid argument bytes, exactly as a canister sends them; the reply is the
+    Candid a canister receives. Same canister core, queue, metadata and rejects as V0Chat/V1Chat.
+    An unknown method is DESTINATION_INVALID (3); an argument that does not decode is CANISTER_ERROR (5).
+    """
+    GetCandidInterface: _aio.UnaryUnaryMultiCallable[_canister_pb2.GetCandidInterfaceRequest, _canister_pb2.GetCandidInterfaceResponse]  # type: ignore[assignment]
+    """The canister's Candid interface (.did), as the emulator serves it."""
     V1Deposit: _aio.UnaryUnaryMultiCallable[_canister_pb2.V1DepositRequest, _canister_pb2.V1DepositResponse]  # type: ignore[assignment]
     """v1_deposit : (opt principal) -> (nat): the attached cycles (metadata icllm-cycles) join the
     beneficiary's prepaid balance (the caller's when none is given); returns the new balance.
@@ -77,6 +91,25 @@ class LlmCanisterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_canister_pb2.V1ChatResponse, _abc.Awaitable[_canister_pb2.V1ChatResponse]]:
         """v1_chat : (chat_request_v1) -> (record { message : assistant_message })"""
+
+    @_abc_1.abstractmethod
+    def CallCandid(
+        self,
+        request: _canister_pb2.CallCandidRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canister_pb2.CallCandidResponse, _abc.Awaitable[_canister_pb2.CallCandidResponse]]:
+        """Any method with its Candid argument bytes, exactly as a canister sends them; the reply is the
+        Candid a canister receives. Same canister core, queue, metadata and rejects as V0Chat/V1Chat.
+        An unknown method is DESTINATION_INVALID (3); an argument that does not decode is CANISTER_ERROR (5).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCandidInterface(
+        self,
+        request: _canister_pb2.GetCandidInterfaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canister_pb2.GetCandidInterfaceResponse, _abc.Awaitable[_canister_pb2.GetCandidInterfaceResponse]]:
+        """The canister's Candid interface (.did), as the emulator serves it."""
 
     @_abc_1.abstractmethod
     def V1Deposit(

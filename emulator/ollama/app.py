@@ -1,0 +1,525 @@
+"""The Ollama-compatible HTTP API as an ASGI app: thin routes over the engine's canister core.
+
+Every prompt goes through `engine.canister.chat`, so an HTTP caller meets the same model catalogue,
+limits, queue, scripted rules, billing and history as a gRPC caller. The routes only translate
+(`convert`), describe the catalogue (`models`) and map rejects to HTTP statuses (`REJECT_STATUS`).
+Build the app with `create_app(engine)`; `emulator.ollama.serve` puts uvicorn around it, and tests
+can call it in-process through `httpx.ASGITransport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from emulator.config import ANONYMOUS_PRINCIPAL
+from emulator.domain import Answer, ChatRequest, Reject, RejectCode
+from emulator.engine import Engine
+from emulator.ollama import convert, models
+from emulator.ollama.convert import JSON, BadRequest, Parsed
+from emulator.ollama.metrics import CLIENT_CLOSED, Metrics
+from emulator.tokens import count_tokens
+
+log = logging.getLogger(__name__)
+
+# The Ollama release whose API this door follows (clients compare versions to enable features).
+OLLAMA_VERSION = "0.12.0"
+# The IC refuses messages above 2 MiB; so does this door, before reading such a body.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+CALLER_HEADER = "x-icllm-caller"
+CYCLES_HEADER = "x-icllm-cycles"
+PROFILE_HEADER = "x-icllm-profile"
+IGNORED_HEADER = "x-icllm-ignored-fields"
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+# Each IC reject code has one HTTP status; an unknown model is 404, as in Ollama.
+REJECT_STATUS: dict[RejectCode, int] = {
+    RejectCode.SYS_FATAL: 502,
+    RejectCode.SYS_TRANSIENT: 503,
+    RejectCode.DESTINATION_INVALID: 404,
+    RejectCode.CANISTER_REJECT: 400,
+    RejectCode.CANISTER_ERROR: 500,
+    RejectCode.SYS_UNKNOWN: 504,
+}
+UNKNOWN_MODEL_STATUS = 404
+
+# A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
+_PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
+UNSUPPORTED_ROUTES = (
+    ("/api/push", ("POST",)),
+    ("/api/create", ("POST",)),
+    ("/api/copy", ("POST",)),
+    ("/api/delete", ("DELETE",)),
+    ("/api/embed", ("POST",)),
+    ("/api/embeddings", ("POST",)),
+    ("/api/blobs/{digest}", ("HEAD", "POST")),
+    ("/v1/completions", ("POST",)),
+    ("/v1/embeddings", ("POST",)),
+    ("/v1/responses", ("POST",)),
+    ("/v1/messages", ("POST",)),
+)
+
+
+class HttpError(Exception):
+    """An error response: status, message, and the reject behind it if there is one."""
+
+    def __init__(self, status: int, message: str, reject: Reject | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reject = reject
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready; nobody is left to answer."""
+
+
+def _now() -> str:
+    return models.timestamp(datetime.now(UTC))
+
+
+def _ollama_error(error: HttpError) -> JSONResponse:
+    body: dict[str, JSON] = {"error": error.message}
+    if error.reject is not None:
+        body["reject_code"] = int(error.reject.code)
+        body["reject_code_name"] = error.reject.code.name
+        body["reject_message"] = error.reject.message
+    return JSONResponse(body, status_code=error.status)
+
+
+def _openai_error(error: HttpError) -> JSONResponse:
+    kinds = {400: "invalid_request_error", 404: "not_found_error"}
+    body: dict[str, JSON] = {
+        "message": error.message,
+        "type": kinds.get(error.status, "api_error"),
+        "param": None,
+        "code": None,
+    }
+    if error.reject is not None:
+        body["reject_code"] = int(error.reject.code)
+        body["reject_code_name"] = error.reject.code.name
+        body["reject_message"] = error.reject.message
+    return JSONResponse({"error": body}, status_code=error.status)
+
+
+Endpoint = Callable[[Any, Request], Awaitable[Response]]
+
+
+def _answering(shape: Callable[[HttpError], JSONResponse]) -> Callable[[Endpoint], Endpoint]:
+    """Turn a route's errors into error responses of one API's shape; a vanished client gets none."""
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def answered(api: Any, request: Request) -> Response:
+            try:
+                return await endpoint(api, request)
+            except BadRequest as error:
+                return shape(HttpError(error.status, error.message))
+            except HttpError as error:
+                return shape(error)
+            except (ClientGone, ClientDisconnect):
+                return Response(status_code=CLIENT_CLOSED)
+
+        return answered
+
+    return wrap
+
+
+ollama_api = _answering(_ollama_error)
+openai_api = _answering(_openai_error)
+
+
+async def read_json(request: Request) -> JSON:
+    """The body as JSON; a body over 2 MiB is refused (413) as soon as that is known."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadRequest(_too_large(int(declared)), status=413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(_too_large(size, at_least=True), status=413)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise BadRequest("missing request body: send a JSON object")
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise BadRequest("the request body is JSON nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError alike
+        raise BadRequest(f"the request body is not valid JSON: {error}") from None
+
+
+def _too_large(size: int, at_least: bool = False) -> str:
+    return (
+        f"the request body is {'more than ' if at_least else ''}{size} bytes; the limit is "
+        f"{MAX_BODY_BYTES} bytes (2 MiB, the Internet Computer's message size limit)"
+    )
+
+
+def caller_of(request: Request) -> tuple[str, int]:
+    """The calling principal and the cycles attached, from the `X-Icllm-*` request headers."""
+    caller = request.headers.get(CALLER_HEADER, ANONYMOUS_PRINCIPAL).strip()
+    if not _PRINCIPAL.match(caller):
+        raise BadRequest(
+            f"header X-Icllm-Caller {caller!r} is not a textual principal "
+            f"(lower-case base32 groups joined by dashes, e.g. {ANONYMOUS_PRINCIPAL})"
+        )
+    cycles = request.headers.get(CYCLES_HEADER, "0").strip()
+    if not cycles.isdigit():
+        raise BadRequest(f"header X-Icllm-Cycles {cycles!r} is not a natural number of cycles")
+    return caller, int(cycles)
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _stats(started_ns: int, request: ChatRequest, eval_count: int) -> dict[str, JSON]:
+    """Ollama's closing figures; the durations are the emulator's own wall-clock time."""
+    total = max(1, time.perf_counter_ns() - started_ns)
+    return {
+        "total_duration": total,
+        "load_duration": 0,
+        "prompt_eval_count": sum(count_tokens(m.content or "") for m in request.messages),
+        "prompt_eval_duration": 0,
+        "eval_count": eval_count,
+        "eval_duration": total,
+    }
+
+
+def _lines(objects: Iterable[dict[str, JSON]]) -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[bytes]:
+        for item in objects:
+            yield json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+    return stream()
+
+
+def _events(objects: Iterable[dict[str, JSON]]) -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[bytes]:
+        for item in objects:
+            yield b"data: " + json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return stream()
+
+
+class OllamaApi:
+    """The routes, bound to one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._completion_ids = itertools.count(1)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _accept(self, parsed: Parsed) -> tuple[Parsed, dict[str, str]]:
+        """The model in the catalogue's spelling, and the header naming ignored fields (or a 400)."""
+        parsed = _with_model(parsed, models.resolve(parsed.model, self.engine.config.models))
+        headers = {}
+        if parsed.ignored:
+            fields = ", ".join(parsed.ignored)
+            if self.engine.config.strict_requests:
+                raise BadRequest(
+                    f"unknown fields: {fields} (strict requests: Ollama would ignore them; "
+                    "leave them out, or run the emulator without --strict-requests)"
+                )
+            headers[IGNORED_HEADER] = fields
+        return parsed, headers
+
+    def _known_model(self, model: str) -> None:
+        if model not in self.engine.config.models:
+            raise HttpError(
+                UNKNOWN_MODEL_STATUS,
+                f"model '{model}' not found; this emulator serves {', '.join(self.engine.config.models)}",
+            )
+
+    async def _answer(self, request: Request, parsed: Parsed) -> Answer:
+        """The canister's answer, or an HttpError for its reject; a client that hangs up cancels the call."""
+        assert parsed.request is not None
+        caller, cycles = caller_of(request)
+        call = asyncio.ensure_future(
+            self.engine.canister.chat(
+                parsed.request, caller, cycles, max_output_tokens=parsed.shaping.max_tokens
+            )
+        )
+        gone = asyncio.ensure_future(_until_disconnected(request.receive))
+        try:
+            await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not call.done():
+                call.cancel()  # the canister records the call as cancelled; its job goes on
+        if call.cancelled():
+            raise ClientGone()
+        try:
+            return call.result()
+        except Reject as reject:
+            raise self._rejected(reject, parsed.model) from None
+
+    def _rejected(self, reject: Reject, model: str) -> HttpError:
+        if reject.code is RejectCode.CANISTER_REJECT and model not in self.engine.config.models:
+            return HttpError(UNKNOWN_MODEL_STATUS, f"model '{model}' not found: {reject.message}", reject)
+        return HttpError(
+            REJECT_STATUS[reject.code],
+            f"the LLM canister rejected the call with {reject.code.name} ({int(reject.code)}): "
+            f"{reject.message}",
+            reject,
+        )
+
+    # -- general -------------------------------------------------------------------------------------
+
+    async def root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": OLLAMA_VERSION})
+
+    async def metrics(self, request: Request) -> Response:
+        metrics: Metrics = request.app.state.metrics
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # -- models --------------------------------------------------------------------------------------
+
+    async def tags(self, request: Request) -> Response:
+        return JSONResponse({"models": [models.tags_entry(name) for name in self.engine.config.models]})
+
+    async def ps(self, request: Request) -> Response:
+        now = datetime.now(UTC)
+        return JSONResponse({"models": [models.ps_entry(name, now) for name in self.engine.config.models]})
+
+    @ollama_api
+    async def show(self, request: Request) -> Response:
+        model = models.resolve(convert.model_named(await read_json(request)), self.engine.config.models)
+        self._known_model(model)
+        return JSONResponse(models.show(model))
+
+    @ollama_api
+    async def pull(self, request: Request) -> Response:
+        """Nothing to download: a catalogue model is "pulled" at once, any other is not found."""
+        body = await read_json(request)
+        self._known_model(models.resolve(convert.model_named(body), self.engine.config.models))
+        if body.get("stream") is False:
+            return JSONResponse({"status": "success"})
+        return StreamingResponse(
+            _lines([{"status": "pulling manifest"}, {"status": "success"}]), media_type=NDJSON
+        )
+
+    async def openai_models(self, request: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [models.openai_entry(name) for name in self.engine.config.models]}
+        )
+
+    @openai_api
+    async def openai_model(self, request: Request) -> Response:
+        name = models.resolve(request.path_params["model"], self.engine.config.models)
+        self._known_model(name)
+        return JSONResponse(models.openai_entry(name))
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    @ollama_api
+    async def chat(self, request: Request) -> Response:
+        started = time.perf_counter_ns()
+        parsed, headers = self._accept(convert.parse_chat(await read_json(request)))
+        if parsed.request is None:
+            return self._load(parsed, headers, {"message": {"role": "assistant", "content": ""}})
+        answer = await self._answer(request, parsed)
+        reply = convert.reply(answer, parsed.request, parsed.shaping)
+        head = {"model": parsed.model, "created_at": _now()}
+        message: dict[str, JSON] = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls:
+            message["tool_calls"] = list(reply.tool_calls)
+        final = {
+            "done": True,
+            "done_reason": reply.done_reason,
+            **_stats(started, parsed.request, reply.eval_count),
+        }
+        if not parsed.stream:
+            return JSONResponse({**head, "message": message, **final}, headers=headers)
+        chunks: list[dict[str, JSON]] = [
+            {**head, "message": {"role": "assistant", "content": piece}, "done": False}
+            for piece in convert.pieces(reply.content)
+        ]
+        if reply.tool_calls:
+            chunks.append(
+                {
+                    **head,
+                    "message": {"role": "assistant", "content": "", "tool_calls": list(reply.tool_calls)},
+                    "done": False,
+                }
+            )
+        chunks.append({**head, "message": {"role": "assistant", "content": ""}, **final})
+        return StreamingResponse(_lines(chunks), media_type=NDJSON, headers=headers)
+
+    @ollama_api
+    async def generate(self, request: Request) -> Response:
+        started = time.perf_counter_ns()
+        parsed, headers = self._accept(convert.parse_generate(await read_json(request)))
+        if parsed.request is None:
+            return self._load(parsed, headers, {"response": ""})
+        answer = await self._answer(request, parsed)
+        reply = convert.reply(answer, parsed.request, parsed.shaping)
+        head = {"model": parsed.model, "created_at": _now()}
+        final = {
+            "done": True,
+            "done_reason": reply.done_reason,
+            **_stats(started, parsed.request, reply.eval_count),
+        }
+        if not parsed.stream:
+            return JSONResponse({**head, "response": reply.content, **final}, headers=headers)
+        chunks: list[dict[str, JSON]] = [
+            {**head, "response": piece, "done": False} for piece in convert.pieces(reply.content)
+        ]
+        chunks.append({**head, "response": "", **final})
+        return StreamingResponse(_lines(chunks), media_type=NDJSON, headers=headers)
+
+    def _load(self, parsed: Parsed, headers: dict[str, str], empty: dict[str, JSON]) -> Response:
+        """No prompt: Ollama loads (or, with keep_alive 0, unloads) the model and says so."""
+        self._known_model(parsed.model)
+        reason = "unload" if parsed.unload else "load"
+        return JSONResponse(
+            {"model": parsed.model, "created_at": _now(), **empty, "done_reason": reason, "done": True},
+            headers=headers,
+        )
+
+    @openai_api
+    async def openai_chat(self, request: Request) -> Response:
+        parsed, headers = self._accept(convert.parse_openai_chat(await read_json(request)))
+        assert parsed.request is not None
+        answer = await self._answer(request, parsed)
+        reply = convert.reply(answer, parsed.request, parsed.shaping)
+        tool_calls = convert.openai_tool_calls(reply.tool_calls)
+        finish = "tool_calls" if tool_calls and reply.done_reason == "stop" else reply.done_reason
+        prompt_tokens = sum(count_tokens(m.content or "") for m in parsed.request.messages)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": reply.eval_count,
+            "total_tokens": prompt_tokens + reply.eval_count,
+        }
+        head = {
+            "id": f"chatcmpl-{next(self._completion_ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": parsed.model,
+            "system_fingerprint": "fp_ollama",
+        }
+        if not parsed.stream:
+            message: dict[str, JSON] = {"role": "assistant", "content": reply.content}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+            return JSONResponse({**head, "choices": [choice], "usage": usage}, headers=headers)
+        head["object"] = "chat.completion.chunk"
+        deltas: list[dict[str, JSON]] = [{"content": piece} for piece in convert.pieces(reply.content)]
+        if tool_calls:
+            deltas.append({"tool_calls": tool_calls})
+        if not deltas:
+            deltas.append({"content": ""})
+        deltas[0] = {"role": "assistant", **deltas[0]}
+        chunks = [{**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if parsed.include_usage:
+            chunks.append({**head, "choices": [], "usage": usage})
+        return StreamingResponse(_events(chunks), media_type=SSE, headers=headers)
+
+    # -- the rest ------------------------------------------------------------------------------------
+
+    async def unsupported(self, request: Request) -> Response:
+        return _ollama_error(
+            HttpError(
+                501,
+                f"{request.method} {request.url.path} is an Ollama route the emulator does not implement: "
+                "the LLM canister only chats (see GET /api/tags for its models)",
+            )
+        )
+
+
+def _with_model(parsed: Parsed, model: str) -> Parsed:
+    if parsed.model == model:
+        return parsed
+    request = parsed.request
+    if request is not None:
+        request = dataclasses.replace(request, model=model)
+    return dataclasses.replace(parsed, model=model, request=request)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code == 404:
+        message = (
+            f"no route {request.method} {request.url.path}; the emulator serves Ollama's API "
+            "(GET /api/tags, POST /api/chat, POST /api/generate, POST /v1/chat/completions, ...)"
+        )
+    elif error.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(error.detail)
+    return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
+
+
+async def _crash(request: Request, error: Exception) -> Response:
+    """A fault of the emulator itself (never a caller's mistake): logged, and said plainly."""
+    log.exception("the Ollama API failed on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"error": f"the emulator failed: {type(error).__name__}: {error}"}, status_code=500)
+
+
+def create_app(engine: Engine) -> ASGIApp:
+    """The ASGI app of the Ollama-compatible API over `engine` (which must already exist)."""
+    api = OllamaApi(engine)
+    routes = [
+        Route("/", api.root, methods=["GET", "HEAD"]),
+        Route("/api/version", api.version, methods=["GET", "HEAD"]),
+        Route("/api/tags", api.tags, methods=["GET", "HEAD"]),
+        Route("/api/ps", api.ps, methods=["GET"]),
+        Route("/api/show", api.show, methods=["POST"]),
+        Route("/api/pull", api.pull, methods=["POST"]),
+        Route("/api/chat", api.chat, methods=["POST"]),
+        Route("/api/generate", api.generate, methods=["POST"]),
+        Route("/v1/chat/completions", api.openai_chat, methods=["POST"]),
+        Route("/v1/models", api.openai_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", api.openai_model, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        *(Route(path, api.unsupported, methods=list(methods)) for path, methods in UNSUPPORTED_ROUTES),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
+    metrics = Metrics(engine, (route.path for route in routes if "{" not in route.path))
+    app.state.metrics = metrics
+
+    async def profiled(scope: Scope, receive: Receive, send: Send) -> None:
+        """Every response names the limit profile in force: the caps a canister developer meets."""
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        profile = engine.config.profile.encode("latin-1")
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (PROFILE_HEADER.encode(), profile)]
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    return metrics.middleware(profiled)

@@ -1,0 +1,158 @@
+"""uvicorn around the Ollama app, on the event loop the gRPC server and the engine already use.
+
+The emulator binds the listening socket itself, so a port in use is a clear `ConfigError` (not
+uvicorn's `sys.exit`) and port 0 is known at once. uvicorn's own signal handling is left out: the
+CLI owns SIGTERM and SIGINT and stops every door in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from emulator.config import ConfigError
+from emulator.engine import Engine
+from emulator.ollama.app import create_app
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.1  # uvicorn refreshes its Date header every 10 ticks
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, minus the parts the emulator does itself.
+
+    Signals are the CLI's. Stopping wakes the main loop at once instead of at its next 0.1 s poll,
+    and shutdown waits for open connections by short polls rather than uvicorn's fixed pauses:
+    a test suite starts and stops hundreds of emulators, and each pause would add to every one.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+        self._exit = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864_000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), _TICK)
+
+    def exit(self) -> None:
+        self.should_exit = True
+        self._exit.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop listening, let requests in flight finish within the grace period, then cut the rest."""
+        for server in self.servers:
+            server.close()
+        for sock in sockets or ():
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle keep-alive connections close now; busy ones after their response
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.timeout_graceful_shutdown or 0.0)
+        while (self.server_state.connections or self.server_state.tasks) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        for task in list(self.server_state.tasks):
+            task.cancel()
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.close()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+class OllamaHttpServer:
+    """The HTTP door: `start` listens and serves, `stop` drains and closes."""
+
+    def __init__(self, engine: Engine, host: str, port: int) -> None:
+        self.engine = engine
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+        self._server: _Uvicorn | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the HTTP server is not started"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _listen(self) -> socket.socket:
+        """A listening TCP socket, as uvicorn would bind it.
+
+        The protocol is named (IPPROTO_TCP): asyncio sets TCP_NODELAY only on such sockets, and
+        without it every response waits ~40 ms for Nagle and delayed ACKs.
+        """
+        address = f"{self.host}:{self.requested_port}"
+        sock = None
+        try:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                self.host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(2048)
+        except OSError as error:
+            if sock is not None:
+                sock.close()
+            raise ConfigError(
+                f"cannot listen for HTTP (the Ollama API) on {address}: {error.strerror or error} "
+                "(is Ollama or another emulator running? --ollama-port 0 picks a free port, "
+                "--ollama-port off turns HTTP off)"
+            ) from None
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> int:
+        """Listen, and return once uvicorn accepts connections; the bound port is returned."""
+        sock = self._listen()
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.engine),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=0,
+        )
+        server = self._server = _Uvicorn(config)
+        task = self._task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        ready = asyncio.ensure_future(server.ready.wait())
+        await asyncio.wait((task, ready), return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            sock.close()
+            error = task.exception() if not task.cancelled() else None
+            raise ConfigError(f"the HTTP server did not start: {error!r}")
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new connections; requests in flight have `grace` seconds to finish."""
+        if self._server is None or self._task is None:
+            return
+        self._server.config.timeout_graceful_shutdown = max(0.0, grace)  # type: ignore[assignment]
+        self._server.exit()
+        try:
+            await self._task
+        except Exception:
+            log.exception("the HTTP server failed while stopping")

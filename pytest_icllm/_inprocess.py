@@ -1,0 +1,73 @@
+"""The Control service of the in-process emulator, called on its own event loop instead of over gRPC.
+
+The same `ControlServicer` handles each request and its aborts arrive as the same `grpc.RpcError`
+(status, details, trailing metadata) that a gRPC call raises, so the controller behaves the same
+against the in-process emulator and an external one. What is saved is the trip through the network
+stack: about 0.35 ms per call, several times per test (see `python -m bench plugin`). The code under
+test still reaches the emulator over gRPC, as it would reach the real canister over the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+import grpc
+
+from emulator.grpc_api.servicers import ControlServicer
+from emulator.server import ThreadedEmulator
+
+
+class Aborted(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type hints
+    """A servicer's abort, shaped like the error a gRPC client would receive."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code = code
+        self._details = details
+        self._trailing = trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailing
+
+
+class _Context:
+    """The parts of `grpc.aio.ServicerContext` the Control servicer uses."""
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Iterable[tuple[str, str]] = ()
+    ) -> NoReturn:
+        raise Aborted(code, details, tuple(trailing_metadata))
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+class InProcessControl:
+    """A stand-in for `ControlStub`: `control.Reset(request, timeout=30)` runs on the emulator's loop."""
+
+    def __init__(self, emulator: ThreadedEmulator) -> None:
+        self._servicer = ControlServicer(emulator.engine)
+        self._loop = emulator.loop
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        handler = getattr(self._servicer, name)
+
+        def call(request: Any, timeout: float | None = None) -> Any:
+            future = asyncio.run_coroutine_threadsafe(handler(request, _Context()), self._loop)
+            try:
+                return future.result(timeout)
+            except TimeoutError:
+                future.cancel()
+                raise Aborted(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"{name} took over {timeout} s", ()
+                ) from None
+
+        return call

@@ -1,0 +1,174 @@
+"""Every example in the README runs, and the README's tables agree with the code they describe.
+
+Examples are read from the README's fenced blocks, section by section:
+- a ```python block under "Testing with pytest" is a small pytest project: lines `# conftest.py` or
+  `# test_name.py` start its files, and `# test_name.py (run with: pytest ARGS)` gives the arguments;
+- a ```ini block there is a `pytest.ini`, run with one empty test;
+- a ```text block right after either is output the run must show (for a python block: a run that
+  fails, with these lines); without one, every test of the example must pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pytest_icllm import _options
+from pytest_icllm._options import OPTIONS
+from tests.conftest import Stubs
+from tests.pytester_support import INI
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+FILE_LINE = re.compile(r"^# (?P<name>[\w/]+\.py)(?: \(run with: pytest (?P<args>[^)]*)\))?$")
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    text: str
+    line: int  # of the opening fence, 1-based
+
+
+@dataclass
+class Example:
+    kind: str  # "python" or "ini"
+    line: int
+    files: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)
+
+
+def section_blocks(heading: str) -> list[Block]:
+    """The fenced blocks under `## heading`, up to the next `## ` heading."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index(f"## {heading}")
+    blocks: list[Block] = []
+    fence: tuple[str, int, list[str]] | None = None
+    for number, line in enumerate(lines[start + 1 :], start=start + 2):
+        if fence is None and line.startswith("## "):
+            break
+        if line.startswith("```"):
+            if fence is None:
+                fence = (line[3:].strip(), number, [])
+            else:
+                blocks.append(Block(fence[0], "\n".join(fence[2]) + "\n", fence[1]))
+                fence = None
+        elif fence is not None:
+            fence[2].append(line)
+    assert fence is None, f"README.md:{fence[1]}: a code block is never closed" if fence else ""
+    return blocks
+
+
+def split_files(block: Block) -> tuple[dict[str, str], list[str]]:
+    """A python block's files (by their `# name.py` lines) and the pytest arguments named there."""
+    files: dict[str, list[str]] = {}
+    args: list[str] = []
+    current = f"test_readme_{block.line}.py"
+    for line in block.text.splitlines():
+        if match := FILE_LINE.match(line):
+            current = match["name"]
+            args += (match["args"] or "").split()
+            continue
+        files.setdefault(current, []).append(line)
+    return {name: "\n".join(body).strip() + "\n" for name, body in files.items()}, args
+
+
+def pytest_examples(heading: str) -> list[Example]:
+    examples: list[Example] = []
+    for block in section_blocks(heading):
+        if block.lang == "python":
+            files, args = split_files(block)
+            examples.append(Example("python", block.line, files, args))
+        elif block.lang == "ini":
+            examples.append(Example("ini", block.line, {"pytest.ini": block.text}))
+        elif block.lang == "text":
+            assert examples and not examples[-1].expected, f"README.md:{block.line}: output of what?"
+            examples[-1].expected = [line for line in block.text.splitlines() if line.strip()]
+        else:
+            raise AssertionError(f"README.md:{block.line}: no runner for ```{block.lang} blocks")
+    return examples
+
+
+PLUGIN_EXAMPLES = pytest_examples("Testing with pytest")
+
+
+def test_the_pytest_section_has_examples_of_every_kind() -> None:
+    kinds = {(e.kind, bool(e.expected)) for e in PLUGIN_EXAMPLES}
+    assert kinds == {("python", False), ("python", True), ("ini", True)}
+
+
+@pytest.mark.parametrize("example", PLUGIN_EXAMPLES, ids=[f"README.md:{e.line}" for e in PLUGIN_EXAMPLES])
+def test_pytest_section_example_runs(pytester: pytest.Pytester, example: Example) -> None:
+    pytester.makeini(INI)
+    for name, text in example.files.items():
+        path = pytester.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    if example.kind == "ini":  # the example's keys, and the strict test project's own
+        extra = INI.replace("[pytest]", "").strip()
+        pytester.makefile(".ini", pytest=example.files["pytest.ini"].rstrip() + "\n" + extra + "\n")
+        pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest(*example.args)
+    outcomes = result.parseoutcomes()
+    if example.expected:
+        result.stdout.fnmatch_lines(example.expected)
+    if example.kind == "python" and example.expected:
+        assert outcomes.get("failed", 0) + outcomes.get("errors", 0) + outcomes.get("error", 0) == 1
+    else:
+        assert outcomes.get("passed", 0) >= 1
+        assert set(outcomes) <= {"passed"}, result.stdout.str()
+
+
+def test_calling_the_emulator_from_python_example_runs(start_emulator: Callable[..., Stubs]) -> None:
+    (block,) = [b for b in section_blocks("Calling the emulator from Python") if b.lang == "python"]
+    assert block.text.count('"127.0.0.1:50051"') == 1
+    target = start_emulator().emulator.ports.grpc_target
+    printed: list[str] = []
+
+    def collect(*values: object) -> None:
+        printed.append(" ".join(map(str, values)))
+
+    code = compile(block.text.replace("127.0.0.1:50051", target), f"README.md:{block.line}", "exec")
+    exec(code, {"print": collect})
+    answer, final, reject = printed
+    assert answer.strip() and final.strip()
+    assert reject.startswith("CANISTER_REJECT unknown model 'gpt-5': this LLM canister serves llama3.1:8b")
+
+
+# -- the README's tables and statements agree with the code ----------------------------------------
+
+
+def test_readme_options_table_lists_every_plugin_option_with_its_ini_key_and_default() -> None:
+    text = README.read_text(encoding="utf-8")
+    rows = {
+        cells[0].strip("`"): cells
+        for line in text.splitlines()
+        if line.startswith("| `--icllm-")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert list(rows) == [option.flag for option in OPTIONS]
+    for option in OPTIONS:
+        _flag, ini, default, _meaning = rows[option.flag]
+        assert ini == f"`{option.ini}`"
+        shown = default.strip("`")
+        if option.default is None:
+            assert shown == "none"
+        elif isinstance(option.default, bool):
+            assert shown == str(option.default).lower()
+        elif isinstance(option.default, tuple):
+            assert shown == ",".join(option.default)
+        else:
+            assert option.parse(shown) == option.default
+
+
+def test_readme_states_the_precedence_of_the_resolver() -> None:
+    def words(text: str) -> str:
+        return " ".join(text.split())
+
+    docstring = _options.__doc__ or ""
+    precedence = words(docstring[docstring.index("Precedence") :])
+    assert precedence in words(README.read_text(encoding="utf-8"))
