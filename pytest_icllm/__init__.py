@@ -1,13 +1,31 @@
 """pytest-icllm: test code that calls the Internet Computer's LLM canister against a local emulator.
 
 The fixtures live in `pytest_icllm.plugin` (registered through the `pytest11` entry point); this root
-exports what a test may name in type hints and `except` clauses.
+exports what a test may name in type hints and `except` clauses. They are imported on first use, so
+that a pytest run that never touches the emulator does not pay for importing gRPC.
 """
 
-from importlib.metadata import version
+from __future__ import annotations
 
-from emulator.client import EmulatorError, LlmReject
-from pytest_icllm._controller import IcllmController
+from importlib import import_module
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emulator.client import EmulatorError, LlmReject
+    from pytest_icllm._controller import IcllmController
 
 __version__ = version("pytest-icllm")
 __all__ = ["EmulatorError", "IcllmController", "LlmReject", "__version__"]
+
+_LAZY = {
+    "EmulatorError": "emulator.client",
+    "LlmReject": "emulator.client",
+    "IcllmController": "pytest_icllm._controller",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pytest_icllm' has no attribute {name!r}")

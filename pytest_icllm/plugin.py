@@ -3,7 +3,8 @@
 Fixtures: `icllm` (the per-test controller), `icllm_client` / `icllm_async_client` (clients bound to
 the emulator), `icllm_server` (the session's emulator), `icllm_config` (per-test settings a conftest
 can override at any scope). Settings are resolved in one place, `_options.resolve`; the README states
-their precedence.
+their precedence. gRPC and the emulator are imported by the fixtures that need them, so a run whose
+tests never touch the emulator starts as fast as without the plugin.
 """
 
 from __future__ import annotations
@@ -11,21 +12,20 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from emulator._proto.icllm.v1 import control_pb2_grpc
 from emulator.backends import ToolPolicy
-from emulator.client import AsyncLlmClient, LlmClient
 from emulator.clock import ClockKind
 from emulator.config import BackendKind, EmulatorConfig
-from emulator.server import ThreadedEmulator
-from pytest_icllm._controller import IcllmController
-from pytest_icllm._inprocess import InProcessControl
 from pytest_icllm._options import OPTIONS, PER_TEST, OptionError, Settings, parse_option, resolve
+
+if TYPE_CHECKING:
+    from emulator._proto.icllm.v1 import control_pb2_grpc
+    from emulator.client import AsyncLlmClient, LlmClient
+    from pytest_icllm._controller import IcllmController
+    from pytest_icllm._inprocess import InProcessControl
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -98,6 +98,13 @@ class _Session:
 
 @pytest.fixture(scope="session")
 def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
+    """The emulator this session uses and the way to its Control service; stopped at the end."""
+    import grpc
+
+    from emulator._proto.icllm.v1 import control_pb2_grpc
+    from emulator.server import ThreadedEmulator
+    from pytest_icllm._inprocess import InProcessControl
+
     settings = pytestconfig.stash[SETTINGS_KEY]
     if settings.url:
         _check_reachable(settings.url)
@@ -143,6 +150,9 @@ def icllm_server(_icllm_session: _Session) -> EmulatorAddress:
 
 
 def _check_reachable(target: str) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(target) as channel:
         try:
             status = (
@@ -174,6 +184,8 @@ def icllm(
     request: pytest.FixtureRequest, _icllm_session: _Session, icllm_config: dict[str, Any]
 ) -> Iterator[IcllmController]:
     """The controller of the emulated LLM canister, reset for this test: script, steer, inspect."""
+    from pytest_icllm._controller import IcllmController
+
     item = request.node
     session = request.config.stash[SETTINGS_KEY]
     try:
@@ -238,6 +250,9 @@ def _marker_location(node: pytest.Item | pytest.Collector) -> str:
 
 @pytest.fixture(scope="session")
 def _icllm_session_client(icllm_server: EmulatorAddress) -> Iterator[LlmClient]:
+    """One blocking client (one gRPC channel) for the whole session, handed out by `icllm_client`."""
+    from emulator.client import LlmClient
+
     with LlmClient(icllm_server.grpc_target) as client:
         yield client
 
@@ -259,5 +274,7 @@ else:
         icllm: IcllmController, icllm_server: EmulatorAddress
     ) -> AsyncIterator[AsyncLlmClient]:
         """An asyncio client bound to the emulator, which `icllm` has reset (needs pytest-asyncio)."""
+        from emulator.client import AsyncLlmClient
+
         async with AsyncLlmClient(icllm_server.grpc_target) as client:
             yield client

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import pytest
 
+# The plugin imports these when a test first needs the emulator. An in-process run restores
+# `sys.modules` when it ends, so each run would import them afresh, and an `except LlmReject` in one
+# run would not catch the class of another: imported here once, every run shares them.
+import emulator.client
+import emulator.server  # noqa: F401
+import pytest_icllm._controller
+import pytest_icllm._inprocess  # noqa: F401
+
 # Inner runs load every installed plugin, as a user's would; the two `-p no:` only spare each run the
-# import of unrelated plugins (hypothesis's alone takes a second per in-process run).
+# import of unrelated plugins (hypothesis's alone takes a second per in-process run). An in-process run
+# shares the process's threads with the outer suite, so a thread of some other test that dies meanwhile
+# would be reported inside it: that one warning stays a warning (the inner tests' own threads catch
+# their exceptions, and their results are asserted).
 INI = """
 [pytest]
 addopts = -p no:hypothesispytest -p no:faker
 asyncio_default_fixture_loop_scope = function
-filterwarnings = error
+filterwarnings =
+    error
+    default::pytest.PytestUnhandledThreadExceptionWarning
 """
 
 

@@ -3,8 +3,11 @@ and the exact text a test author reads."""
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
+import emulator.client
 import pytest_icllm
 from tests.pytester_support import INI, pt, run
 
@@ -15,7 +18,12 @@ __all__ = ["pt"]  # a fixture
 
 def test_package_root_exports_only_the_controller_the_exceptions_and_the_version() -> None:
     assert pytest_icllm.__all__ == ["EmulatorError", "IcllmController", "LlmReject", "__version__"]
-    assert pytest_icllm.__version__ == "0.1.0"
+    assert pytest_icllm.__version__ == importlib.metadata.version("pytest-icllm")
+    assert pytest_icllm.LlmReject is emulator.client.LlmReject
+    assert pytest_icllm.EmulatorError is emulator.client.EmulatorError
+    assert pytest_icllm.IcllmController.__module__ == "pytest_icllm._controller"
+    with pytest.raises(AttributeError, match="module 'pytest_icllm' has no attribute 'Call'"):
+        _ = pytest_icllm.Call
 
 
 FIXTURE_DOCS = {
