@@ -46,6 +46,9 @@ class Call:
     output_tokens: int
     truncated: bool
     unexpected: bool
+    cycles_attached: int = 0
+    cycles_charged: int = 0
+    cycles_refunded: int = 0
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -335,6 +338,20 @@ class IcllmController:
         stats: cpb.Stats = self._rpc(self._control.GetStats, cpb.GetStatsRequest())
         return stats
 
+    # -- cycles ------------------------------------------------------------------------------------
+
+    def balances(self) -> dict[str, int]:
+        """Prepaid cycle balances by principal (what `v1_deposit` fills and paid calls draw on)."""
+        response = self._rpc(self._control.GetBalances, cpb.GetBalancesRequest())
+        return dict(response.balances)
+
+    def balance(self, principal: str) -> int:
+        return self.balances().get(principal, 0)
+
+    def set_balance(self, principal: str, cycles: int) -> None:
+        """Give a caller a prepaid balance, as if it had called `v1_deposit`."""
+        self._rpc(self._control.SetBalance, cpb.SetBalanceRequest(principal=principal, cycles=cycles))
+
     # -- lifecycle (the plugin calls these) --------------------------------------------------------
 
     def _begin(self, configure: bool = True) -> None:
@@ -453,6 +470,9 @@ def _call(record: cpb.CallRecord) -> Call:
         output_tokens=record.output_tokens,
         truncated=record.truncated,
         unexpected=record.unexpected,
+        cycles_attached=record.cycles_attached,
+        cycles_charged=record.cycles_charged,
+        cycles_refunded=record.cycles_refunded,
     )
 
 

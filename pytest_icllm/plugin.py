@@ -54,7 +54,9 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(ini, cli)
     except OptionError as error:
         raise pytest.UsageError(f"pytest-icllm: {error}") from None
-    distributed = getattr(config.option, "dist", "no") != "no" or os.environ.get("PYTEST_XDIST_WORKER")
+    # The controller process sees `--dist`; a worker process has `workerinput` (not an env var, which a
+    # pytest run started inside a worker would inherit).
+    distributed = getattr(config.option, "dist", "no") != "no" or hasattr(config, "workerinput")
     if settings.url and distributed:
         raise pytest.UsageError(
             "pytest-icllm: --icllm-url points every xdist worker at one emulator, whose state the workers "

@@ -196,3 +196,22 @@ def test_client_deposits_and_pays_for_a_paid_model(emu: Stubs) -> None:
         stranger.prompt("gemma3:27b", "Hi")
     assert caught.value.code is RejectCode.CANISTER_REJECT and "v1_deposit" in caught.value.message
     assert emu.control.GetBalances(cpb.GetBalancesRequest()).balances[ALICE] < 10 * MIN_ATTACHED
+
+
+def test_pytest_controller_sets_balances_and_shows_charges(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        """
+        from emulator.client import LlmClient
+
+        def test_paid_call_draws_on_a_balance_set_by_the_test(icllm, icllm_server):
+            icllm.set_balance("aaaaa-aa", 10**12)
+            with LlmClient(icllm_server.grpc_target, caller="aaaaa-aa", cycles=5) as llm:
+                llm.prompt("gemma3:27b", "How much?")
+            (call,) = icllm.calls
+            assert call.cycles_attached == 5 and call.cycles_refunded == 5 and call.cycles_charged > 0
+            assert icllm.balance("aaaaa-aa") == 10**12 - call.cycles_charged
+            assert icllm.balances() == {"aaaaa-aa": 10**12 - call.cycles_charged}
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
