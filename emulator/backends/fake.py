@@ -9,6 +9,7 @@ hashed with the seed, and the digest seeds both Faker (for the words) and a priv
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ import threading
 from typing import Any
 
 from faker import Faker
+from faker.providers.lorem.en_US import Provider as LoremProvider
 
 from emulator.backends import ToolPolicy
 from emulator.domain import (
@@ -41,6 +43,7 @@ __all__ = ["FakeBackend", "canonical_request", "fake_answer"]
 # lock, and it is re-seeded right before each use, so no answer depends on the calls made before it.
 _FAKER = Faker("en_US")
 _FAKER_LOCK = threading.Lock()
+_WORDS: tuple[str, ...] = tuple(LoremProvider.word_list)
 
 _MIN_TEXT_TOKENS = 5
 _MAX_TEXT_TOKENS = 400
@@ -103,33 +106,39 @@ def canonical_request(request: ChatRequest) -> str:
 
 
 def _digest(request: ChatRequest, seed: int) -> bytes:
-    payload = json.dumps({"seed": seed, "request": canonical_request(request)}, sort_keys=True)
-    return hashlib.sha256(payload.encode("utf-8")).digest()
+    return hashlib.sha256(f"{seed}\n{canonical_request(request)}".encode()).digest()
 
 
-def _sentences_text(fake: Faker, rng: random.Random) -> tuple[str, int]:
+def _sentences_text(rng: random.Random) -> tuple[str, int]:
     """Sentences up to a length drawn log-uniformly from 5..400 tokens, split into paragraphs.
 
     Log-uniform so that short replies are as common as long ones; whole sentences only, so the
-    uncapped text never ends mid-sentence. One Faker call draws every word (Faker's words are
-    single tokens), so the token count is known without scanning the text. Returns (text, tokens).
+    uncapped text never ends mid-sentence. The words are Faker's English word list, each one token,
+    so the token count is known without scanning the text; every word, sentence length and
+    paragraph length comes from one draw of random bytes (this runs for every fake answer, so it is
+    kept cheap). Returns (text, tokens).
     """
     target = round(math.exp(rng.uniform(math.log(_MIN_TEXT_TOKENS), math.log(_MAX_TEXT_TOKENS))))
-    words = fake.words(nb=target + _MAX_SENTENCE_WORDS)
+    count = target + _MAX_SENTENCE_WORDS
+    picks = array.array("H", rng.randbytes(2 * count))
+    words = [_WORDS[pick % len(_WORDS)] for pick in picks]
+    shapes = rng.randbytes(count)  # at least one byte per sentence and per paragraph
+    sentence_span = _MAX_SENTENCE_WORDS - _MIN_SENTENCE_WORDS + 1
     paragraphs: list[str] = []
     sentences: list[str] = []
-    paragraph_size = rng.randint(3, 6)
+    paragraph_size = 3 + shapes[0] % 4
     tokens = used = 0
-    while tokens < target:
-        length = rng.randint(_MIN_SENTENCE_WORDS, _MAX_SENTENCE_WORDS)
-        chunk = words[used : used + length]
+    for shape in shapes[1:]:
+        if tokens >= target:
+            break
+        length = _MIN_SENTENCE_WORDS + shape % sentence_span
+        sentences.append(" ".join(words[used : used + length]).capitalize() + ".")
         used += length
-        sentences.append(" ".join(chunk).capitalize() + ".")
-        tokens += len(chunk) + 1
+        tokens += length + 1
         if len(sentences) >= paragraph_size:
             paragraphs.append(" ".join(sentences))
             sentences = []
-            paragraph_size = rng.randint(3, 6)
+            paragraph_size = 3 + (shape >> 4) % 4
     if sentences:
         paragraphs.append(" ".join(sentences))
     return "\n\n".join(paragraphs), tokens
@@ -155,12 +164,10 @@ def _prefix(last: Message | None, rng: random.Random) -> str:
     return ""
 
 
-def _text_answer(
-    request: ChatRequest, fake: Faker, rng: random.Random, max_output_tokens: int | None
-) -> Answer:
+def _text_answer(request: ChatRequest, rng: random.Random, max_output_tokens: int | None) -> Answer:
     last = request.messages[-1] if request.messages else None
     prefix = _prefix(last, rng)
-    body, body_tokens = _sentences_text(fake, rng)
+    body, body_tokens = _sentences_text(rng)
     tokens = count_tokens(prefix) + body_tokens
     text = prefix + body
     if max_output_tokens is None or tokens <= max_output_tokens:
@@ -253,11 +260,11 @@ def fake_answer(
     rng = random.Random(int.from_bytes(digest[8:16], "big"))
     last = request.messages[-1] if request.messages else None
     wants_tool = tool_policy == ToolPolicy.AUTO and bool(request.tools) and isinstance(last, UserMessage)
+    if not wants_tool or max_output_tokens == 0:
+        return _text_answer(request, rng, max_output_tokens)
     with _FAKER_LOCK:
         _FAKER.seed_instance(faker_seed)
-        if wants_tool and max_output_tokens != 0:
-            return _tool_call_answer(request, _FAKER, rng, digest)
-        return _text_answer(request, _FAKER, rng, max_output_tokens)
+        return _tool_call_answer(request, _FAKER, rng, digest)
 
 
 class FakeBackend:
