@@ -16,6 +16,8 @@ from emulator.domain import Reject, RejectCode
 
 # ic-llm 2.x attached this to every call; the 2026 canister asks at least this much of a paid call.
 MIN_ATTACHED = 100_000_000_000
+# The IC counts cycles in 128 bits; the emulator's wire formats carry 64, which is plenty for tests.
+MAX_CYCLES = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +62,15 @@ class Ledger:
     def deposit(self, principal: str, cycles: int) -> int:
         if cycles < 0:
             raise ValueError(f"a deposit is 0 or more cycles, got {cycles}")
-        self.balances[principal] = self.balance(principal) + cycles
-        return self.balances[principal]
+        balance = self.balance(principal) + cycles
+        if balance > MAX_CYCLES:
+            raise Reject(
+                RejectCode.CANISTER_REJECT,
+                f"the deposit would take {principal}'s balance to {balance} cycles, over the emulator's "
+                f"{MAX_CYCLES}; the balance stays {self.balance(principal)}",
+            )
+        self.balances[principal] = balance
+        return balance
 
     def set_balance(self, principal: str, cycles: int) -> None:
         if cycles < 0:
@@ -74,7 +83,14 @@ class Ledger:
             return
         most = price.of(most_tokens)
         if receipt.attached >= MIN_ATTACHED:
-            receipt.reserved = min(most, receipt.attached)
+            if receipt.attached < most:
+                raise Reject(
+                    RejectCode.CANISTER_REJECT,
+                    f"model {model!r} is paid and this call may cost up to {most} cycles, more than the "
+                    f"{receipt.attached} attached; attach at least {most}, or attach fewer than "
+                    f"{MIN_ATTACHED} to pay from {caller}'s prepaid balance",
+                )
+            receipt.reserved = most
             return
         balance = self.balance(caller)
         if balance < most:

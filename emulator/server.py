@@ -33,7 +33,7 @@ from emulator._proto.icllm.v1 import (
 from emulator.config import ConfigError, EmulatorConfig
 from emulator.engine import Engine
 from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
-from emulator.grpc_api.status import MAX_MESSAGE_BYTES, TRANSPORT_MAX_BYTES
+from emulator.grpc_api.status import MAX_MESSAGE_BYTES, TRANSPORT_MAX_BYTES, tolerant
 from emulator.ollama.serve import OllamaHttpServer
 
 log = logging.getLogger(__name__)
@@ -70,18 +70,24 @@ class GenericHandlersOnly:
     grpc.aio keeps one pending task per *registered* method and waits on all of them for every call:
     with the emulator's 28 methods that cost more per call than the canister core itself (`make bench
     ARGS=grpc`). Generic handlers are found by name instead, at no per-method cost.
+
+
+    The emulator's own services also get requests that do not parse as a `MalformedRequest` rather than
+    an exception, so their handlers answer INVALID_ARGUMENT instead of gRPC's UNKNOWN.
     """
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        """Skipped: generated code registers the same handlers through `add_registered_method_handlers`."""
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        """Skipped: the same handlers arrive through `add_generic_rpc_handlers`."""
+        if service in SERVICE_NAMES:
+            handlers = {name: tolerant(handler) for name, handler in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 class EmulatorServer:

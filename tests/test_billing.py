@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from emulator._proto.icllm.v1 import canister_pb2 as pb
 from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.billing import MIN_ATTACHED, Price, Receipt
+from emulator.billing import MAX_CYCLES, MIN_ATTACHED, Price, Receipt
 from emulator.client import LlmClient, LlmReject
 from emulator.config import EmulatorConfig
 from emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
@@ -215,3 +215,31 @@ def test_pytest_controller_sets_balances_and_shows_charges(pytester: pytest.Pyte
         """
     )
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+PRICE_3 = Price(per_call=3 * MIN_ATTACHED)
+
+
+@pytest.mark.asyncio
+async def test_attached_cycles_below_the_most_a_call_may_cost_are_rejected(engine: Engine) -> None:
+    engine.configure(prices={"gemma3:27b": PRICE_3})
+    with pytest.raises(
+        Reject, match=f"may cost up to {PRICE_3.of(2 + 1000)} cycles, more than the {MIN_ATTACHED}"
+    ):
+        await call(engine, "gemma3:27b", MIN_ATTACHED)
+
+
+@pytest.mark.asyncio
+async def test_a_deposit_past_the_emulators_range_is_rejected(engine: Engine) -> None:
+    engine.canister.deposit(ALICE, MAX_CYCLES)
+    with pytest.raises(Reject, match="the balance stays"):
+        engine.canister.deposit(ALICE, 1)
+    assert engine.canister.ledger.balance(ALICE) == MAX_CYCLES
+
+
+def test_grpc_cycles_beyond_64_bits_are_invalid_argument(emu: Stubs) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.V1Chat(user_request(), metadata=(("icllm-cycles", str(2**70)),))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 18446744073709551615" in caught.value.details()
+    assert emu.control.GetHistory(cpb.GetHistoryRequest()).calls == []

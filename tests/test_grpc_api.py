@@ -169,10 +169,22 @@ def test_empty_request_is_the_canisters_reject(emu: Stubs) -> None:
     assert reject_code(error) == 4 and "no messages" in error.details()
 
 
-def test_garbage_bytes_are_invalid_argument_not_internal(emu: Stubs) -> None:
-    call = emu.channel.unary_unary("/icllm.v1.LlmCanister/V1Chat")
-    error = rpc_error(lambda: call(b"\xff\xff\xff\xff"))
-    assert error.code() != grpc.StatusCode.INTERNAL
+@pytest.mark.parametrize(
+    ("method", "payload", "problem"),
+    [
+        ("/icllm.v1.LlmCanister/V1Chat", b"\xff\xff\xff\xff", "Wire format was corrupt"),
+        ("/icllm.v1.LlmCanister/V1Chat", b"\x0a\x02\xff\xfe", "String field had bad UTF-8"),
+        ("/icllm.v1.Control/Configure", b"\xff\xff\xff\xff", "Wire format was corrupt"),
+        ("/icllm.v1.AiWorker/Submit", b"\xff\xff\xff\xff", "Wire format was corrupt"),
+    ],
+)
+def test_bytes_that_are_not_the_message_are_invalid_argument(
+    emu: Stubs, method: str, payload: bytes, problem: str
+) -> None:
+    error = rpc_error(lambda: emu.channel.unary_unary(method)(payload))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"is not a valid {method.rsplit('/', 1)[1]} message" in error.details()
+    assert problem in error.details()
     assert emu.canister.V1Chat(user_request()).message.content
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from emulator.billing import MAX_CYCLES
 from emulator.config import ANONYMOUS_PRINCIPAL, ConfigError
 from emulator.domain import Reject, RejectCode
 from emulator.grpc_api.convert import BadRequest
@@ -67,8 +70,13 @@ def caller_of(context: grpc.aio.ServicerContext) -> tuple[str, int]:
     metadata = dict(context.invocation_metadata() or ())
     caller = principal_of(str(metadata.get(CALLER_KEY, ANONYMOUS_PRINCIPAL)), f"metadata {CALLER_KEY}")
     cycles_text = str(metadata.get(CYCLES_KEY, "0")).strip()
-    if not cycles_text.isdigit():
+    if not cycles_text.isascii() or not cycles_text.isdigit():
         raise BadRequest(f"metadata {CYCLES_KEY} {cycles_text!r} is not a natural number of cycles")
+    if len(cycles_text) > 20 or int(cycles_text) > MAX_CYCLES:
+        raise BadRequest(
+            f"metadata {CYCLES_KEY} {cycles_text[:30]!r} is more cycles than the emulator carries "
+            f"(at most {MAX_CYCLES}, 2^64 - 1)"
+        )
     return caller, int(cycles_text)
 
 
@@ -83,11 +91,38 @@ _MISUSE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """Bytes that are not the method's request message (what a failed parse hands the handler)."""
+
+    problem: str
+
+
+def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same handler, whose request parser returns `MalformedRequest` instead of raising."""
+    parse = handler.request_deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return MalformedRequest(str(error) or type(error).__name__)
+
+    replaced: grpc.RpcMethodHandler = handler._replace(request_deserializer=deserialize)
+    return replaced
+
+
 def rpc(handler: Handler) -> Handler:
     """Map a handler's rejects and misuse errors to gRPC statuses; nothing else is caught."""
 
     @wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {handler.__name__} message ({request.problem}); "
+                "send the protobuf message proto/icllm/v1 defines for this method",
+            )
         size = request.ByteSize()
         if size > MAX_MESSAGE_BYTES:
             await context.abort(
