@@ -54,14 +54,16 @@ class Ports:
 
     @property
     def grpc_target(self) -> str:
-        return f"{self.host}:{self.grpc}"
+        return f"{bracketed(self.host)}:{self.grpc}"
 
     @property
     def http_url(self) -> str | None:
-        if self.http is None:
-            return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.http}"
+        return None if self.http is None else f"http://{bracketed(self.host)}:{self.http}"
+
+
+def bracketed(host: str) -> str:
+    """A host as it stands before `:port`: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 class GenericHandlersOnly:
@@ -124,7 +126,7 @@ class EmulatorServer:
             services,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = f"{self.config.host}:{self.config.grpc_port}"
+        address = f"{bracketed(self.config.host)}:{self.config.grpc_port}"
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as error:

@@ -441,3 +441,9 @@ def test_scripted_jobs_are_not_offered_to_external_workers(start_emulator: Calla
         assert not emu.worker.Poll(wpb.PollRequest(worker_id="w", wait_seconds=0.05)).HasField("job")
         emu.control.Configure(cpb.ConfigureRequest(workers=1))
         assert call.result(timeout=5).message.content == "scripted"
+
+
+def test_serves_on_ipv6_loopback(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(host="::1")
+    assert emu.emulator.ports.grpc_target.startswith("[::1]:")
+    assert emu.canister.V1Chat(user_request()).message.content
