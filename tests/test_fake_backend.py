@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import re
@@ -285,3 +286,23 @@ def test_backend_generate_uses_its_seed_and_policy() -> None:
     assert first.message.tool_calls
     assert second == fake_answer(request, seed=8, max_output_tokens=10, tool_policy=ToolPolicy.NEVER)
     assert second.message.content and not second.message.tool_calls
+
+
+def test_answers_are_pinned_bytes_across_machines_and_versions() -> None:
+    """A change here means every user's recorded expectations change: only on purpose, with a release note."""
+    weather = Tool(
+        "get_weather",
+        "w",
+        Parameters(
+            "object", (Property("city", "string"), Property("unit", "string", None, ("c", "f"))), ("city",)
+        ),
+    )
+    requests = [ChatRequest("llama3.1:8b", (UserMessage(f"question {i}"),)) for i in range(20)]
+    requests.append(ChatRequest("llama3.1:8b", (UserMessage("Weather?"),), (weather,)))
+    digest = hashlib.sha256()
+    for request in requests:
+        answer = fake_answer(request, seed=0, max_output_tokens=1000, tool_policy=ToolPolicy.AUTO)
+        digest.update(repr(answer).encode())
+    first = fake_answer(requests[0], seed=0, max_output_tokens=1000, tool_policy=ToolPolicy.AUTO)
+    assert (first.message.content or "").startswith("Specific music available wrong positive discover study.")
+    assert digest.hexdigest() == "92ab42f36ab9469c8246ad4a2c060f01c6988246e3dec48f585084268ff82c6f"
