@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from emulator.clock import RealClock, VirtualClock
+from emulator.clock import ClockKind, RealClock, VirtualClock
 from emulator.config import EmulatorConfig
 from emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
 from emulator.engine import Engine
@@ -70,7 +70,7 @@ async def test_real_clock_sleeps_until_a_time_and_not_for_a_past_one() -> None:
 
 @pytest.mark.asyncio
 async def test_history_records_the_lifecycle_on_the_emulators_clock() -> None:
-    engine = Engine(EmulatorConfig(clock="virtual", ollama_port=None))
+    engine = Engine(EmulatorConfig(clock=ClockKind.VIRTUAL, ollama_port=None))
     engine.rules.add(Rule(Match(), Reply(AssistantMessage("done")), delay=5))
     engine.start()
     try:
