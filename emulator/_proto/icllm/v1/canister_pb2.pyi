@@ -507,7 +507,7 @@ class CallCandidRequest(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     ARG_FIELD_NUMBER: _builtins.int
     method: _builtins.str
-    """"v0_chat" or "v1_chat" """
+    """"v0_chat", "v1_chat" or "v1_deposit" """
     arg: _builtins.bytes
     """the Candid-encoded argument ("DIDL" ...)"""
     def __init__(
