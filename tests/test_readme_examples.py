@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from emulator._proto.icllm.v1 import control_pb2 as cpb
 from pytest_icllm import _options
 from pytest_icllm._options import OPTIONS
-from tests.conftest import Stubs
+from tests.conftest import Stubs, user_request
 from tests.pytester_support import INI
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -137,6 +138,30 @@ def test_calling_the_emulator_from_python_example_runs(start_emulator: Callable[
     answer, final, reject = printed
     assert answer.strip() and final.strip()
     assert reject.startswith("CANISTER_REJECT unknown model 'gpt-5': this LLM canister serves llama3.1:8b")
+
+
+def test_candid_door_example_runs(start_emulator: Callable[..., Stubs]) -> None:
+    (block,) = [b for b in section_blocks("The Candid door") if b.lang == "python"]
+    target = start_emulator().emulator.ports.grpc_target
+    printed: list[str] = []
+    code = compile(block.text.replace("127.0.0.1:50051", target), f"README.md:{block.line}", "exec")
+    exec(code, {"print": lambda *values: printed.append(" ".join(map(str, values)))})
+    (content,) = printed
+    assert content.strip()
+
+
+def test_scripted_rules_example_loads_and_answers(
+    tmp_path: Path, start_emulator: Callable[..., Stubs]
+) -> None:
+    (block,) = [b for b in section_blocks("Scripted rules") if b.lang == "yaml"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(block.text, encoding="utf-8")
+    emu = start_emulator(rules_file=str(rules))
+    speed = emu.canister.V1Chat(user_request("What is the speed of light?"))
+    assert speed.message.content == "299,792,458 m/s"
+    assert [state.rule.id for state in emu.control.ListRules(cpb.ListRulesRequest()).rules] == [
+        f"rule-{n}" for n in range(1, 5)
+    ]
 
 
 # -- the README's tables and statements agree with the code ----------------------------------------
