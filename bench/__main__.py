@@ -15,6 +15,7 @@ BENCHMARKS = {
     "llama": "bench.llama_vs_direct",
     "plugin": "bench.plugin_overhead",
     "http": "bench.http_vs_grpc",
+    "cassettes": "bench.cassettes",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -21,6 +22,23 @@ import grpc
 
 from emulator.backends import Backend, ToolPolicy
 from emulator.backends.fake import FakeBackend
+from emulator.backends.upstream import (
+    DEFAULT_KEY_ENV,
+    DEFAULT_UPSTREAM_TIMEOUT,
+    UpstreamApi,
+    UpstreamError,
+    UpstreamSettings,
+    parse_model_map,
+)
+from emulator.cassettes.commands import add_cassette_commands, run_cassette_command
+from emulator.cassettes.settings import (
+    BUILTIN_MATCHERS,
+    DEFAULT_CASSETTE,
+    DEFAULT_MATCH_ON,
+    CassetteSettings,
+    CassetteSettingsError,
+    RecordMode,
+)
 from emulator.clock import ClockKind, RealClock
 from emulator.config import (
     DEFAULT_MODELS,
@@ -31,12 +49,14 @@ from emulator.config import (
     parse_model_files,
     resolve_model_files,
 )
+from emulator.grpc_api.servicers import MAX_POLL_SECONDS
 from emulator.grpc_api.worker_source import GrpcSource
 from emulator.rules import RuleError
 from emulator.server import EmulatorServer
 from emulator.workers import Worker
 
 log = logging.getLogger("icllm")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _bool(text: str) -> bool:
@@ -53,17 +73,94 @@ def _models(text: str) -> tuple[str, ...]:
 
 
 def _port_or_off(text: str) -> int | None:
-    return None if text.strip().lower() in ("off", "none") else int(text)
+    if text.strip().lower() in ("off", "none"):
+        return None
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 0-65535 (0: any free port) or off")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return seconds
 
 
 def _optional_seconds(text: str) -> float | None:
-    return None if text.strip().lower() in ("", "none", "off") else float(text)
+    if text.strip().lower() in ("", "none", "off"):
+        return None
+    seconds = _seconds(text)
+    if seconds == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give more than 0 seconds, or none")
+    return seconds
+
+
+def _poll_seconds(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds > MAX_POLL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is longer than a poll may wait (0-{MAX_POLL_SECONDS:g} s)"
+        )
+    return seconds
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level; choose one of: {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+def _lines(text: str) -> list[str]:
+    """Repeatable regular expressions: one per flag, or one per line in the env var."""
+    return [line for line in text.split("\n") if line.strip()]
+
+
+def _references(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _model_map(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_model_map(text)
+    except UpstreamError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 MODEL_HELP = (
     "GGUF file of the llama backend: NAME=PATH, or a bare PATH for the default model; "
     "repeat for several models (in the env var, separate them with ;)"
 )
+
+# The proxy backend's server, for `serve --backend proxy` and `worker --backend proxy` alike.
+UPSTREAM_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+    ("--upstream", str, None, "proxy backend: base URL of an Ollama- or OpenAI-compatible server"),
+    (
+        "--upstream-api",
+        str,
+        UpstreamApi.OLLAMA.value,
+        "proxy backend: the server's API, ollama (/api/chat) or openai (/v1/chat/completions)",
+    ),
+    (
+        "--upstream-timeout",
+        _seconds,
+        DEFAULT_UPSTREAM_TIMEOUT,
+        "proxy backend: seconds to wait for an answer",
+    ),
+    ("--upstream-models", _model_map, (), "proxy backend: NAME=UPSTREAM,... the server's names of models"),
+    (
+        "--upstream-key-env",
+        str,
+        DEFAULT_KEY_ENV,
+        "proxy backend: the environment variable that holds the server's API key (sent as a bearer token)",
+    ),
+]
 
 # (flag, type, default, help); the env var of each is derived from the flag. A list default makes a
 # flag repeatable: each use adds to the list, and using it at all replaces the env var's list.
@@ -97,8 +194,46 @@ SERVE_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--lease-seconds", float, 60.0, "how long a worker's lease lasts without renewal"),
     ("--caller-deadline", _optional_seconds, None, "seconds before a caller gets SYS_UNKNOWN (ic-llm: 300)"),
     ("--clock", str, ClockKind.REAL.value, "real, or virtual (moved by the Control service)"),
-    ("--grace", float, 10.0, "seconds to finish calls in flight on SIGTERM/SIGINT"),
-    ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("--grace", _seconds, 10.0, "seconds to finish calls in flight on SIGTERM/SIGINT"),
+    (
+        "--cassettes",
+        str,
+        None,
+        "folder of cassettes, for recording and replay alike (the emulator uses --cassette)",
+    ),
+    (
+        "--cassette",
+        str,
+        DEFAULT_CASSETTE,
+        "the emulator's cassette in --cassettes (Control.UseCassette loads others)",
+    ),
+    (
+        "--record-mode",
+        str,
+        RecordMode.NONE.value,
+        "none (replay only), once, new_episodes or all; recording wraps --backend and needs --cassettes",
+    ),
+    (
+        "--match-on",
+        _models,
+        DEFAULT_MATCH_ON,
+        f"comma-separated parts of a request a recording must match: {', '.join(BUILTIN_MATCHERS)}",
+    ),
+    (
+        "--allow-playback-repeats",
+        _bool,
+        False,
+        "replay a request's last recording again once its recordings are used up (default: a miss)",
+    ),
+    ("--scrub", _lines, [], "regular expression of text written to cassettes as <scrubbed>; repeatable"),
+    (
+        "--scrubber",
+        _references,
+        [],
+        "MODULE:FUNCTION of a scrub step of your own, run before writing; repeatable",
+    ),
+    *UPSTREAM_OPTIONS,
+    ("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
 WORKER_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
@@ -114,8 +249,9 @@ WORKER_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
         ToolPolicy.AUTO.value,
         "whether the fake backend calls offered tools: never, auto",
     ),
-    ("--poll-seconds", float, 10.0, "how long one long-poll waits for a job"),
-    ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("--poll-seconds", _poll_seconds, 10.0, "how long one long-poll waits for a job"),
+    *UPSTREAM_OPTIONS,
+    ("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
 
@@ -162,10 +298,42 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_options(commands.add_parser("serve", help="run the emulator"), SERVE_OPTIONS, environ)
     _add_options(commands.add_parser("worker", help="run an external AI worker"), WORKER_OPTIONS, environ)
+    add_cassette_commands(commands)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+def upstream_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> UpstreamSettings | None:
+    """The proxy backend's server; its API key comes from the environment only (never a flag)."""
+    if args.upstream is None:
+        return None
+    try:
+        return UpstreamSettings(
+            url=args.upstream,
+            api=args.upstream_api,
+            timeout=args.upstream_timeout,
+            api_key=environ.get(args.upstream_key_env) or None,
+            models=args.upstream_models,
+        )
+    except UpstreamError as error:
+        raise ConfigError(str(error)) from None
+
+
+def cassettes_from_args(args: argparse.Namespace) -> CassetteSettings:
+    try:
+        return CassetteSettings(
+            directory=args.cassettes,
+            cassette=args.cassette,
+            record_mode=args.record_mode,
+            match_on=args.match_on,
+            allow_playback_repeats=args.allow_playback_repeats,
+            scrub_patterns=tuple(args.scrub),
+            scrubbers=tuple(args.scrubber),
+        )
+    except CassetteSettingsError as error:
+        raise ConfigError(str(error)) from None
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> EmulatorConfig:
     return EmulatorConfig(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -187,6 +355,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         caller_deadline=args.caller_deadline,
         clock=choice(ClockKind, args.clock, "clock"),
         grace=args.grace,
+        cassettes=cassettes_from_args(args),
+        upstream=upstream_from_args(args, os.environ if environ is None else environ),
     )
 
 
@@ -205,9 +375,28 @@ async def serve(config: EmulatorConfig) -> None:
     log.info("stopped")
 
 
-def worker_backend(args: argparse.Namespace) -> tuple[Backend, tuple[str, ...]]:
+def worker_backend(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> tuple[Backend, tuple[str, ...]]:
     """An external worker's backend, and the models whose prompts it leases (none named: all)."""
     kind = choice(BackendKind, args.backend, "backend")
+    upstream = upstream_from_args(args, os.environ if environ is None else environ)
+    if kind is BackendKind.REPLAY:
+        raise ConfigError(
+            "cassettes are replayed by the emulator process itself (icllm-emulator serve --backend replay "
+            "--cassettes DIR); a worker answers with fake, llama or proxy"
+        )
+    if (kind is BackendKind.PROXY) != (upstream is not None):
+        raise ConfigError(
+            "the proxy backend needs --upstream URL"
+            if upstream is None
+            else f"--upstream gives the proxy backend its server, but the backend is {kind.value!r}; "
+            "add --backend proxy"
+        )
+    if upstream is not None:
+        from emulator.backends.proxy import ProxyBackend  # imports httpx
+
+        return ProxyBackend(upstream), tuple(args.models)
     if kind is BackendKind.LLAMA:
         # Imported here: it imports llama_cpp, an optional extra (a ConfigError says how to install it).
         from emulator.backends.llama import LlamaBackend, LlamaSettings
@@ -224,8 +413,8 @@ def worker_backend(args: argparse.Namespace) -> tuple[Backend, tuple[str, ...]]:
     return FakeBackend(seed=args.seed, tool_policy=tool_policy), tuple(args.models)
 
 
-async def run_worker(args: argparse.Namespace) -> None:
-    backend, models = worker_backend(args)
+async def run_worker(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
+    backend, models = worker_backend(args, environ)
     load = getattr(backend, "load", None)
     if load is not None:
         await load()
@@ -247,6 +436,8 @@ async def run_worker(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     args = build_parser(environ).parse_args(argv)
+    if args.command == "cassette":
+        return run_cassette_command(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -254,9 +445,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     )
     try:
         if args.command == "serve":
-            asyncio.run(serve(config_from_args(args)))
+            asyncio.run(serve(config_from_args(args, environ)))
         else:
-            asyncio.run(run_worker(args))
+            asyncio.run(run_worker(args, environ))
     except (ConfigError, RuleError) as error:
         print(f"icllm-emulator: error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from emulator.backends import ToolPolicy
+from emulator.backends.upstream import UpstreamSettings
 from emulator.billing import DEFAULT_PRICES, Price
+from emulator.cassettes.settings import CassetteSettings, RecordMode
 from emulator.clock import ClockKind
 from emulator.domain import Limits
 
@@ -35,6 +37,10 @@ E = TypeVar("E", bound=enum.StrEnum)
 class BackendKind(enum.StrEnum):
     FAKE = "fake"
     LLAMA = "llama"
+    # Answers only from cassettes (emulator/backends/replay.py).
+    REPLAY = "replay"
+    # Forwards to an upstream Ollama- or OpenAI-compatible server (emulator/backends/proxy.py).
+    PROXY = "proxy"
 
 
 class ConfigError(ValueError):
@@ -125,6 +131,10 @@ class EmulatorConfig:
     clock: ClockKind = ClockKind.REAL
     grace: float = 10.0
     history_limit: int = 10_000
+    # Record and replay (`--cassettes`, `--record-mode`, ...), around whichever backend serves.
+    cassettes: CassetteSettings = field(default_factory=CassetteSettings)
+    # The proxy backend's server (`--upstream`, ...).
+    upstream: UpstreamSettings | None = None
 
     def __post_init__(self) -> None:
         # Accept plain strings (from env vars, ini files, JSON) for every enum setting.
@@ -152,6 +162,27 @@ class EmulatorConfig:
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+    def _validate_cassettes_and_upstream(self) -> None:
+        if self.backend is BackendKind.PROXY and self.upstream is None:
+            raise ConfigError(
+                "the proxy backend needs a server to forward to: give --upstream URL "
+                "(e.g. http://127.0.0.1:11434 for Ollama; add --upstream-api openai for an "
+                "OpenAI-compatible one)"
+            )
+        if self.upstream is not None and self.backend is not BackendKind.PROXY:
+            raise ConfigError(
+                f"--upstream gives the proxy backend its server, but the backend is {self.backend.value!r}; "
+                "add --backend proxy"
+            )
+        mode = self.cassettes.record_mode
+        if mode is not RecordMode.NONE and self.backend is BackendKind.REPLAY:
+            raise ConfigError(
+                f"--record-mode {mode.value} needs a backend to record from, and the replay backend "
+                "only replays: choose the backend that should answer (--backend fake, llama or proxy)"
+            )
+        if mode is not RecordMode.NONE and not self.cassettes.active:
+            raise ConfigError(f"--record-mode {mode.value} records into a cassette: give --cassettes DIR")
 
     def validate(self) -> None:
         checks = [
@@ -184,6 +215,7 @@ class EmulatorConfig:
                 "the llama backend needs a GGUF file: give --model NAME=PATH (NAME a model of the catalogue, "
                 "e.g. llama3.1:8b), or --model PATH for the default model"
             )
+        self._validate_cassettes_and_upstream()
         if self.model_files and self.backend is not BackendKind.LLAMA:
             raise ConfigError(
                 f"--model gives GGUF files to the llama backend, but the backend is {self.backend.value!r}; "

@@ -13,6 +13,7 @@ from typing import Any
 
 from emulator.backends import Backend
 from emulator.backends.fake import FakeBackend
+from emulator.backends.replay import CassetteBackend
 from emulator.canister import Canister
 from emulator.clock import VirtualClock, make_clock
 from emulator.config import BackendKind, ConfigError, EmulatorConfig
@@ -30,6 +31,10 @@ def make_backend(config: EmulatorConfig) -> Backend:
         from emulator.backends.llama import LlamaBackend, LlamaSettings
 
         return LlamaBackend(config.model_files, LlamaSettings(seed=config.seed))
+    if config.backend is BackendKind.PROXY and config.upstream is not None:
+        from emulator.backends.proxy import ProxyBackend  # imports httpx
+
+        return ProxyBackend(config.upstream)
     raise ConfigError(f"backend {config.backend!r} is not available")
 
 
@@ -48,7 +53,11 @@ class Engine:
         )
         self.rules = RuleBook()
         self.history = History(config.history_limit)
-        self.backend = make_backend(config)
+        # Every backend answers through the cassette deck: it passes jobs through while no cassette is
+        # in use, and replays and records when one is (the replay backend is the deck with none behind).
+        inner = None if config.backend is BackendKind.REPLAY else make_backend(config)
+        self.cassettes = CassetteBackend(inner, config.cassettes)
+        self.backend: Backend = self.cassettes
         self.canister = Canister(lambda: self.config, self.clock, self.queue, self.rules, self.history)
         self.queue.answer_now = lambda job: instant_outcome(
             job.rule, job.request, job.max_output_tokens, self.backend
@@ -93,9 +102,10 @@ class Engine:
         self.queue.capacity = config.queue_capacity
         self.queue.max_attempts = config.max_attempts
         self.queue.lease_seconds = config.lease_seconds
-        if isinstance(self.backend, FakeBackend):
-            self.backend.seed = config.seed
-            self.backend.tool_policy = config.tool_policy
+        inner = self.cassettes.inner if self.backend is self.cassettes else self.backend
+        if isinstance(inner, FakeBackend):
+            inner.seed = config.seed
+            inner.tool_policy = config.tool_policy
         self._scale_workers(config.workers)
         return config
 
@@ -105,6 +115,7 @@ class Engine:
         self.rules.clear()
         self.history.clear()
         self.canister.ledger.balances.clear()
+        self.cassettes.reset()
         # Fresh built-in workers: one still inside a scripted delay for a job the reset ended would
         # otherwise sleep through the next test's prompts. `configure` starts the new ones.
         self._scale_workers(0)

@@ -109,7 +109,8 @@ def instant_outcome(
 ) -> Answer | Reject | None:
     """The outcome a built-in worker would give, when it needs no waiting; None when it does.
 
-    A scripted answer without delay, or a backend with a synchronous `answer_now`, qualify.
+    A scripted answer without delay, or a backend with a synchronous `answer_now`, qualify; such a
+    backend's `answer_now` may also return None (this job needs waiting after all) or raise a `Reject`.
     """
     if rule is not None:
         if rule.delay or isinstance(rule.action, Hang):
@@ -119,7 +120,9 @@ def instant_outcome(
     if answer_now is None:
         return None
     try:
-        answer: Answer = answer_now(request, max_output_tokens)
+        answer: Answer | None = answer_now(request, max_output_tokens)
+    except Reject as reject:  # a backend refusing the job (a replay miss): the caller gets it as it is
+        return reject
     except Exception as error:
         return failure(error)
     return answer

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -153,14 +154,34 @@ def _json(value: Any) -> str:
     return json.dumps(value)
 
 
+@dataclass(frozen=True)
+class CassetteUse:
+    """The cassette a test replays and records through, and what to say when a call misses."""
+
+    path: Path
+    miss_hint: str = ""
+
+
 class IcllmController:
     """The test's handle on the emulated LLM canister (exposed for type hints; get it from `icllm`)."""
 
-    def __init__(self, control: control_pb2_grpc.ControlStub | InProcessControl, settings: Settings) -> None:
+    def __init__(
+        self,
+        control: control_pb2_grpc.ControlStub | InProcessControl,
+        settings: Settings,
+        cassette: CassetteUse | None = None,
+    ) -> None:
         self._control = control
         # The effective settings of this test (read-only): defaults, ini, flags, config fixture, markers.
         self.settings = settings
         self._scripted: list[ScriptedAnswer] = []
+        self._cassette = cassette
+        self._cassette_stats: cpb.CassetteStats | None = None
+
+    @property
+    def cassette(self) -> Path | None:
+        """This test's cassette file (`@pytest.mark.icllm(cassette=True)`), or None without one."""
+        return None if self._cassette is None else self._cassette.path
 
     # -- scripting ---------------------------------------------------------------------------------
 
@@ -377,9 +398,49 @@ class IcllmController:
             request.caller_deadline_seconds = s.caller_deadline
         self._rpc(self._control.Configure, request)
 
+    def _use_cassette(self) -> None:
+        """Load this test's cassette into the emulator (the plugin calls it after `_begin`)."""
+        __tracebackhide__ = True
+        if self._cassette is None:
+            return
+        s = self.settings
+        request = cpb.UseCassetteRequest(
+            path=str(self._cassette.path),
+            record_mode=s.record_mode,
+            match_on=list(s.match_on),
+            allow_playback_repeats=s.allow_playback_repeats,
+            scrub_patterns=list(s.scrub_patterns),
+            scrubbers=list(s.scrubbers),
+            miss_hint=self._cassette.miss_hint,
+        )
+        self._rpc(self._control.UseCassette, request)
+
+    def _eject_cassette(self) -> None:
+        """Write the cassette and keep what it did, for the teardown checks."""
+        if self._cassette is not None and self._cassette_stats is None:
+            self._cassette_stats = self._rpc(self._control.EjectCassette, cpb.EjectCassetteRequest())
+
+    def _cassette_problems(self) -> list[str]:
+        stats = self._cassette_stats
+        if stats is None:
+            return []
+        problems = []
+        if stats.errors:
+            problems.append(
+                f"the cassette {stats.path} could not record everything:\n"
+                + "\n".join(f"  {error}" for error in stats.errors)
+            )
+        if stats.misses and self.settings.assert_no_misses:
+            problems.append(
+                f"{len(stats.misses)} call(s) found no recorded answer in the cassette, and the emulator "
+                "rejected them (turn this check off with @pytest.mark.icllm(assert_no_misses=False)):\n"
+                + "\n\n".join(stats.misses)
+            )
+        return problems
+
     def _problems(self) -> list[str]:
         """What the teardown checks find wrong, as readable paragraphs."""
-        problems = []
+        problems = self._cassette_problems()
         if self.settings.assert_all_used and self._scripted:
             uses = self._uses()
             unused = [answer for answer in self._scripted if uses.get(answer.id, 0) == 0]
@@ -476,4 +537,4 @@ def _call(record: cpb.CallRecord) -> Call:
     )
 
 
-__all__ = ["Call", "EmulatorError", "Expectation", "IcllmController", "ScriptedAnswer"]
+__all__ = ["Call", "CassetteUse", "EmulatorError", "Expectation", "IcllmController", "ScriptedAnswer"]

@@ -9,27 +9,43 @@ tests never touch the emulator starts as fast as without the plugin.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from emulator.backends import ToolPolicy
+from emulator.backends.upstream import DEFAULT_KEY_ENV, UpstreamError, UpstreamSettings, upstream_api
 from emulator.clock import ClockKind
-from emulator.config import BackendKind, EmulatorConfig
-from pytest_icllm._options import OPTIONS, PER_TEST, OptionError, Settings, parse_option, resolve
+from emulator.config import BackendKind, ConfigError, EmulatorConfig
+from pytest_icllm._options import (
+    OPTIONS,
+    PER_TEST,
+    PER_TEST_CASSETTE,
+    OptionError,
+    Settings,
+    parse_option,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from emulator._proto.icllm.v1 import control_pb2_grpc
     from emulator.client import AsyncLlmClient, LlmClient
-    from pytest_icllm._controller import IcllmController
+    from pytest_icllm._controller import CassetteUse, IcllmController
     from pytest_icllm._inprocess import InProcessControl
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+CI_KEY = pytest.StashKey[bool]()
+UPSTREAM_KEY = pytest.StashKey[str | None]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 URL_ENV = "ICLLM_URL"
+# Set by GitHub Actions, GitLab CI, CircleCI, Travis, Buildkite and most other CI services.
+CI_ENV = "CI"
 
 MARKER_HELP = (
     "icllm(" + ", ".join(f"{name}=..." for name in PER_TEST) + "): settings of the emulated LLM canister "
@@ -48,11 +64,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     ini = {o.name: config.getini(o.ini) for o in OPTIONS if config.getini(o.ini) not in (None, "", [])}
     cli = {o.name: v for o in OPTIONS if (v := config.getoption(f"icllm_{o.name}")) is not None}
+    ci = os.environ.get(CI_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    api_key = os.environ.get(DEFAULT_KEY_ENV) or None
     try:
         if "url" not in cli and os.environ.get(URL_ENV):
             cli["url"] = parse_option("url", os.environ[URL_ENV], f"environment variable {URL_ENV}")
-        settings = resolve(ini, cli)
-    except OptionError as error:
+        settings = resolve(ini, cli, ci=ci)
+        if not settings.url:
+            _start_config(settings, api_key)  # a bad session setting stops the run now, not at a test
+    except (OptionError, ConfigError, UpstreamError) as error:
         raise pytest.UsageError(f"pytest-icllm: {error}") from None
     # The controller process sees `--dist`; a worker process has `workerinput` (not an env var, which a
     # pytest run started inside a worker would inherit).
@@ -63,11 +83,22 @@ def pytest_configure(config: pytest.Config) -> None:
             "would share and reset under each other; leave it out to give each worker its own emulator"
         )
     config.stash[SETTINGS_KEY] = settings
+    config.stash[CI_KEY] = ci
+    config.stash[UPSTREAM_KEY] = api_key
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
     settings = config.stash.get(SETTINGS_KEY, None)
-    return settings.header() if settings else None
+    if settings is None:
+        return None
+    lines = [settings.header()]
+    ci = config.stash.get(CI_KEY, False)
+    if settings.cassette or settings.record_mode != "none" or ci:
+        lines.append(
+            f"icllm cassettes: record_mode={settings.record_mode}, cassette={settings.cassette or 'off'}"
+            + (", CI=true: replay only unless --icllm-record-mode says otherwise" if ci else "")
+        )
+    return lines
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -114,7 +145,7 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
             control = control_pb2_grpc.ControlStub(channel)
             yield _Session(EmulatorAddress(settings.url, in_process=False), control, resets_to_session=False)
         return
-    emulator = ThreadedEmulator(_start_config(settings))
+    emulator = ThreadedEmulator(_start_config(settings, pytestconfig.stash.get(UPSTREAM_KEY, None)))
     emulator.start()
     try:
         ports = emulator.ports
@@ -124,8 +155,17 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
         emulator.stop()
 
 
-def _start_config(settings: Settings) -> EmulatorConfig:
+def _start_config(settings: Settings, api_key: str | None = None) -> EmulatorConfig:
     """The in-process emulator starts with the session's settings, so a reset brings them back."""
+    upstream = None
+    if settings.upstream:
+        upstream = UpstreamSettings(
+            url=settings.upstream,
+            api=upstream_api(settings.upstream_api),
+            timeout=settings.upstream_timeout,
+            api_key=api_key,
+            models=settings.upstream_models,
+        )
     return EmulatorConfig(
         grpc_port=0,
         ollama_port=0,  # a free port: never Ollama's own 11434, which a real Ollama may hold
@@ -142,6 +182,7 @@ def _start_config(settings: Settings) -> EmulatorConfig:
         queue_capacity=settings.queue_capacity,
         max_attempts=settings.max_attempts,
         lease_seconds=settings.lease_seconds,
+        upstream=upstream,
     )
 
 
@@ -190,23 +231,27 @@ def icllm(
 
     item = request.node
     session = request.config.stash[SETTINGS_KEY]
+    ci = request.config.stash.get(CI_KEY, False)
     try:
         markers = [
             _marker_layer(node, mark) for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
         ]
-        settings = resolve(_session_layer(session), {}, icllm_config, markers)
+        # The session's values come first, as the command line would give them (CI keeps their mode).
+        settings = resolve({}, _session_layer(session), icllm_config, markers, ci=ci)
     except OptionError as error:
         problem = str(error)
     else:
         problem = ""
     if problem:
         pytest.fail(problem, pytrace=False)
-    controller = IcllmController(_icllm_session.control, settings)
+    controller = IcllmController(_icllm_session.control, settings, _cassette_use(item, settings, ci))
     restored = _icllm_session.resets_to_session and all(
         getattr(settings, name) == getattr(session, name) for name in EMULATOR_SETTINGS
     )
     controller._begin(configure=not restored)
+    _use_cassette(controller)
     yield controller
+    controller._eject_cassette()
     reports = item.stash.get(REPORTS_KEY, {})
     if any(not report.passed for report in reports.values()):
         return  # the test's own failure (or its setup's) says more than any teardown check
@@ -215,8 +260,91 @@ def icllm(
         pytest.fail("\n\n".join(problems), pytrace=False)
 
 
+# The settings of a test's cassette (UseCassette), apart from the emulator's configuration.
+CASSETTE_SETTINGS = frozenset(
+    {"cassette", "record_mode", "cassette_dir", "match_on", "allow_playback_repeats", "scrub_patterns"}
+    | {"scrubbers"}
+)
 # What a test's Configure call sets; the assert_* settings are the plugin's own.
-EMULATOR_SETTINGS = tuple(name for name in PER_TEST if not name.startswith("assert_"))
+EMULATOR_SETTINGS = tuple(
+    name for name in PER_TEST if not name.startswith("assert_") and name not in CASSETTE_SETTINGS
+)
+
+
+def _use_cassette(controller: IcllmController) -> None:
+    """Load the test's cassette; a broken file or a bad setting fails the test's setup, readably."""
+    from emulator.client import EmulatorError
+
+    try:
+        controller._use_cassette()
+    except EmulatorError as error:
+        message = f"pytest-icllm: cannot use the cassette {controller.cassette}: {error.details}"
+    else:
+        return
+    pytest.fail(message, pytrace=False)
+
+
+# Characters kept in a cassette's file name; any other is replaced (and the name then gets a hash).
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-\[\]=+,@]")
+MAX_NAME = 100
+
+
+def cassette_name(test: str) -> str:
+    """A file name for a test's cassette: readable, safe on every file system, distinct per test.
+
+    Unsafe characters become `_`; a name that had any, or runs over MAX_NAME characters, gets a hash
+    of the full name, so two tests never share a file by accident.
+    """
+    safe = _UNSAFE.sub("_", test).lstrip(".") or "_"
+    if safe != test or len(safe) > MAX_NAME:
+        digest = hashlib.sha256(test.encode("utf-8")).hexdigest()[:10]
+        safe = f"{safe[: MAX_NAME - 11]}-{digest}"
+    return safe + ".yaml"
+
+
+def _cassette_use(item: pytest.Item, settings: Settings, ci: bool) -> CassetteUse | None:
+    """Where the test's cassette lives: `cassettes/<module>/<test>.yaml` beside the test module by default."""
+    from pytest_icllm._controller import CassetteUse
+
+    if not settings.cassette:
+        return None
+    module = item.path
+    rootdir = item.config.rootpath
+    if settings.cassette_dir is None:
+        folder = module.parent / "cassettes" / module.stem
+    else:
+        base = Path(settings.cassette_dir).expanduser()
+        base = base if base.is_absolute() else rootdir / base
+        try:
+            folder = base / module.relative_to(rootdir).with_suffix("")
+        except ValueError:
+            folder = base / module.stem
+    if settings.cassette == PER_TEST_CASSETTE:
+        test = ".".join(item.nodeid.split("::")[1:]) or item.name
+        path = folder / cassette_name(test)
+    else:
+        given = Path(settings.cassette).expanduser()
+        path = given if given.is_absolute() else folder / given
+    return CassetteUse(path.absolute(), _miss_hint(settings, ci))
+
+
+def _miss_hint(settings: Settings, ci: bool) -> str:
+    if ci and settings.record_mode == "none":
+        return (
+            "CI is true, so this run only replays (record modes from ini keys, icllm_config and markers are "
+            "ignored in CI): record the cassette on a development machine (pytest --icllm-record-mode once, "
+            "or new_episodes to add to it) and commit it, or force recording with --icllm-record-mode"
+        )
+    if settings.record_mode == "once":
+        return (
+            "record mode once records only into a cassette that does not exist yet: delete it to record "
+            "it again, or run with --icllm-record-mode new_episodes (or @pytest.mark.icllm(record_mode="
+            "'new_episodes')) to add this call to it"
+        )
+    return (
+        "to record it: pytest --icllm-record-mode once (a new cassette), new_episodes (add to this one) "
+        "or all (record it anew), or @pytest.mark.icllm(record_mode=...) on the test"
+    )
 
 
 def _session_layer(session: Settings) -> dict[str, Any]:

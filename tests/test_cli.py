@@ -229,8 +229,21 @@ def test_settings_from_env_vars_and_flags(
         (("--tool-policy", "sometimes"), {}, "never, auto"),
         ((), {"ICLLM_WORKERS": "abc"}, "ICLLM_WORKERS"),
         (("--rules", "missing.yaml"), {}, "missing.yaml"),
+        (("--log-level", "loud"), {}, "choose one of: DEBUG, INFO, WARNING, ERROR"),
+        (("--ollama-port", "abc"), {}, "use 0-65535 (0: any free port) or off"),
+        (("--caller-deadline", "inf"), {}, "is not a number of seconds"),
+        (("--grace", "-1"), {}, "is not a number of seconds (0 or more)"),
     ],
-    ids=["profile", "tool-policy", "env-workers", "rules-file"],
+    ids=[
+        "profile",
+        "tool-policy",
+        "env-workers",
+        "rules-file",
+        "log-level",
+        "ollama-port",
+        "deadline",
+        "grace",
+    ],
 )
 def test_bad_options_fail_fast_naming_what_is_valid(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], mentions: str
@@ -302,8 +315,9 @@ def test_help_lists_the_commands() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "{serve,worker}" in result.stdout
+    assert "{serve,worker,cassette}" in result.stdout
     assert "run the emulator" in result.stdout and "run an external AI worker" in result.stdout
+    assert "list, show and check cassette files" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -319,3 +333,9 @@ def test_subcommand_help_names_every_env_var(
     assert f"[env {example}]" in result.stdout
     missing = [env_name(flag) for flag, *_ in options if f"[env {env_name(flag)}]" not in result.stdout]
     assert not missing, f"`{command} --help` does not name {missing}"
+
+
+def test_worker_poll_longer_than_the_service_allows_fails_fast(tmp_path: Path) -> None:
+    result = run_cli("worker", "--poll-seconds", "100", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "longer than a poll may wait (0-60 s)" in result.stderr

@@ -915,7 +915,8 @@ def test_bad_marker_arguments_fail_pointing_at_the_marker(pt: pytest.Pytester) -
             "*ERROR at setup of test_unknown_key*",
             "test_user.py:3: @pytest.mark.icllm: unknown setting 'profil'; valid settings: profile, models, "
             "seed, tool_policy, strict, strict_requests, caller_deadline, queue_capacity, max_attempts, "
-            "lease_seconds, assert_all_used, assert_all_expected",
+            "lease_seconds, assert_all_used, assert_all_expected, cassette, record_mode, cassette_dir, "
+            "match_on, allow_playback_repeats, scrub_patterns, scrubbers, assert_no_misses",
             "*ERROR at setup of test_positional*",
             "test_user.py:7: @pytest.mark.icllm takes keyword arguments only (profile, *); "
             "got positional ('strict',)",

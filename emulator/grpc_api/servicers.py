@@ -13,7 +13,15 @@ from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker
 from emulator._proto.icllm.v1 import control_pb2 as cpb
 from emulator._proto.icllm.v1 import worker_pb2 as wpb
 from emulator.backends import ToolPolicy
+from emulator.backends.replay import CassetteSpec
 from emulator.billing import Price, Receipt
+from emulator.cassettes.settings import (
+    CassetteSettingsError,
+    RecordMode,
+    check_patterns,
+    check_scrubbers,
+    record_mode,
+)
 from emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
 from emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode
 from emulator.engine import Engine
@@ -274,8 +282,43 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self.engine.canister.ledger.set_balance(principal_of(request.principal, "principal"), request.cycles)
         return cpb.SetBalanceResponse()
 
+    @rpc
+    async def UseCassette(
+        self, request: cpb.UseCassetteRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.UseCassetteResponse:
+        cassette = self.engine.cassettes.use(cassette_spec(request))
+        stats = cassette.stats()
+        return cpb.UseCassetteResponse(
+            path=stats.path,
+            exists=cassette.exists,
+            interactions=stats.loaded,
+            effective_mode=stats.effective_mode,
+        )
+
+    @rpc
+    async def EjectCassette(
+        self, request: cpb.EjectCassetteRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.CassetteStats:
+        stats = self.engine.cassettes.eject()
+        return cpb.CassetteStats(**dataclasses.asdict(stats))
+
 
 # -- control-plane conversions ---------------------------------------------------------------------
+
+
+def cassette_spec(request: cpb.UseCassetteRequest) -> CassetteSpec:
+    try:
+        return CassetteSpec(
+            path=request.path,
+            record_mode=record_mode(request.record_mode or RecordMode.NONE.value),
+            match_on=tuple(request.match_on),
+            allow_playback_repeats=request.allow_playback_repeats,
+            scrub_patterns=check_patterns(tuple(request.scrub_patterns)),
+            scrubbers=check_scrubbers(tuple(request.scrubbers)),
+            miss_hint=request.miss_hint,
+        )
+    except CassetteSettingsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def limits_pb(limits: Limits) -> cpb.Limits:

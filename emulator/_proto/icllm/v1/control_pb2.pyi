@@ -1209,3 +1209,159 @@ class AdvanceClockResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AdvanceClockResponse: _TypeAlias = AdvanceClockResponse  # noqa: Y015
+
+@_typing.final
+class UseCassetteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    RECORD_MODE_FIELD_NUMBER: _builtins.int
+    MATCH_ON_FIELD_NUMBER: _builtins.int
+    ALLOW_PLAYBACK_REPEATS_FIELD_NUMBER: _builtins.int
+    SCRUB_PATTERNS_FIELD_NUMBER: _builtins.int
+    SCRUBBERS_FIELD_NUMBER: _builtins.int
+    MISS_HINT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """A YAML file; a relative path is found in the emulator's --cassettes folder (or its working
+    directory), so it must be a path the emulator process can reach.
+    """
+    record_mode: _builtins.str
+    """none (the default: replay only, a miss is rejected), once, new_episodes or all."""
+    allow_playback_repeats: _builtins.bool
+    """Once a request's recordings are all replayed, replay its last one again (default: a miss)."""
+    miss_hint: _builtins.str
+    """Said after every miss's explanation instead of the emulator's own advice on how to record."""
+    @_builtins.property
+    def match_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The parts of a request a recording must match: method, model, messages, tools, last_message,
+        system, max_output_tokens. Empty: the emulator's --match-on (method, model, messages, tools).
+        """
+
+    @_builtins.property
+    def scrub_patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Regular expressions of text written as <scrubbed> (principals and API keys are always scrubbed)."""
+
+    @_builtins.property
+    def scrubbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """MODULE:FUNCTION scrub steps of the user's own, imported by the emulator process."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        record_mode: _builtins.str = ...,
+        match_on: _abc.Iterable[_builtins.str] | None = ...,
+        allow_playback_repeats: _builtins.bool = ...,
+        scrub_patterns: _abc.Iterable[_builtins.str] | None = ...,
+        scrubbers: _abc.Iterable[_builtins.str] | None = ...,
+        miss_hint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_playback_repeats", b"allow_playback_repeats", "match_on", b"match_on", "miss_hint", b"miss_hint", "path", b"path", "record_mode", b"record_mode", "scrub_patterns", b"scrub_patterns", "scrubbers", b"scrubbers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseCassetteRequest: _TypeAlias = UseCassetteRequest  # noqa: Y015
+
+@_typing.final
+class UseCassetteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    EXISTS_FIELD_NUMBER: _builtins.int
+    INTERACTIONS_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_MODE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The file, as the emulator resolved it."""
+    exists: _builtins.bool
+    """Whether the file existed (record mode once only records into a new one)."""
+    interactions: _builtins.int
+    """Recordings loaded for replay."""
+    effective_mode: _builtins.str
+    """The record mode in effect: once on an existing cassette is none."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        exists: _builtins.bool = ...,
+        interactions: _builtins.int = ...,
+        effective_mode: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_mode", b"effective_mode", "exists", b"exists", "interactions", b"interactions", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseCassetteResponse: _TypeAlias = UseCassetteResponse  # noqa: Y015
+
+@_typing.final
+class EjectCassetteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EjectCassetteRequest: _TypeAlias = EjectCassetteRequest  # noqa: Y015
+
+@_typing.final
+class CassetteStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    RECORD_MODE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_MODE_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    UNPLAYED_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Empty when no cassette was loaded by UseCassette."""
+    record_mode: _builtins.str
+    effective_mode: _builtins.str
+    loaded: _builtins.int
+    replayed: _builtins.int
+    recorded: _builtins.int
+    unplayed: _builtins.int
+    """Recordings not replayed."""
+    written: _builtins.bool
+    """Whether the file was written."""
+    @_builtins.property
+    def misses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The explanation of every call that no recording answered (each caller got CANISTER_REJECT)."""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Recordings that could not be written or scrubbed."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        record_mode: _builtins.str = ...,
+        effective_mode: _builtins.str = ...,
+        loaded: _builtins.int = ...,
+        replayed: _builtins.int = ...,
+        recorded: _builtins.int = ...,
+        unplayed: _builtins.int = ...,
+        misses: _abc.Iterable[_builtins.str] | None = ...,
+        written: _builtins.bool = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_mode", b"effective_mode", "errors", b"errors", "loaded", b"loaded", "misses", b"misses", "path", b"path", "record_mode", b"record_mode", "recorded", b"recorded", "replayed", b"replayed", "unplayed", b"unplayed", "written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CassetteStats: _TypeAlias = CassetteStats  # noqa: Y015

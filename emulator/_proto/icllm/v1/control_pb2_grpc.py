@@ -109,6 +109,16 @@ class ControlStub:
                 request_serializer=icllm_dot_v1_dot_control__pb2.SetBalanceRequest.SerializeToString,
                 response_deserializer=icllm_dot_v1_dot_control__pb2.SetBalanceResponse.FromString,
                 _registered_method=True)
+        self.UseCassette = channel.unary_unary(
+                '/icllm.v1.Control/UseCassette',
+                request_serializer=icllm_dot_v1_dot_control__pb2.UseCassetteRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.UseCassetteResponse.FromString,
+                _registered_method=True)
+        self.EjectCassette = channel.unary_unary(
+                '/icllm.v1.Control/EjectCassette',
+                request_serializer=icllm_dot_v1_dot_control__pb2.EjectCassetteRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.CassetteStats.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -212,6 +222,23 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UseCassette(self, request, context):
+        """Answer from a cassette file (replay), and record into it, as its record mode says, until
+        EjectCassette or Reset. A cassette loaded before is written and closed first. INVALID_ARGUMENT for
+        a bad setting or a broken file, with what is wrong and what would be valid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EjectCassette(self, request, context):
+        """Write and close the cassette UseCassette loaded (back to the emulator's own --cassettes one, if
+        any) and report what it did, misses included. Without one loaded: empty stats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +316,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.SetBalance,
                     request_deserializer=icllm_dot_v1_dot_control__pb2.SetBalanceRequest.FromString,
                     response_serializer=icllm_dot_v1_dot_control__pb2.SetBalanceResponse.SerializeToString,
+            ),
+            'UseCassette': grpc.unary_unary_rpc_method_handler(
+                    servicer.UseCassette,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.UseCassetteRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.UseCassetteResponse.SerializeToString,
+            ),
+            'EjectCassette': grpc.unary_unary_rpc_method_handler(
+                    servicer.EjectCassette,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.EjectCassetteRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.CassetteStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -696,6 +733,60 @@ class Control:
             '/icllm.v1.Control/SetBalance',
             icllm_dot_v1_dot_control__pb2.SetBalanceRequest.SerializeToString,
             icllm_dot_v1_dot_control__pb2.SetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UseCassette(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/UseCassette',
+            icllm_dot_v1_dot_control__pb2.UseCassetteRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.UseCassetteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EjectCassette(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/EjectCassette',
+            icllm_dot_v1_dot_control__pb2.EjectCassetteRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.CassetteStats.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,15 @@ class ControlStub:
     GetBalances: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetBalancesRequest, _control_pb2.GetBalancesResponse]
     """Prepaid cycle balances (what v1_deposit fills and paid calls draw on)."""
     SetBalance: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetBalanceRequest, _control_pb2.SetBalanceResponse]
+    UseCassette: _grpc.UnaryUnaryMultiCallable[_control_pb2.UseCassetteRequest, _control_pb2.UseCassetteResponse]
+    """Answer from a cassette file (replay), and record into it, as its record mode says, until
+    EjectCassette or Reset. A cassette loaded before is written and closed first. INVALID_ARGUMENT for
+    a bad setting or a broken file, with what is wrong and what would be valid.
+    """
+    EjectCassette: _grpc.UnaryUnaryMultiCallable[_control_pb2.EjectCassetteRequest, _control_pb2.CassetteStats]
+    """Write and close the cassette UseCassette loaded (back to the emulator's own --cassettes one, if
+    any) and report what it did, misses included. Without one loaded: empty stats.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -83,6 +92,15 @@ class ControlAsyncStub(ControlStub):
     GetBalances: _aio.UnaryUnaryMultiCallable[_control_pb2.GetBalancesRequest, _control_pb2.GetBalancesResponse]  # type: ignore[assignment]
     """Prepaid cycle balances (what v1_deposit fills and paid calls draw on)."""
     SetBalance: _aio.UnaryUnaryMultiCallable[_control_pb2.SetBalanceRequest, _control_pb2.SetBalanceResponse]  # type: ignore[assignment]
+    UseCassette: _aio.UnaryUnaryMultiCallable[_control_pb2.UseCassetteRequest, _control_pb2.UseCassetteResponse]  # type: ignore[assignment]
+    """Answer from a cassette file (replay), and record into it, as its record mode says, until
+    EjectCassette or Reset. A cassette loaded before is written and closed first. INVALID_ARGUMENT for
+    a bad setting or a broken file, with what is wrong and what would be valid.
+    """
+    EjectCassette: _aio.UnaryUnaryMultiCallable[_control_pb2.EjectCassetteRequest, _control_pb2.CassetteStats]  # type: ignore[assignment]
+    """Write and close the cassette UseCassette loaded (back to the emulator's own --cassettes one, if
+    any) and report what it did, misses included. Without one loaded: empty stats.
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -198,5 +216,26 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.SetBalanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.SetBalanceResponse, _abc.Awaitable[_control_pb2.SetBalanceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UseCassette(
+        self,
+        request: _control_pb2.UseCassetteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.UseCassetteResponse, _abc.Awaitable[_control_pb2.UseCassetteResponse]]:
+        """Answer from a cassette file (replay), and record into it, as its record mode says, until
+        EjectCassette or Reset. A cassette loaded before is written and closed first. INVALID_ARGUMENT for
+        a bad setting or a broken file, with what is wrong and what would be valid.
+        """
+
+    @_abc_1.abstractmethod
+    def EjectCassette(
+        self,
+        request: _control_pb2.EjectCassetteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CassetteStats, _abc.Awaitable[_control_pb2.CassetteStats]]:
+        """Write and close the cassette UseCassette loaded (back to the emulator's own --cassettes one, if
+        any) and report what it did, misses included. Without one loaded: empty stats.
+        """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

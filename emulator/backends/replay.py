@@ -1,0 +1,240 @@
+"""Record and replay in front of whichever backend serves: the emulator's cassette deck.
+
+The engine puts every backend behind a `CassetteBackend`. With no cassette in use it passes each job
+through to the backend it wraps. With one (from `--cassettes DIR`, or loaded by `Control.UseCassette`
+for one test), it answers from the recordings, asks the backend and records, or rejects a miss, as the
+cassette's record mode says. `--backend replay` is the deck with no backend behind it: it only replays.
+
+Scripted rules are answered by the workers before any backend, so scripted answers are never recorded
+(they are the test's own script) and never replayed from a cassette.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emulator.backends import Backend
+from emulator.cassettes.format import SUFFIXES, CassetteError
+from emulator.cassettes.matching import MatchError, Matching
+from emulator.cassettes.scrub import ScrubError, Step, default_steps, load_scrubber
+from emulator.cassettes.settings import CassetteSettings, CassetteSettingsError, RecordMode, record_mode
+from emulator.cassettes.store import ActiveCassette, CassetteStats
+from emulator.config import ConfigError
+from emulator.domain import Answer, ChatRequest, Reject, RejectCode
+
+log = logging.getLogger(__name__)
+
+NO_CASSETTE = (
+    "the replay backend answers from cassettes only, and no cassette is in use: start the emulator with "
+    "--cassettes DIR (it then replays DIR/{cassette}), or load one with Control.UseCassette "
+    "(pytest: @pytest.mark.icllm(cassette=True))"
+)
+
+
+@dataclass(frozen=True)
+class CassetteSpec:
+    """Which cassette to use and how (`Control.UseCassette`, or the start-up settings)."""
+
+    path: str
+    record_mode: RecordMode = RecordMode.NONE
+    match_on: tuple[str, ...] = ()
+    allow_playback_repeats: bool = False
+    scrub_patterns: tuple[str, ...] = ()
+    scrubbers: tuple[str, ...] = ()
+    # Appended to every miss's explanation instead of the emulator's own advice (the plugin's words).
+    miss_hint: str = ""
+
+
+class CassetteBackend:
+    """A backend that replays and records through the cassette in use, in front of `inner`."""
+
+    def __init__(self, inner: Backend | None, settings: CassetteSettings) -> None:
+        self.inner = inner
+        self.name = inner.name if inner is not None else "replay"
+        self.settings = settings
+        self._startup: ActiveCassette | None = None
+        self._active: ActiveCassette | None = None
+        if settings.active:
+            self._startup = self._active = self._open(
+                CassetteSpec(
+                    path=settings.cassette,
+                    record_mode=settings.record_mode,
+                    match_on=settings.match_on,
+                    allow_playback_repeats=settings.allow_playback_repeats,
+                    scrub_patterns=settings.scrub_patterns,
+                    scrubbers=settings.scrubbers,
+                )
+            )
+
+    @property
+    def active(self) -> ActiveCassette | None:
+        return self._active
+
+    # -- choosing the cassette ---------------------------------------------------------------------
+
+    def resolve(self, path: str) -> Path:
+        """A relative path is found in `--cassettes` (or the emulator's working directory)."""
+        given = Path(path).expanduser()
+        if not given.is_absolute() and self.settings.directory is not None:
+            given = Path(self.settings.directory).expanduser() / given
+        return given.absolute()
+
+    def _open(self, spec: CassetteSpec) -> ActiveCassette:
+        if not spec.path.strip():
+            raise ConfigError("the cassette path is empty: name a .yaml file")
+        path = self.resolve(spec.path)
+        if path.suffix not in SUFFIXES:
+            raise ConfigError(
+                f"cassette {path}: a cassette is a YAML file; give a path ending in .yaml or .yml"
+            )
+        if path.is_dir():
+            raise ConfigError(f"cassette {path} is a folder; give the path of a .yaml file")
+        try:
+            mode = record_mode(spec.record_mode)
+        except CassetteSettingsError as error:
+            raise ConfigError(str(error)) from None
+        if self.inner is None and mode is not RecordMode.NONE:
+            raise ConfigError(
+                f"record mode {mode.value} needs a backend to record from, and the replay backend only "
+                "replays: start the emulator with the backend that should answer (fake, llama or proxy) "
+                "and --record-mode, or use record mode none"
+            )
+        try:
+            matching = Matching(spec.match_on or self.settings.match_on)
+            steps = self._steps(spec)
+            return ActiveCassette(
+                path,
+                mode,
+                matching,
+                allow_repeats=spec.allow_playback_repeats,
+                steps=steps,
+                hint=spec.miss_hint,
+            )
+        except (CassetteError, MatchError, ScrubError) as error:
+            raise ConfigError(str(error)) from None
+
+    def _steps(self, spec: CassetteSpec) -> list[Step]:
+        secrets: Iterable[str] = getattr(self.inner, "secrets", ())
+        steps = default_steps(spec.scrub_patterns, secrets)
+        steps.extend(load_scrubber(reference) for reference in spec.scrubbers)
+        return steps
+
+    def use(self, spec: CassetteSpec) -> ActiveCassette:
+        """Use this cassette from now on (the one a previous `use` loaded is written and closed)."""
+        cassette = self._open(spec)
+        self._close_loaded()
+        self._active = cassette
+        return cassette
+
+    def eject(self) -> CassetteStats:
+        """Stop using the cassette `use` loaded (back to the start-up one); its stats, after writing it."""
+        if self._active is None or self._active is self._startup:
+            return CassetteStats()
+        stats = self._active.close()
+        self._active = self._startup
+        return stats
+
+    def reset(self) -> None:
+        """Back to the start-up cassette, replaying from its beginning; a loaded one is written first."""
+        self._close_loaded()
+        self._active = self._startup
+        if self._startup is not None:
+            self._startup.flush()
+            self._startup.rewind()
+
+    def _close_loaded(self) -> None:
+        if self._active is not None and self._active is not self._startup:
+            self._active.close()
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    def _details(self, request: ChatRequest) -> dict[str, Any]:
+        details: dict[str, Any] = {"backend": self.name, "model": request.model}
+        describe = getattr(self.inner, "recording_details", None)
+        if describe is not None:
+            extra: Mapping[str, Any] = describe(request)
+            details.update(extra)
+        return details
+
+    def _without_cassette(self) -> Reject:
+        return Reject(RejectCode.CANISTER_REJECT, NO_CASSETTE.format(cassette=self.settings.cassette))
+
+    def answer_now(self, request: ChatRequest, max_output_tokens: int | None) -> Answer | None:
+        """The answer when it needs no waiting (a replay, or a backend that answers at once); else None.
+
+        Raises the `Reject` the caller should get: a recorded reject, or a miss.
+        """
+        cassette = self._active
+        if cassette is None:
+            if self.inner is None:
+                raise self._without_cassette()
+            inner_now = getattr(self.inner, "answer_now", None)
+            return None if inner_now is None else inner_now(request, max_output_tokens)
+        outcome = cassette.replay(request, max_output_tokens)
+        if outcome is not None:
+            return _deliver(outcome)
+        if not cassette.records or self.inner is None:
+            raise cassette.miss(request, max_output_tokens)
+        inner_now = getattr(self.inner, "answer_now", None)
+        if inner_now is None:
+            return None  # the backend needs time: the worker calls `generate`, which records
+        return self._record(
+            cassette, request, max_output_tokens, lambda: inner_now(request, max_output_tokens)
+        )
+
+    async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
+        cassette = self._active
+        if cassette is None:
+            if self.inner is None:
+                raise self._without_cassette()
+            return await self.inner.generate(request, max_output_tokens)
+        outcome = cassette.replay(request, max_output_tokens)
+        if outcome is not None:
+            return _deliver(outcome)
+        if not cassette.records or self.inner is None:
+            raise cassette.miss(request, max_output_tokens)
+        try:
+            answer = await self.inner.generate(request, max_output_tokens)
+        except Reject as reject:
+            cassette.record(request, max_output_tokens, reject, self._details(request))
+            raise
+        cassette.record(request, max_output_tokens, answer, self._details(request))
+        return answer
+
+    def _record(
+        self, cassette: ActiveCassette, request: ChatRequest, max_output_tokens: int | None, call: Any
+    ) -> Answer:
+        try:
+            answer: Answer = call()
+        except Reject as reject:
+            cassette.record(request, max_output_tokens, reject, self._details(request))
+            raise
+        cassette.record(request, max_output_tokens, answer, self._details(request))
+        return answer
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        load = getattr(self.inner, "load", None)
+        if load is not None:
+            await load()
+
+    async def aclose(self) -> None:
+        """Write every cassette in use, then close the backend behind."""
+        for cassette in {id(c): c for c in (self._active, self._startup) if c is not None}.values():
+            cassette.flush()
+        if self.inner is not None:
+            await self.inner.aclose()
+
+
+def _deliver(outcome: Answer | Reject) -> Answer:
+    if isinstance(outcome, Reject):
+        raise outcome
+    return outcome
+
+
+__all__ = ["CassetteBackend", "CassetteSpec"]
