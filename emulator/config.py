@@ -213,7 +213,7 @@ class EmulatorConfig:
         if self.backend is BackendKind.LLAMA and not self.model_files:
             raise ConfigError(
                 "the llama backend needs a GGUF file: give --model NAME=PATH (NAME a model of the catalogue, "
-                "e.g. llama3.1:8b), or --model PATH for the default model"
+                "e.g. llama3.1:8b), or --model PATH for the default model (with pytest: --icllm-model)"
             )
         self._validate_cassettes_and_upstream()
         if self.model_files and self.backend is not BackendKind.LLAMA:

@@ -14,6 +14,7 @@ command line asks for it by name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from emulator.cassettes.settings import (
     check_scrubbers,
 )
 from emulator.clock import ClockKind
-from emulator.config import DEFAULT_MODELS, PROFILES, BackendKind
+from emulator.config import DEFAULT_MODELS, PROFILES, BackendKind, parse_model_files
 
 
 class OptionError(ValueError):
@@ -93,8 +94,8 @@ def _seconds(value: Any) -> float | None:
         seconds = float(value)
     except (TypeError, ValueError):
         raise OptionError(f"{value!r} is not a number of seconds (or 'none')") from None
-    if seconds <= 0:
-        raise OptionError(f"{value!r} must be more than 0 seconds (or 'none')")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise OptionError(f"{value!r} must be a finite number of seconds above 0 (or 'none')")
     return seconds
 
 
@@ -131,6 +132,13 @@ def _model_map(value: Any) -> tuple[tuple[str, str], ...]:
         return parse_model_map(str(value)) if isinstance(value, str) else tuple(map(tuple, value))
     except (UpstreamError, TypeError, ValueError) as error:
         raise OptionError(str(error)) from None
+
+
+def _model_files(value: Any) -> tuple[tuple[str, str], ...]:
+    """GGUF files for the llama backend: `NAME=PATH;...`, a bare PATH serving the default model."""
+    if isinstance(value, str):
+        return tuple(parse_model_files(value))
+    return tuple((str(name), str(path)) for name, path in value)
 
 
 # `cassette=True`: the test's own file, cassettes/<module>/<test>.yaml.
@@ -245,6 +253,13 @@ OPTIONS: tuple[Option, ...] = (
         per_test=False,
     ),
     Option("workers", _natural, 1, "built-in AI workers of the session's emulator", per_test=False),
+    Option(
+        "model",
+        _model_files,
+        (),
+        "llama backend: GGUF files, NAME=PATH;... (a bare PATH serves the default model)",
+        per_test=False,
+    ),
     Option("url", _url, None, "use a running emulator at HOST:PORT instead of starting one", per_test=False),
     Option(
         "upstream",
@@ -331,6 +346,7 @@ class Settings:
     backend: str
     clock: str
     workers: int
+    model: tuple[tuple[str, str], ...]
     url: str | None
     profile: str
     models: tuple[str, ...]
@@ -357,6 +373,16 @@ class Settings:
     scrubbers: tuple[str, ...] = ()
     assert_no_misses: bool = True
 
+    def details(self) -> str:
+        """Every other setting, as `icllm settings: name=value, ...` (the header's second line)."""
+        shown = {"backend", "clock", "workers", "url", "profile", "seed", "tool_policy", "strict"}
+        rest = [
+            f"{f.name}={_show(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.name not in shown
+        ]
+        return "icllm settings: " + ", ".join(rest)
+
     def header(self) -> str:
         server = (
             f"emulator at {self.url}"
@@ -367,6 +393,13 @@ class Settings:
             f"icllm: {server}; profile={self.profile}, seed={self.seed}, tool_policy={self.tool_policy}, "
             f"strict={self.strict}"
         )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        pairs = (f"{v[0] or 'default'}={v[1]}" if isinstance(v, tuple) else str(v) for v in value)
+        return ",".join(pairs) or "-"
+    return "-" if value is None else str(value)
 
 
 def parse_option(name: str, value: Any, origin: str) -> Any:

@@ -91,7 +91,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
         return None
-    lines = [settings.header()]
+    lines = [settings.header(), settings.details()]
     ci = config.stash.get(CI_KEY, False)
     if settings.cassette or settings.record_mode != "none" or ci:
         lines.append(
@@ -119,6 +119,17 @@ class EmulatorAddress:
     grpc_target: str
     in_process: bool
     http_url: str | None = None
+
+    def ollama_env(self) -> dict[str, str]:
+        """`OLLAMA_HOST` and friends: Ollama and OpenAI clients (or a local network) reach the emulator."""
+        if self.http_url is None:
+            raise RuntimeError(
+                f"the emulator at {self.grpc_target} was given by --icllm-url, so its HTTP address is "
+                "unknown here; set OLLAMA_HOST to it yourself"
+            )
+        from emulator.ollama import ollama_env
+
+        return ollama_env(self.http_url)
 
 
 @dataclass(frozen=True)
@@ -172,6 +183,7 @@ def _start_config(settings: Settings, api_key: str | None = None) -> EmulatorCon
         backend=BackendKind(settings.backend),
         clock=ClockKind(settings.clock),
         workers=settings.workers,
+        model_files=settings.model,
         profile=settings.profile,
         models=settings.models,
         seed=settings.seed,

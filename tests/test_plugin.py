@@ -4,6 +4,7 @@ and the exact text a test author reads."""
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import pytest
 
@@ -718,7 +719,7 @@ def test_rules_history_hold_pause_and_busy_workers_do_not_leak_into_the_next_tes
         ),
         (
             ["--icllm-caller-deadline", "-5"],
-            "option --icllm-caller-deadline: '-5' must be more than 0 seconds (or 'none')",
+            "option --icllm-caller-deadline: '-5' must be a finite number of seconds above 0 (or 'none')",
         ),
     ],
 )
@@ -975,3 +976,41 @@ def test_marker_is_registered_for_strict_markers(pt: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["@pytest.mark.icllm(profile=..., models=..., seed=..., *): settings of the emulated LLM canister*"]
     )
+
+
+def test_llama_backend_serves_the_model_file_given_to_pytest(pt: pytest.Pytester) -> None:
+    tiny = Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llama.gguf"
+    pt.makepyfile(
+        """
+        def test_real_inference_answers(icllm, icllm_client):
+            assert isinstance(icllm_client.prompt("llama3.1:8b", "Hello"), str)
+            (call,) = icllm.calls
+            assert call.answer is not None and call.worker_id.startswith("builtin-")
+        """
+    )
+    result = pt.runpytest("--icllm-backend", "llama", "--icllm-model", str(tiny))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"icllm settings: model=default={tiny}, *"])
+    missing = pt.runpytest("--icllm-backend", "llama")
+    missing.stderr.fnmatch_lines(
+        ["ERROR: pytest-icllm: the llama backend needs a GGUF file: *--icllm-model)"]
+    )
+
+
+def test_server_gives_the_environment_that_points_ollama_clients_at_it(pt: pytest.Pytester) -> None:
+    pt.makepyfile(
+        """
+        import ollama
+
+        def test_ollama_client_reaches_the_emulator(icllm, icllm_server, monkeypatch):
+            env = icllm_server.ollama_env()
+            assert env["OLLAMA_HOST"] == icllm_server.http_url.removeprefix("http://")
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            icllm.on(contains="ping").reply("pong")
+            with ollama.Client() as client:  # reads OLLAMA_HOST
+                reply = client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "ping"}])
+            assert reply.message.content == "pong"
+        """
+    )
+    pt.runpytest().assert_outcomes(passed=1)
