@@ -30,6 +30,7 @@ from emulator.backends.upstream import (
     UpstreamSettings,
     parse_model_map,
 )
+from emulator.billing import Price
 from emulator.cassettes.commands import add_cassette_commands, run_cassette_command
 from emulator.cassettes.settings import (
     BUILTIN_MATCHERS,
@@ -117,6 +118,23 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _prices(text: str) -> dict[str, Price]:
+    """`gemma3:27b=2000000000/1000000,...`: cycles per call, and per token after the slash."""
+    if text.strip().lower() in ("none", "off", ""):
+        return {}
+    prices: dict[str, Price] = {}
+    for spec in text.split(","):
+        model, equals, amounts = spec.strip().rpartition("=")
+        per_call, _, per_token = amounts.partition("/")
+        if not equals or not model or not per_call.isdigit() or not (per_token or "0").isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{spec.strip()!r} is not MODEL=PER_CALL[/PER_TOKEN] in cycles, "
+                "e.g. gemma3:27b=2000000000/1000000"
+            )
+        prices[model] = Price(int(per_call), int(per_token or 0))
+    return prices
+
+
 def _lines(text: str) -> list[str]:
     """Repeatable regular expressions: one per flag, or one per line in the env var."""
     return [line for line in text.split("\n") if line.strip()]
@@ -177,6 +195,12 @@ SERVE_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--backend", str, BackendKind.FAKE.value, f"answers from: {', '.join(b.value for b in BackendKind)}"),
     ("--profile", str, "current", "limit profile: current, launch-2025, unlimited"),
     ("--models", _models, DEFAULT_MODELS, "comma-separated model catalogue; the first is the default"),
+    (
+        "--prices",
+        _prices,
+        None,
+        "paid models: MODEL=PER_CALL[/PER_TOKEN],... in cycles, or none (all free); default gemma3:27b",
+    ),
     ("--model", parse_model_files, [], MODEL_HELP),
     ("--seed", int, 0, "seed of the fake backend's answers"),
     (
@@ -342,6 +366,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         backend=choice(BackendKind, args.backend, "backend"),
         profile=args.profile,
         models=args.models,
+        **({} if args.prices is None else {"prices": args.prices}),
         model_files=tuple(args.model),
         seed=args.seed,
         tool_policy=choice(ToolPolicy, args.tool_policy, "tool policy"),

@@ -369,6 +369,17 @@ class IcllmController:
     def balance(self, principal: str) -> int:
         return self.balances().get(principal, 0)
 
+    def set_prices(self, prices: Mapping[str, tuple[int, int]]) -> None:
+        """Make these models paid, as {model: (cycles per call, cycles per token)}; the rest are free.
+
+        `{}` makes every model free. A test's prices last until the next test starts.
+        """
+        models = [
+            cpb.ModelPrice(model=model, per_call=per_call, per_token=per_token)
+            for model, (per_call, per_token) in prices.items()
+        ]
+        self._rpc(self._control.Configure, cpb.ConfigureRequest(prices=models, clear_prices=not models))
+
     def set_balance(self, principal: str, cycles: int) -> None:
         """Give a caller a prepaid balance, as if it had called `v1_deposit`."""
         self._rpc(self._control.SetBalance, cpb.SetBalanceRequest(principal=principal, cycles=cycles))

@@ -212,9 +212,21 @@ def test_pytest_controller_sets_balances_and_shows_charges(pytester: pytest.Pyte
             assert call.cycles_attached == 5 and call.cycles_refunded == 5 and call.cycles_charged > 0
             assert icllm.balance("aaaaa-aa") == 10**12 - call.cycles_charged
             assert icllm.balances() == {"aaaaa-aa": 10**12 - call.cycles_charged}
+
+        def test_a_test_sets_its_own_prices(icllm, icllm_server):
+            icllm.set_prices({"qwen3:32b": (1_000, 10)})
+            with LlmClient(icllm_server.grpc_target, caller="aaaaa-aa", cycles=10**11) as llm:
+                llm.prompt("qwen3:32b", "Priced now?")
+                llm.prompt("gemma3:27b", "Free now?")
+            paid, free = icllm.calls
+            assert paid.cycles_charged > 1_000 and free.cycles_charged == 0
+            icllm.set_prices({})
+            with LlmClient(icllm_server.grpc_target, cycles=5) as llm:
+                llm.prompt("qwen3:32b", "Free again?")
+            assert icllm.calls[-1].cycles_refunded == 5
         """
     )
-    pytester.runpytest().assert_outcomes(passed=1)
+    pytester.runpytest().assert_outcomes(passed=2)
 
 
 PRICE_3 = Price(per_call=3 * MIN_ATTACHED)

@@ -222,6 +222,14 @@ def test_settings_from_env_vars_and_flags(
     assert (config.profile, config.seed) == (profile, seed)
 
 
+def test_prices_from_the_command_line(spawn: Callable[..., Child], tmp_path: Path) -> None:
+    _, target = start_serve(spawn, tmp_path, env={"ICLLM_PRICES": "qwen3:32b=5/2,gemma3:27b=7"})
+    with grpc.insecure_channel(target) as channel:
+        config = control_pb2_grpc.ControlStub(channel).GetConfig(cpb.GetConfigRequest(), timeout=CALL_TIMEOUT)
+    prices = {p.model: (p.per_call, p.per_token) for p in config.prices}
+    assert prices == {"qwen3:32b": (5, 2), "gemma3:27b": (7, 0)}
+
+
 @pytest.mark.parametrize(
     ("args", "env", "mentions"),
     [
@@ -233,6 +241,7 @@ def test_settings_from_env_vars_and_flags(
         (("--ollama-port", "abc"), {}, "use 0-65535 (0: any free port) or off"),
         (("--caller-deadline", "inf"), {}, "is not a number of seconds"),
         (("--grace", "-1"), {}, "is not a number of seconds (0 or more)"),
+        (("--prices", "gemma3:27b=lots"), {}, "is not MODEL=PER_CALL[/PER_TOKEN] in cycles"),
     ],
     ids=[
         "profile",
@@ -243,6 +252,7 @@ def test_settings_from_env_vars_and_flags(
         "ollama-port",
         "deadline",
         "grace",
+        "prices",
     ],
 )
 def test_bad_options_fail_fast_naming_what_is_valid(
