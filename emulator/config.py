@@ -29,6 +29,8 @@ PROFILES: dict[str, Limits] = {
     "unlimited": Limits(max_messages=None, max_prompt_bytes=None, max_output_tokens=None),
 }
 CUSTOM_PROFILE = "custom"
+# Built-in workers are asyncio tasks; more than this is a typo, not a load test.
+MAX_WORKERS = 1024
 # Profiles of the canister before paid models: every call is free and attached cycles come back.
 FREE_PROFILES = frozenset({"launch-2025"})
 E = TypeVar("E", bound=enum.StrEnum)
@@ -186,7 +188,7 @@ class EmulatorConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (0 <= self.workers <= MAX_WORKERS, f"workers must be 0-{MAX_WORKERS}, got {self.workers}"),
             (
                 self.queue_capacity >= 0,
                 f"queue capacity must be 0 (unbounded) or more, got {self.queue_capacity}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,8 +98,8 @@ class Rule:
     id: str = ""
 
     def __post_init__(self) -> None:
-        if self.delay < 0:
-            raise RuleError(f"delay must be 0 or more seconds, got {self.delay}")
+        if not math.isfinite(self.delay) or self.delay < 0:
+            raise RuleError(f"delay must be a finite number of seconds, 0 or more, got {self.delay}")
         if self.times is not None and self.times < 1:
             raise RuleError(f"times must be 1 or more (leave it out for any number), got {self.times}")
 

@@ -172,6 +172,13 @@ def test_serve_writes_port_file_answers_and_stops_on_sigterm(
     assert "stopped" in child.stderr()
 
 
+def test_ctrl_c_stops_the_emulator_cleanly(spawn: Callable[..., Child], tmp_path: Path) -> None:
+    child, _ = start_serve(spawn, tmp_path)
+    child.process.send_signal(signal.SIGINT)
+    assert child.process.wait(timeout=EXIT_TIMEOUT) == 0
+    assert "stopped" in child.stderr() and "Traceback" not in child.stderr()
+
+
 def test_sigterm_lets_the_call_in_flight_finish(spawn: Callable[..., Child], tmp_path: Path) -> None:
     child, target = start_serve(spawn, tmp_path, "--clock", "real")
     rule = cpb.Rule(

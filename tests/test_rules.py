@@ -255,9 +255,10 @@ def test_explain_miss_without_rules_says_how_to_add_one() -> None:
     assert "no rules are defined" in RuleBook().explain_miss(chat(UserMessage("hi")))
 
 
-def test_rule_refuses_a_negative_delay() -> None:
-    with pytest.raises(RuleError, match="delay must be 0 or more seconds, got -1"):
-        Rule(Match(), Hang(), delay=-1)
+@pytest.mark.parametrize("delay", [-1.0, float("nan"), float("inf")])
+def test_rule_refuses_a_delay_that_is_not_a_finite_wait(delay: float) -> None:
+    with pytest.raises(RuleError, match=f"delay must be a finite number of seconds, 0 or more, got {delay}"):
+        Rule(Match(), Hang(), delay=delay)
 
 
 def test_rule_refuses_zero_times() -> None:
