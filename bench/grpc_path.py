@@ -6,11 +6,13 @@ caller k sends requests[i] for the i-th call started overall, in the order the c
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -54,6 +56,64 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def measured(
+        cls,
+        target: str,
+        concurrency: int,
+        elapsed: float,
+        latencies: list[float],
+        errors: list[str],
+        completed: int,
+        client_cpu: float,
+        server_cpu: tuple[float | None, float | None],
+    ) -> Result:
+        """The figures of one load run, from its raw samples (`server_cpu` is before and after)."""
+        before, after = server_cpu
+        per_call = 1e6 / max(completed, 1)
+        ordered = sorted(latencies)
+        return cls(
+            target=target,
+            concurrency=concurrency,
+            seconds=elapsed,
+            calls=len(ordered),
+            errors=len(errors),
+            requests_per_second=len(ordered) / elapsed,
+            p50_ms=percentile(ordered, 0.50) * 1000,
+            p90_ms=percentile(ordered, 0.90) * 1000,
+            p99_ms=percentile(ordered, 0.99) * 1000,
+            mean_ms=(statistics.fmean(ordered) * 1000) if ordered else 0.0,
+            max_ms=(ordered[-1] * 1000) if ordered else 0.0,
+            first_error=errors[0] if errors else None,
+            server_cpu_us_per_call=None if before is None or after is None else (after - before) * per_call,
+            client_cpu_us_per_call=client_cpu * per_call,
+        )
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The options every load benchmark takes: duration, warm-up, callers, a JSON file."""
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (default 3)")
+    parser.add_argument(
+        "--warmup", type=float, default=0.5, help="warm-up seconds before each run (default 0.5)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 32],
+        metavar="C",
+        help="numbers of concurrent callers (default: 1 32)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
+
+
+def check_load_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    if args.seconds <= 0 or args.warmup < 0:
+        parser.error("--seconds must be more than 0 and --warmup 0 or more")
+    if any(c < 1 for c in args.concurrency):
+        parser.error("--concurrency values must be 1 or more")
+    return args
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -117,26 +177,13 @@ async def run_load(
         elapsed = max(seconds, time.perf_counter() - measure_from)
         client_cpu = time.process_time() - client_cpu_before
         server_cpu_after = cpu_seconds(server.pid)
-    server_cpu = (
-        None
-        if server_cpu_before is None or server_cpu_after is None
-        else server_cpu_after - server_cpu_before
-    )
-    per_call = 1e6 / max(completed, 1)
-    ordered = sorted(latencies)
-    return Result(
-        target=target,
-        concurrency=concurrency,
-        seconds=elapsed,
-        calls=len(ordered),
-        errors=len(errors),
-        requests_per_second=len(ordered) / elapsed,
-        p50_ms=percentile(ordered, 0.50) * 1000,
-        p90_ms=percentile(ordered, 0.90) * 1000,
-        p99_ms=percentile(ordered, 0.99) * 1000,
-        mean_ms=(statistics.fmean(ordered) * 1000) if ordered else 0.0,
-        max_ms=(ordered[-1] * 1000) if ordered else 0.0,
-        first_error=errors[0] if errors else None,
-        server_cpu_us_per_call=None if server_cpu is None else server_cpu * per_call,
-        client_cpu_us_per_call=client_cpu * per_call,
+    return Result.measured(
+        target,
+        concurrency,
+        elapsed,
+        latencies,
+        errors,
+        completed,
+        client_cpu,
+        (server_cpu_before, server_cpu_after),
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from bench.grpc_path import MODEL, Result, make_requests, run_load
+from bench.grpc_path import MODEL, Result, add_load_options, check_load_options, make_requests, run_load
 from bench.servers import Running, echo_main, emulator_main, server_process
 
 TARGET_THROUGHPUT_RATIO = 0.70
@@ -32,19 +32,7 @@ ECHO = "echo"
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench grpc", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (default 3)")
-    parser.add_argument(
-        "--warmup", type=float, default=0.5, help="warm-up seconds before each run (default 0.5)"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        nargs="+",
-        default=[1, 32],
-        metavar="C",
-        help="numbers of concurrent callers (default: 1 32)",
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
+    add_load_options(parser)
     parser.add_argument(
         "--profile",
         type=Path,
@@ -52,12 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run the emulator process under cProfile and write its stats to PATH "
         "(the emulator's figures then include the profiler's overhead)",
     )
-    args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0:
-        parser.error("--seconds must be more than 0 and --warmup 0 or more")
-    if any(c < 1 for c in args.concurrency):
-        parser.error("--concurrency values must be 1 or more")
-    return args
+    return check_load_options(parser, parser.parse_args(argv))
 
 
 def ratio(numerator: float, denominator: float) -> float:

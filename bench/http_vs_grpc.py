@@ -18,18 +18,25 @@ import json
 import os
 import platform
 import signal
-import statistics
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from multiprocessing.queues import Queue
-from pathlib import Path
 from typing import Any
 
 import h11
 
-from bench.grpc_path import CALL_TIMEOUT, MAX_ERRORS, MODEL, Result, make_requests, percentile, run_load
+from bench.grpc_path import (
+    CALL_TIMEOUT,
+    MAX_ERRORS,
+    MODEL,
+    Result,
+    add_load_options,
+    check_load_options,
+    make_requests,
+    run_load,
+)
 from bench.servers import HOST, Running, cpu_seconds, emulator_main, server_process
 
 TARGET_THROUGHPUT_RATIO = 0.50
@@ -169,52 +176,22 @@ async def run_http_load(
     finally:
         for connection in connections:
             await connection.close()
-    server_cpu = (
-        None
-        if server_cpu_before is None or server_cpu_after is None
-        else server_cpu_after - server_cpu_before
-    )
-    per_call = 1e6 / max(completed, 1)
-    ordered = sorted(latencies)
-    return Result(
-        target=HTTP,
-        concurrency=concurrency,
-        seconds=elapsed,
-        calls=len(ordered),
-        errors=len(errors),
-        requests_per_second=len(ordered) / elapsed,
-        p50_ms=percentile(ordered, 0.50) * 1000,
-        p90_ms=percentile(ordered, 0.90) * 1000,
-        p99_ms=percentile(ordered, 0.99) * 1000,
-        mean_ms=(statistics.fmean(ordered) * 1000) if ordered else 0.0,
-        max_ms=(ordered[-1] * 1000) if ordered else 0.0,
-        first_error=errors[0] if errors else None,
-        server_cpu_us_per_call=None if server_cpu is None else server_cpu * per_call,
-        client_cpu_us_per_call=client_cpu * per_call,
+    return Result.measured(
+        HTTP,
+        concurrency,
+        elapsed,
+        latencies,
+        errors,
+        completed,
+        client_cpu,
+        (server_cpu_before, server_cpu_after),
     )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench http", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (default 3)")
-    parser.add_argument(
-        "--warmup", type=float, default=0.5, help="warm-up seconds before each run (default 0.5)"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        nargs="+",
-        default=[1, 32],
-        metavar="C",
-        help="concurrent callers (default: 1 32)",
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
-    args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0:
-        parser.error("--seconds must be more than 0 and --warmup 0 or more")
-    if any(c < 1 for c in args.concurrency):
-        parser.error("--concurrency values must be 1 or more")
-    return args
+    add_load_options(parser)
+    return check_load_options(parser, parser.parse_args(argv))
 
 
 def _cpu(value: float | None) -> str:
