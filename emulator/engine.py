@@ -102,7 +102,7 @@ class Engine:
         self.queue.capacity = config.queue_capacity
         self.queue.max_attempts = config.max_attempts
         self.queue.lease_seconds = config.lease_seconds
-        inner = self.cassettes.inner if self.backend is self.cassettes else self.backend
+        inner = self.cassettes.inner
         if isinstance(inner, FakeBackend):
             inner.seed = config.seed
             inner.tool_policy = config.tool_policy
