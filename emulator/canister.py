@@ -25,7 +25,7 @@ from emulator.domain import (
 from emulator.history import CallRecord, History
 from emulator.queue import PromptQueue
 from emulator.rules import RuleBook
-from emulator.tokens import count_tokens
+from emulator.tokens import prompt_tokens
 
 # What a paid call may cost is reserved up front; with no output cap, this many answer tokens.
 UNCAPPED_RESERVE_TOKENS = 4096
@@ -134,7 +134,7 @@ class Canister:
                 caller=caller,
                 request=request,
                 received_at=self.clock.now(),
-                input_tokens=sum(count_tokens(m.content or "") for m in request.messages),
+                input_tokens=prompt_tokens(request),
                 receipt=receipt,
             )
         )

@@ -156,8 +156,28 @@ MODEL_HELP = (
     "repeat for several models (in the env var, separate them with ;)"
 )
 
+# (flag, type, default, help); the env var of each is derived from the flag. A list default makes a
+# flag repeatable: each use adds to the list, and using it at all replaces the env var's list.
+Option = tuple[str, Callable[[str], Any], Any, str]
+
+# Options of `serve` and `worker` alike.
+BACKEND_OPTION: Option = (
+    "--backend",
+    str,
+    BackendKind.FAKE.value,
+    f"answers from: {', '.join(b.value for b in BackendKind)}",
+)
+SEED_OPTION: Option = ("--seed", int, 0, "seed of the fake backend's answers")
+TOOL_POLICY_OPTION: Option = (
+    "--tool-policy",
+    str,
+    ToolPolicy.AUTO.value,
+    "whether the fake backend calls offered tools: never, auto",
+)
+LOG_LEVEL_OPTION: Option = ("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR")
+
 # The proxy backend's server, for `serve --backend proxy` and `worker --backend proxy` alike.
-UPSTREAM_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+UPSTREAM_OPTIONS: list[Option] = [
     ("--upstream", str, None, "proxy backend: base URL of an Ollama- or OpenAI-compatible server"),
     (
         "--upstream-api",
@@ -180,9 +200,7 @@ UPSTREAM_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ),
 ]
 
-# (flag, type, default, help); the env var of each is derived from the flag. A list default makes a
-# flag repeatable: each use adds to the list, and using it at all replaces the env var's list.
-SERVE_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+SERVE_OPTIONS: list[Option] = [
     ("--host", str, "127.0.0.1", "address to listen on (loopback by default)"),
     ("--grpc-port", int, 50051, "gRPC port; 0 picks a free one (see --port-file)"),
     (
@@ -192,7 +210,7 @@ SERVE_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
         "Ollama-compatible HTTP port (Ollama's own); 0 picks a free one, off turns HTTP off",
     ),
     ("--port-file", str, None, "write the bound ports here as JSON once listening"),
-    ("--backend", str, BackendKind.FAKE.value, f"answers from: {', '.join(b.value for b in BackendKind)}"),
+    BACKEND_OPTION,
     ("--profile", str, "current", "limit profile: current, launch-2025, unlimited"),
     ("--models", _models, DEFAULT_MODELS, "comma-separated model catalogue; the first is the default"),
     (
@@ -202,13 +220,8 @@ SERVE_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
         "paid models: MODEL=PER_CALL[/PER_TOKEN],... in cycles, or none (all free); default gemma3:27b",
     ),
     ("--model", parse_model_files, [], MODEL_HELP),
-    ("--seed", int, 0, "seed of the fake backend's answers"),
-    (
-        "--tool-policy",
-        str,
-        ToolPolicy.AUTO.value,
-        "whether the fake backend calls offered tools: never, auto",
-    ),
+    SEED_OPTION,
+    TOOL_POLICY_OPTION,
     ("--rules", str, None, "YAML or JSON file of scripted rules"),
     ("--strict-rules", _bool, False, "reject prompts that no scripted rule matches"),
     ("--strict-requests", _bool, False, "reject requests the real canister only warns about"),
@@ -257,25 +270,20 @@ SERVE_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
         "MODULE:FUNCTION of a scrub step of your own, run before writing; repeatable",
     ),
     *UPSTREAM_OPTIONS,
-    ("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    LOG_LEVEL_OPTION,
 ]
 
-WORKER_OPTIONS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+WORKER_OPTIONS: list[Option] = [
     ("--connect", str, "127.0.0.1:50051", "the emulator's gRPC address"),
     ("--worker-id", str, None, "this worker's name (default: a random one)"),
-    ("--backend", str, BackendKind.FAKE.value, f"answers from: {', '.join(b.value for b in BackendKind)}"),
+    BACKEND_OPTION,
     ("--models", _models, (), "only lease prompts for these models (comma-separated; default: all)"),
     ("--model", parse_model_files, [], MODEL_HELP + " (this worker then leases only those models' prompts)"),
-    ("--seed", int, 0, "seed of the fake backend's answers"),
-    (
-        "--tool-policy",
-        str,
-        ToolPolicy.AUTO.value,
-        "whether the fake backend calls offered tools: never, auto",
-    ),
+    SEED_OPTION,
+    TOOL_POLICY_OPTION,
     ("--poll-seconds", _poll_seconds, 10.0, "how long one long-poll waits for a job"),
     *UPSTREAM_OPTIONS,
-    ("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    LOG_LEVEL_OPTION,
 ]
 
 
@@ -285,7 +293,7 @@ def env_name(flag: str) -> str:
 
 def _add_options(
     parser: argparse.ArgumentParser,
-    options: list[tuple[str, Callable[[str], Any], Any, str]],
+    options: list[Option],
     environ: Mapping[str, str],
 ) -> None:
     for flag, kind, default, text in options:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,6 +20,8 @@ from emulator.clock import ClockKind
 from emulator.domain import Limits
 
 ANONYMOUS_PRINCIPAL = "2vxsx-fae"
+# A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
+_PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
 DEFAULT_MODELS = ("llama3.1:8b", "qwen3:32b", "llama4-scout", "gemma3:27b")
 
 PROFILES: dict[str, Limits] = {
@@ -47,6 +50,17 @@ class BackendKind(enum.StrEnum):
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names what would be valid."""
+
+
+def checked_principal(text: str, what: str, error: Callable[[str], Exception]) -> str:
+    """A textual principal (stripped), checked for its shape (not its checksum); else `error(message)`."""
+    principal = text.strip()
+    if not _PRINCIPAL.match(principal):
+        raise error(
+            f"{what} {principal!r} is not a textual principal "
+            f"(lower-case base32 groups joined by dashes, e.g. {ANONYMOUS_PRINCIPAL})"
+        )
+    return principal
 
 
 def choice(kind: type[E], value: str, what: str) -> E:
@@ -223,8 +237,8 @@ class EmulatorConfig:
                 f"--model gives GGUF files to the llama backend, but the backend is {self.backend.value!r}; "
                 "add --backend llama"
             )
-        if self.custom_limits is None and self.profile not in PROFILES:
-            raise ConfigError(f"profile {self.profile!r} is not valid; choose one of: {', '.join(PROFILES)}")
+        if self.custom_limits is None:
+            profile_limits(self.profile)  # a ConfigError for a profile that does not exist
         for name, value in (
             ("max messages", self.limits.max_messages),
             ("max prompt bytes", self.limits.max_prompt_bytes),

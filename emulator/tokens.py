@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import re
 
+from emulator.domain import ChatRequest
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 def count_tokens(text: str) -> int:
     """How many tokens `text` holds."""
     return sum(1 for _ in _TOKEN.finditer(text))
+
+
+def prompt_tokens(request: ChatRequest) -> int:
+    """How many tokens the request's messages hold: what every door reports as the prompt's size."""
+    return sum(count_tokens(message.content or "") for message in request.messages)
 
 
 def truncate_tokens(text: str, cap: int | None) -> tuple[str, bool]:

@@ -98,10 +98,15 @@ def scripted_outcome(rule: Rule, max_output_tokens: int | None) -> Answer | Reje
     return Answer(message, output_tokens=count_tokens(message.content or ""), truncated=truncated)
 
 
+def _failed(error: Exception) -> Reject:
+    """The reject a caller gets for a backend bug."""
+    return Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
+
+
 def failure(error: Exception) -> Reject:
     """A backend bug reaches the caller as a reject; the worker goes on serving."""
     log.error("backend failed", exc_info=error)
-    return Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
+    return _failed(error)
 
 
 def instant_outcome(
@@ -156,9 +161,7 @@ class Worker:
             outcome = reject
         except Exception as error:  # a backend bug must reach the caller as a reject, not kill the worker
             log.exception("worker %s: backend failed on job %s", self.worker_id, lease.job_id)
-            outcome = Reject(
-                RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}"
-            )
+            outcome = _failed(error)
         finally:
             if keeper is not None:
                 keeper.cancel()

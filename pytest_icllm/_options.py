@@ -461,7 +461,3 @@ def check_keys(layer: Mapping[str, Any], origin: str) -> None:
             f"{', '.join(BY_NAME[n].flag for n in session)} or the ini key "
             f"{', '.join(BY_NAME[n].ini for n in session)}"
         )
-
-
-def session_fields(settings: Settings) -> dict[str, Any]:
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}

@@ -37,7 +37,14 @@ from emulator.domain import (
     ToolCall,
     ToolMessage,
 )
-from emulator.ollama.convert import BadRequest, _CallIds, _ollama_message, _openai_message, argument_value
+from emulator.ollama.convert import (
+    BadRequest,
+    _CallIds,
+    _ollama_message,
+    _openai_message,
+    argument_value,
+    declared_types,
+)
 from emulator.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -82,14 +89,6 @@ def tool_json(tool: Tool) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _declared(tools: tuple[Tool, ...]) -> dict[str, dict[str, str]]:
-    return {
-        tool.name: {p.name: p.type.strip().lower() for p in tool.parameters.properties}
-        for tool in tools
-        if tool.parameters is not None
-    }
-
-
 def _arguments(call: ToolCall, declared: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     """Text arguments as JSON values: parsed where the tool declares a non-string type, or reads as JSON."""
     types = declared.get(call.function.name, {})
@@ -107,7 +106,7 @@ def _tool_names(messages: tuple[Message, ...]) -> dict[str, str]:
 
 def ollama_body(request: ChatRequest, model: str, max_output_tokens: int | None) -> dict[str, Any]:
     """`POST /api/chat` with `"stream": false`."""
-    declared = _declared(request.tools)
+    declared = declared_types(request.tools)
     names = _tool_names(request.messages)
     messages: list[dict[str, Any]] = []
     for message in request.messages:
@@ -139,7 +138,7 @@ def ollama_body(request: ChatRequest, model: str, max_output_tokens: int | None)
 
 def openai_body(request: ChatRequest, model: str, max_output_tokens: int | None) -> dict[str, Any]:
     """`POST /v1/chat/completions`, not streamed; tool-call arguments as JSON text, as OpenAI sends them."""
-    declared = _declared(request.tools)
+    declared = declared_types(request.tools)
     messages: list[dict[str, Any]] = []
     for message in request.messages:
         if isinstance(message, AssistantMessage):

@@ -96,13 +96,17 @@ def decode_request(method: str, arg: bytes) -> ChatRequest:
     CANISTER_ERROR whose message says what failed and where.
     """
     api = method_api(method)
-    try:
-        (value,) = decode_args(arg, _signatures()[api].args)
-    except CandidError as error:
-        raise Reject(
-            RejectCode.CANISTER_ERROR, f"failed to decode the {api.value} argument: {error}"
-        ) from None
+    value = _decode_argument(api.value, arg)
     return _request_v0(value) if api is Api.V0 else _request_v1(value)
+
+
+def _decode_argument(method: str, arg: bytes) -> Any:
+    """A method's one argument; bytes that do not decode are the trap described at `decode_request`."""
+    try:
+        (value,) = decode_args(arg, _methods()[method].args)
+    except CandidError as error:
+        raise Reject(RejectCode.CANISTER_ERROR, f"failed to decode the {method} argument: {error}") from None
+    return value
 
 
 def _opt(value: list[Any]) -> Any:
@@ -279,11 +283,7 @@ DEPOSIT = "v1_deposit"
 
 def decode_deposit(arg: bytes) -> str | None:
     """v1_deposit's argument: the beneficiary's textual principal, or None for the caller itself."""
-    try:
-        (value,) = decode_args(arg, _methods()[DEPOSIT].args)
-    except CandidError as error:
-        raise Reject(RejectCode.CANISTER_ERROR, f"failed to decode the {DEPOSIT} argument: {error}") from None
-    beneficiary = _opt(value)
+    beneficiary = _opt(_decode_argument(DEPOSIT, arg))
     return None if beneficiary is None else str(beneficiary.to_str())
 
 

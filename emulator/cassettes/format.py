@@ -108,14 +108,19 @@ def tool_calls_doc(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
+def _assistant_doc(message: AssistantMessage) -> dict[str, Any]:
+    """An assistant message's `content` (absent when None) and `tool_calls` (absent when none)."""
+    doc: dict[str, Any] = {}
+    if message.content is not None:
+        doc["content"] = message.content
+    if message.tool_calls:
+        doc["tool_calls"] = tool_calls_doc(message.tool_calls)
+    return doc
+
+
 def message_doc(message: Message) -> dict[str, Any]:
     if isinstance(message, AssistantMessage):
-        doc: dict[str, Any] = {"role": "assistant"}
-        if message.content is not None:
-            doc["content"] = message.content
-        if message.tool_calls:
-            doc["tool_calls"] = tool_calls_doc(message.tool_calls)
-        return doc
+        return {"role": "assistant", **_assistant_doc(message)}
     if isinstance(message, ToolMessage):
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     return {"role": message.role.value, "content": message.content}
@@ -160,11 +165,7 @@ def outcome_doc(outcome: Answer | Reject) -> tuple[str, dict[str, Any]]:
     """`("answer", {...})` or `("reject", {...})`."""
     if isinstance(outcome, Reject):
         return "reject", {"code": int(outcome.code), "name": outcome.code.name, "message": outcome.message}
-    doc: dict[str, Any] = {}
-    if outcome.message.content is not None:
-        doc["content"] = outcome.message.content
-    if outcome.message.tool_calls:
-        doc["tool_calls"] = tool_calls_doc(outcome.message.tool_calls)
+    doc = _assistant_doc(outcome.message)
     doc["output_tokens"] = outcome.output_tokens
     doc["truncated"] = outcome.truncated
     return "answer", doc
@@ -263,6 +264,14 @@ class _Reader:
             )
         return tuple(calls)
 
+    def assistant(self, doc: Mapping[str, Any], at: str) -> AssistantMessage:
+        """The content and tool calls of an assistant message, or of a recorded answer."""
+        calls = doc.get("tool_calls")
+        return AssistantMessage(
+            content=self.text(doc.get("content"), at, ".content", optional=True),
+            tool_calls=self.tool_calls(calls, f"{at}.tool_calls") if calls else (),
+        )
+
     def message(self, value: Any, at: str) -> Message:
         if not isinstance(value, dict):
             raise self.fail(at, f"must be a mapping, got {_kind(value)}")
@@ -272,12 +281,7 @@ class _Reader:
             content = self.text(doc["content"], at, ".content")
             return UserMessage(content) if role == "user" else SystemMessage(content)
         if role == "assistant":
-            doc = self.mapping(value, at, ("role",), _ASSISTANT_MESSAGE)
-            calls = doc.get("tool_calls")
-            return AssistantMessage(
-                content=self.text(doc.get("content"), at, ".content", optional=True),
-                tool_calls=self.tool_calls(calls, f"{at}.tool_calls") if calls else (),
-            )
+            return self.assistant(self.mapping(value, at, ("role",), _ASSISTANT_MESSAGE), at)
         if role == "tool":
             doc = self.mapping(value, at, ("role", "tool_call_id", "content"), _TOOL_MESSAGE)
             return ToolMessage(
@@ -344,12 +348,8 @@ class _Reader:
         truncated = doc.get("truncated", False)
         if not isinstance(truncated, bool):
             raise self.fail(f"{at}.truncated", f"must be true or false, got {_kind(truncated)}")
-        calls = doc.get("tool_calls")
         return Answer(
-            AssistantMessage(
-                content=self.text(doc.get("content"), at, ".content", optional=True),
-                tool_calls=self.tool_calls(calls, f"{at}.tool_calls") if calls else (),
-            ),
+            self.assistant(doc, at),
             output_tokens=self.integer(doc.get("output_tokens", 0), at, ".output_tokens") or 0,
             truncated=truncated,
         )

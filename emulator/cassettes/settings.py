@@ -44,19 +44,6 @@ def record_mode(value: str | RecordMode, what: str = "record mode") -> RecordMod
         raise CassetteSettingsError(f"{what} {str(value)!r} is not valid; choose one of: {valid}") from None
 
 
-def check_match_on(names: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
-    if not names:
-        raise CassetteSettingsError(
-            f"match_on needs at least one part of the request; choose from: {', '.join(known)}"
-        )
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise CassetteSettingsError(
-            f"match_on: unknown matcher {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
-        )
-    return names
-
-
 def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in patterns:
         if not pattern:

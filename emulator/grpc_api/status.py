@@ -7,7 +7,6 @@ to it too; INTERNAL is kept for faults of the emulator itself.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -17,7 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from emulator.billing import MAX_CYCLES
-from emulator.config import ANONYMOUS_PRINCIPAL, ConfigError
+from emulator.config import ANONYMOUS_PRINCIPAL, ConfigError, checked_principal
 from emulator.domain import Reject, RejectCode
 from emulator.grpc_api.convert import BadRequest
 from emulator.queue import LeaseLost, UnknownJob
@@ -43,9 +42,6 @@ GRPC_STATUS: dict[RejectCode, grpc.StatusCode] = {
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 TRANSPORT_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
 
-# A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
-_PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
-
 
 async def abort_with_reject(context: grpc.aio.ServicerContext, reject: Reject) -> NoReturn:
     # Keep what the handler set already (the cycles refunded) beside the reject code.
@@ -56,13 +52,7 @@ async def abort_with_reject(context: grpc.aio.ServicerContext, reject: Reject) -
 
 def principal_of(text: str, what: str) -> str:
     """A textual principal, checked for its shape (not its checksum)."""
-    principal = text.strip()
-    if not _PRINCIPAL.match(principal):
-        raise BadRequest(
-            f"{what} {principal!r} is not a textual principal "
-            f"(lower-case base32 groups joined by dashes, e.g. {ANONYMOUS_PRINCIPAL})"
-        )
-    return principal
+    return checked_principal(text, what, BadRequest)
 
 
 def caller_of(context: grpc.aio.ServicerContext) -> tuple[str, int]:

@@ -15,7 +15,6 @@ import functools
 import itertools
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -28,13 +27,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emulator.config import ANONYMOUS_PRINCIPAL
+from emulator.config import ANONYMOUS_PRINCIPAL, checked_principal
 from emulator.domain import Answer, ChatRequest, Reject, RejectCode
 from emulator.engine import Engine
 from emulator.ollama import convert, models
 from emulator.ollama.convert import JSON, BadRequest, Parsed
 from emulator.ollama.metrics import CLIENT_CLOSED, Metrics
-from emulator.tokens import count_tokens
+from emulator.tokens import prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,6 @@ REJECT_STATUS: dict[RejectCode, int] = {
 }
 UNKNOWN_MODEL_STATUS = 404
 
-# A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
-_PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
 UNSUPPORTED_ROUTES = (
     ("/api/push", ("POST",)),
     ("/api/create", ("POST",)),
@@ -96,12 +93,19 @@ def _now() -> str:
     return models.timestamp(datetime.now(UTC))
 
 
+def _reject_fields(error: HttpError) -> dict[str, JSON]:
+    """The reject behind an error, as both APIs' error bodies carry it (nothing without one)."""
+    if error.reject is None:
+        return {}
+    return {
+        "reject_code": int(error.reject.code),
+        "reject_code_name": error.reject.code.name,
+        "reject_message": error.reject.message,
+    }
+
+
 def _ollama_error(error: HttpError) -> JSONResponse:
-    body: dict[str, JSON] = {"error": error.message}
-    if error.reject is not None:
-        body["reject_code"] = int(error.reject.code)
-        body["reject_code_name"] = error.reject.code.name
-        body["reject_message"] = error.reject.message
+    body: dict[str, JSON] = {"error": error.message, **_reject_fields(error)}
     return JSONResponse(body, status_code=error.status)
 
 
@@ -112,11 +116,8 @@ def _openai_error(error: HttpError) -> JSONResponse:
         "type": kinds.get(error.status, "api_error"),
         "param": None,
         "code": None,
+        **_reject_fields(error),
     }
-    if error.reject is not None:
-        body["reject_code"] = int(error.reject.code)
-        body["reject_code_name"] = error.reject.code.name
-        body["reject_message"] = error.reject.message
     return JSONResponse({"error": body}, status_code=error.status)
 
 
@@ -179,12 +180,9 @@ def _too_large(size: int, at_least: bool = False) -> str:
 
 def caller_of(request: Request) -> tuple[str, int]:
     """The calling principal and the cycles attached, from the `X-Icllm-*` request headers."""
-    caller = request.headers.get(CALLER_HEADER, ANONYMOUS_PRINCIPAL).strip()
-    if not _PRINCIPAL.match(caller):
-        raise BadRequest(
-            f"header X-Icllm-Caller {caller!r} is not a textual principal "
-            f"(lower-case base32 groups joined by dashes, e.g. {ANONYMOUS_PRINCIPAL})"
-        )
+    caller = checked_principal(
+        request.headers.get(CALLER_HEADER, ANONYMOUS_PRINCIPAL), "header X-Icllm-Caller", BadRequest
+    )
     cycles = request.headers.get(CYCLES_HEADER, "0").strip()
     if not cycles.isdigit():
         raise BadRequest(f"header X-Icllm-Cycles {cycles!r} is not a natural number of cycles")
@@ -202,7 +200,7 @@ def _stats(started_ns: int, request: ChatRequest, eval_count: int) -> dict[str, 
     return {
         "total_duration": total,
         "load_duration": 0,
-        "prompt_eval_count": sum(count_tokens(m.content or "") for m in request.messages),
+        "prompt_eval_count": prompt_tokens(request),
         "prompt_eval_duration": 0,
         "eval_count": eval_count,
         "eval_duration": total,
@@ -413,11 +411,11 @@ class OllamaApi:
         reply = convert.reply(answer, parsed.request, parsed.shaping)
         tool_calls = convert.openai_tool_calls(reply.tool_calls)
         finish = "tool_calls" if tool_calls and reply.done_reason == "stop" else reply.done_reason
-        prompt_tokens = sum(count_tokens(m.content or "") for m in parsed.request.messages)
+        prompt_size = prompt_tokens(parsed.request)
         usage = {
-            "prompt_tokens": prompt_tokens,
+            "prompt_tokens": prompt_size,
             "completion_tokens": reply.eval_count,
-            "total_tokens": prompt_tokens + reply.eval_count,
+            "total_tokens": prompt_size + reply.eval_count,
         }
         head = {
             "id": f"chatcmpl-{next(self._completion_ids)}",

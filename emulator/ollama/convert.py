@@ -195,6 +195,12 @@ def _options(body: Mapping[str, JSON], ignored: list[str]) -> Shaping:
     return Shaping(max_tokens=max_tokens, stop=tuple(s for s in options.get("stop") or () if s))
 
 
+def _ollama_shaping(body: Mapping[str, JSON], ignored: list[str]) -> Shaping:
+    """Ollama's `options` and `format`, the two fields of its requests that shape the answer."""
+    options = _options(body, ignored)
+    return Shaping(options.max_tokens, options.stop, _format(body.get("format"), "format"))
+
+
 def _format(value: JSON, where: str) -> Format:
     if value is None or value == "":
         return None
@@ -398,8 +404,7 @@ def parse_chat(body: JSON) -> Parsed:
     ids = _CallIds()
     messages = tuple(_ollama_message(m, i, ids, ignored) for i, m in enumerate(_list(body, "messages", "")))
     tools = tuple(_tool(t, i) for i, t in enumerate(_list(body, "tools", "")))
-    shaping = _options(body, ignored)
-    shaping = Shaping(shaping.max_tokens, shaping.stop, _format(body.get("format"), "format"))
+    shaping = _ollama_shaping(body, ignored)
     return Parsed(
         model=model,
         request=ChatRequest(model=model, messages=messages, tools=tools) if messages else None,
@@ -422,8 +427,7 @@ def parse_generate(body: JSON) -> Parsed:
     messages: tuple[Message, ...] = ()
     if prompt:
         messages = (SystemMessage(system), UserMessage(prompt)) if system else (UserMessage(prompt),)
-    shaping = _options(body, ignored)
-    shaping = Shaping(shaping.max_tokens, shaping.stop, _format(body.get("format"), "format"))
+    shaping = _ollama_shaping(body, ignored)
     return Parsed(
         model=model,
         request=ChatRequest(model=model, messages=messages) if messages else None,
@@ -604,16 +608,21 @@ def schema_instance(schema: Mapping[str, JSON], text: str) -> dict[str, JSON]:
     return result
 
 
+def declared_types(tools: Iterable[Tool]) -> dict[str, dict[str, str]]:
+    """The parameter types each tool declares (lower case), by tool name and parameter name."""
+    return {
+        tool.name: {p.name: p.type.strip().lower() for p in tool.parameters.properties}
+        for tool in tools
+        if tool.parameters is not None
+    }
+
+
 def reply(answer: Answer, request: ChatRequest, shaping: Shaping) -> Reply:
     """The canister's answer shaped for an HTTP client: stop sequences, format, JSON arguments."""
     message = answer.message
     content, stopped = _cut_at_stop(message.content or "", shaping.stop)
     content = _formatted(content, shaping.format) if content or not message.tool_calls else content
-    declared = {
-        tool.name: {p.name: p.type.strip().lower() for p in tool.parameters.properties}
-        for tool in request.tools
-        if tool.parameters is not None
-    }
+    declared = declared_types(request.tools)
     calls = tuple(
         {
             "id": call.id,
