@@ -10,6 +10,7 @@ The real prices are not public: the defaults below are the emulator's, and confi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from emulator.domain import Reject, RejectCode
@@ -18,6 +19,19 @@ from emulator.domain import Reject, RejectCode
 MIN_ATTACHED = 100_000_000_000
 # The IC counts cycles in 128 bits; the emulator's wire formats carry 64, which is plenty for tests.
 MAX_CYCLES = 2**64 - 1
+
+
+def checked_cycles(text: str, what: str, error: Callable[[str], Exception]) -> int:
+    """A number of cycles given as text (metadata, a header), within the emulator's range; else `error`."""
+    digits = text.strip()
+    if not digits.isascii() or not digits.isdigit():
+        raise error(f"{what} {digits[:30]!r} is not a natural number of cycles")
+    if len(digits) > 20 or int(digits) > MAX_CYCLES:
+        raise error(
+            f"{what} {digits[:30]!r} is more cycles than the emulator carries "
+            f"(at most {MAX_CYCLES}, 2^64 - 1)"
+        )
+    return int(digits)
 
 
 @dataclass(frozen=True, slots=True)

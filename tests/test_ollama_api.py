@@ -617,6 +617,10 @@ async def test_caller_header_names_the_principal(door: Door) -> None:
     assert bad.status_code == 400 and "not a textual principal" in bad.json()["error"]
     cycles = await door.client.post("/api/chat", json=chat_body(), headers={"X-Icllm-Cycles": "-5"})
     assert cycles.status_code == 400 and "natural number of cycles" in cycles.json()["error"]
+    superscript = await door.client.post("/api/chat", json=chat_body(), headers={b"X-Icllm-Cycles": b"\xb2"})
+    assert superscript.status_code == 400 and "natural number of cycles" in superscript.json()["error"]
+    huge = await door.client.post("/api/chat", json=chat_body(), headers={"X-Icllm-Cycles": str(2**70)})
+    assert huge.status_code == 400 and "at most 18446744073709551615" in huge.json()["error"]
 
 
 # -- OpenAI-compatible routes -----------------------------------------------------------------------

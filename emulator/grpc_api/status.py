@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from emulator.billing import MAX_CYCLES
+from emulator.billing import checked_cycles
 from emulator.config import ANONYMOUS_PRINCIPAL, ConfigError, checked_principal
 from emulator.domain import Reject, RejectCode
 from emulator.grpc_api.convert import BadRequest
@@ -59,15 +59,8 @@ def caller_of(context: grpc.aio.ServicerContext) -> tuple[str, int]:
     """The calling principal and the cycles attached, from request metadata."""
     metadata = dict(context.invocation_metadata() or ())
     caller = principal_of(str(metadata.get(CALLER_KEY, ANONYMOUS_PRINCIPAL)), f"metadata {CALLER_KEY}")
-    cycles_text = str(metadata.get(CYCLES_KEY, "0")).strip()
-    if not cycles_text.isascii() or not cycles_text.isdigit():
-        raise BadRequest(f"metadata {CYCLES_KEY} {cycles_text!r} is not a natural number of cycles")
-    if len(cycles_text) > 20 or int(cycles_text) > MAX_CYCLES:
-        raise BadRequest(
-            f"metadata {CYCLES_KEY} {cycles_text[:30]!r} is more cycles than the emulator carries "
-            f"(at most {MAX_CYCLES}, 2^64 - 1)"
-        )
-    return caller, int(cycles_text)
+    cycles = checked_cycles(str(metadata.get(CYCLES_KEY, "0")), f"metadata {CYCLES_KEY}", BadRequest)
+    return caller, cycles
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])

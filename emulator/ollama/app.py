@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from emulator.billing import checked_cycles
 from emulator.config import ANONYMOUS_PRINCIPAL, checked_principal
 from emulator.domain import Answer, ChatRequest, Reject, RejectCode
 from emulator.engine import Engine
@@ -150,8 +151,8 @@ openai_api = _answering(_openai_error)
 
 async def read_json(request: Request) -> JSON:
     """The body as JSON; a body over 2 MiB is refused (413) as soon as that is known."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
+    declared = (request.headers.get("content-length") or "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise BadRequest(_too_large(int(declared)), status=413)
     chunks = []
     size = 0
@@ -183,10 +184,8 @@ def caller_of(request: Request) -> tuple[str, int]:
     caller = checked_principal(
         request.headers.get(CALLER_HEADER, ANONYMOUS_PRINCIPAL), "header X-Icllm-Caller", BadRequest
     )
-    cycles = request.headers.get(CYCLES_HEADER, "0").strip()
-    if not cycles.isdigit():
-        raise BadRequest(f"header X-Icllm-Cycles {cycles!r} is not a natural number of cycles")
-    return caller, int(cycles)
+    cycles = checked_cycles(request.headers.get(CYCLES_HEADER, "0"), "header X-Icllm-Cycles", BadRequest)
+    return caller, cycles
 
 
 async def _until_disconnected(receive: Receive) -> None:
