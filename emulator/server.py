@@ -30,6 +30,7 @@ from emulator._proto.icllm.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from emulator.addresses import bracketed
 from emulator.config import ConfigError, EmulatorConfig
 from emulator.engine import Engine
 from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
@@ -59,11 +60,6 @@ class Ports:
     @property
     def http_url(self) -> str | None:
         return None if self.http is None else f"http://{bracketed(self.host)}:{self.http}"
-
-
-def bracketed(host: str) -> str:
-    """A host as it stands before `:port`: IPv6 addresses in brackets."""
-    return f"[{host}]" if ":" in host else host
 
 
 class GenericHandlersOnly:

@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from emulator.addresses import bracketed
+
 DEFAULT_UPSTREAM_TIMEOUT = 120.0
 # The environment variable the API key is read from, unless --upstream-key-env names another.
 DEFAULT_KEY_ENV = "ICLLM_UPSTREAM_API_KEY"
@@ -93,8 +95,7 @@ class UpstreamSettings:
         parts = urlsplit(self.url)
         if not parts.username and not parts.password:
             return self.url
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
+        netloc = bracketed(parts.hostname or "")
         if parts.port is not None:
             netloc += f":{parts.port}"
         return parts._replace(netloc=netloc).geturl()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from emulator.addresses import bracketed
+
 
 def ollama_env(http_url: str) -> dict[str, str]:
     """Environment variables that point Ollama and OpenAI clients at the emulator's HTTP API.
@@ -18,9 +20,8 @@ def ollama_env(http_url: str) -> dict[str, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
         raise ValueError(f"expected a base URL like http://127.0.0.1:11434, got {http_url!r}")
     base = http_url.rstrip("/")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return {
-        "OLLAMA_HOST": f"{host}:{parts.port}",
+        "OLLAMA_HOST": f"{bracketed(parts.hostname)}:{parts.port}",
         "OLLAMA_BASE_URL": base,
         "OPENAI_BASE_URL": f"{base}/v1",
         "OPENAI_API_BASE": f"{base}/v1",

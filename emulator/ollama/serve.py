@@ -89,12 +89,6 @@ class OllamaHttpServer:
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def url(self) -> str:
-        assert self.port is not None, "the HTTP server is not started"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
     def _listen(self) -> socket.socket:
         """A listening TCP socket, as uvicorn would bind it.
 
