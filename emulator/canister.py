@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import Literal
 
 from emulator.billing import Ledger, Receipt
 from emulator.clock import Clock
@@ -115,12 +116,14 @@ class Canister:
         receipt: Receipt | None = None,
         *,
         max_output_tokens: int | None = None,
+        deadline: float | None | Literal["config"] = "config",
     ) -> Answer:
         """One call to v0_chat or v1_chat: the answer, or a `Reject` exactly as the caller would see it.
 
         `cycles` are attached to the call; `receipt`, when given, learns what was charged and refunded.
         `max_output_tokens` lowers the profile's output cap for this call only (an Ollama client's
-        `num_predict`); it never raises it.
+        `num_predict`); it never raises it. `deadline` is how long a bounded-wait caller waits, in
+        seconds (None: a guaranteed-response call waits for good; "config": the caller_deadline setting).
         """
         config = self._config()
         receipt = Receipt(attached=cycles) if receipt is None else receipt
@@ -160,7 +163,8 @@ class Canister:
                 if rule is not None:
                     self.rules.refund(rule)
                 raise
-            outcome = await self._wait(job.done, record.received_at, config.caller_deadline)
+            wait = config.caller_deadline if deadline == "config" else deadline
+            outcome = await self._wait(job.done, record.received_at, wait)
         except Reject as reject:
             if record.job is None:
                 settle(reject)

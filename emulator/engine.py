@@ -9,18 +9,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from emulator import candid
 from emulator.backends import Backend
 from emulator.backends.fake import FakeBackend
 from emulator.backends.replay import CassetteBackend
+from emulator.billing import Receipt
 from emulator.canister import Canister
 from emulator.clock import VirtualClock, make_clock
 from emulator.config import BackendKind, ConfigError, EmulatorConfig
+from emulator.domain import Reject
 from emulator.history import History
 from emulator.queue import PromptQueue
 from emulator.rules import RuleBook, load_rules
 from emulator.workers import QueueSource, Worker, instant_outcome
+
+if TYPE_CHECKING:
+    from emulator.runtime import CanisterRuntime
 
 
 def make_backend(config: EmulatorConfig) -> Backend:
@@ -62,9 +68,19 @@ class Engine:
         self.queue.answer_now = lambda job: instant_outcome(
             job.rule, job.request, job.max_output_tokens, self.backend
         )
+        self._runtime: CanisterRuntime | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._worker_ids = 0
         self._load_rule_file()
+
+    @property
+    def runtime(self) -> CanisterRuntime:
+        """The canister runtime: canister modules installed beside the LLM canister, calling it in-process."""
+        if self._runtime is None:
+            from emulator.runtime import CanisterRuntime, llm
+
+            self._runtime = CanisterRuntime(self.clock, llm.in_process(self.call_candid), seed=self.config.seed)
+        return self._runtime
 
     def _load_rule_file(self) -> None:
         if self.config.rules_file:
@@ -107,6 +123,8 @@ class Engine:
             inner.seed = config.seed
             inner.tool_policy = config.tool_policy
         self._scale_workers(config.workers)
+        if self._runtime is not None:
+            self._runtime.seed = config.seed
         return config
 
     def reset(self) -> None:
@@ -116,6 +134,8 @@ class Engine:
         self.history.clear()
         self.canister.ledger.balances.clear()
         self.cassettes.reset()
+        if self._runtime is not None:
+            self._runtime.clear()
         # Fresh built-in workers: one still inside a scripted delay for a job the reset ended would
         # otherwise sleep through the next test's prompts. `configure` starts the new ones.
         self._scale_workers(0)
@@ -123,6 +143,37 @@ class Engine:
             **{f.name: getattr(self.initial_config, f.name) for f in dataclasses.fields(self.initial_config)}
         )
         self._load_rule_file()
+
+    async def call_candid(
+        self,
+        method: str,
+        arg: bytes,
+        caller: str,
+        cycles: int = 0,
+        receipt: Receipt | None = None,
+        *,
+        deadline: float | None | Literal["config"] = "config",
+    ) -> bytes:
+        """One call to the LLM canister in Candid: the reply bytes, or the `Reject` the caller gets.
+
+        The one path for every caller that speaks Candid: the gRPC `CallCandid` door and canisters in
+        the canister runtime. `receipt` learns what was charged and refunded (everything, when the call
+        is rejected before the canister core: no such method, or an argument that does not decode).
+        `deadline` is the caller's bounded wait in seconds ("config": the caller_deadline setting).
+        """
+        receipt = Receipt(attached=cycles) if receipt is None else receipt
+        try:
+            if candid.check_method(method) == candid.DEPOSIT:
+                beneficiary = candid.decode_deposit(arg)
+                balance = self.canister.deposit(caller, cycles, beneficiary)
+                receipt.refunded = 0
+                return candid.encode_deposit_reply(balance)
+            chat = candid.decode_request(method, arg)
+        except Reject:
+            receipt.refunded = cycles
+            raise
+        answer = await self.canister.chat(chat, caller, cycles, receipt, deadline=deadline)
+        return candid.encode_reply(chat.api, answer.message)
 
     async def advance_clock(self, seconds: float) -> float:
         if not isinstance(self.clock, VirtualClock):

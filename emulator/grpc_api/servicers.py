@@ -63,18 +63,12 @@ class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):
         self, request: pb.CallCandidRequest, context: grpc.aio.ServicerContext
     ) -> pb.CallCandidResponse:
         caller, cycles = caller_of(context)
+        receipt = Receipt()
         try:
-            if candid.check_method(request.method) == candid.DEPOSIT:
-                beneficiary = candid.decode_deposit(request.arg)
-                context.set_trailing_metadata(((REFUNDED_KEY, "0"),))
-                balance = self.engine.canister.deposit(caller, cycles, beneficiary)
-                return pb.CallCandidResponse(reply=candid.encode_deposit_reply(balance))
-            chat = candid.decode_request(request.method, request.arg)
-        except Reject:  # no such method, or a trap while decoding: every attached cycle comes back
-            context.set_trailing_metadata(((REFUNDED_KEY, str(cycles)),))
-            raise
-        answer = await self._chat(chat, context)
-        return pb.CallCandidResponse(reply=candid.encode_reply(chat.api, answer.message))
+            reply = await self.engine.call_candid(request.method, request.arg, caller, cycles, receipt)
+        finally:
+            context.set_trailing_metadata(((REFUNDED_KEY, str(receipt.refunded)),))
+        return pb.CallCandidResponse(reply=reply)
 
     @rpc
     async def GetCandidInterface(

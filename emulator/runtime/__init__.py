@@ -1,0 +1,21 @@
+"""The canister runtime: a canister developer's own module runs in-process, under an emulated `ic0`.
+
+`CanisterRuntime` installs modules and runs their messages on the engine's event loop and clock; its
+calls to the LLM canister go through the same function as gRPC `CallCandid`. It knows nothing of
+pytest: the plugin's `icllm_canister` fixture is one front door onto it.
+"""
+
+from emulator.runtime.errors import CanisterReject, ModuleError, RuntimeUsageError
+from emulator.runtime.ic import LLM_CANISTER_ID, LLM_ENV_VAR, CanisterRuntime, InstallSettings
+from emulator.runtime.messages import Response
+
+__all__ = [
+    "LLM_CANISTER_ID",
+    "LLM_ENV_VAR",
+    "CanisterReject",
+    "CanisterRuntime",
+    "InstallSettings",
+    "ModuleError",
+    "Response",
+    "RuntimeUsageError",
+]

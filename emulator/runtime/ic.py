@@ -1,0 +1,457 @@
+"""A small Internet Computer in the test process: installed canister modules, their messages and calls.
+
+Everything runs on one asyncio event loop (the emulator's): a message executes synchronously, from start
+to end, and is atomic; the calls it made are sent when it commits, each on a task of its own; every
+response comes back as its own callback message, in the order the responses arrive. Calls to the LLM
+canister go to `llm`, the one function the gRPC `CallCandid` door uses as well; calls between installed
+canisters (a canister's calls to itself included) and to the management canister are served here.
+Time is the engine's clock: a canister's timer and its bounded-wait deadlines wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from icp_principal import Principal
+
+from emulator.clock import Clock
+from emulator.domain import RejectCode
+from emulator.runtime import module as modules
+from emulator.runtime.errors import (
+    CANISTER_NOT_FOUND,
+    DID_NOT_REPLY,
+    EXPLICIT_REJECT,
+    METHOD_NOT_FOUND,
+    CanisterReject,
+    ModuleError,
+    RuntimeUsageError,
+)
+from emulator.runtime.instance import CanisterInstance
+from emulator.runtime.management import Management
+from emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
+
+log = logging.getLogger("icllm.canister")
+
+LLM_CANISTER_ID = "w36hm-eqaaa-aaaal-qr76a-cai"
+# The env var by which icp-cli projects name the LLM canister to their canisters.
+LLM_ENV_VAR = "PUBLIC_CANISTER_ID:llm"
+ANONYMOUS = Principal.anonymous().bytes
+MANAGEMENT = b""
+# What a canister is given at install unless a test says otherwise (the IC's default for a new canister).
+DEFAULT_CYCLES = 100_000_000_000_000
+# Wasm instructions per message. The IC allows 40 billion for an update; Wasm runs here at 1-2 billion
+# a second, so an endless loop would take half a minute to stop: 5 billion (the IC's query limit) ends
+# it in a few seconds, and is far above what a canister's LLM logic executes.
+DEFAULT_INSTRUCTION_LIMIT = 5_000_000_000
+# The IC's wasm32 heap limit (wasm64 canisters may use more on the IC; a test machine keeps 4 GiB).
+DEFAULT_MAX_MEMORY = 4 * 1024**3
+DEFAULT_MAX_TABLE = 1_000_000
+MAX_RESPONSE_BYTES = 2 * 1024 * 1024
+# The first canister id handed out, as PocketIC does (lxzze-o7777-77777-aaaaa-cai, then up).
+FIRST_CANISTER_INDEX = 0xFFFFFFFFFFF00000
+
+LlmCall = Callable[[str, bytes, str, int], Awaitable[Response]]
+
+
+def principal_bytes(text: str, what: str = "canister id") -> bytes:
+    try:
+        return bytes(Principal.from_str(text).bytes)
+    except Exception:
+        raise RuntimeUsageError(f"{what} {text!r} is not a textual principal (like {LLM_CANISTER_ID})") from None
+
+
+def principal_text(raw: bytes) -> str:
+    return str(Principal(bytes(raw)).to_str())
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSettings:
+    """What `install` was given, beside the module."""
+
+    init_arg: bytes = b""
+    env: tuple[tuple[str, str], ...] = ()
+    cycles: int = DEFAULT_CYCLES
+    controller: bytes = ANONYMOUS
+    name: str = ""
+
+
+class CanisterRuntime:
+    """The canisters of one IC, and the calls between them; use it on its event loop only."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        llm: LlmCall,
+        *,
+        seed: int = 0,
+        instruction_limit: int = DEFAULT_INSTRUCTION_LIMIT,
+        max_memory_bytes: int = DEFAULT_MAX_MEMORY,
+        max_table_elements: int = DEFAULT_MAX_TABLE,
+        use_cache: bool = True,
+    ) -> None:
+        self.clock = clock
+        self.llm = llm
+        self.seed = seed
+        self.instruction_limit = instruction_limit
+        self.max_memory_bytes = max_memory_bytes
+        self.max_table_elements = max_table_elements
+        self.max_response_bytes = MAX_RESPONSE_BYTES
+        self.use_cache = use_cache
+        self.engine = modules.make_engine()
+        self.canisters: dict[bytes, CanisterInstance] = {}
+        self.management = Management(self)
+        self._next_index = FIRST_CANISTER_INDEX
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: dict[bytes, tuple[int, asyncio.Task[None]]] = {}
+        self._last_ns = 0
+
+    # -- time -------------------------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        """Canister time: the engine's clock in nanoseconds, never moving backwards."""
+        self._last_ns = max(self._last_ns, int(round(self.clock.now() * 1e9)))
+        return self._last_ns
+
+    # -- canisters ----------------------------------------------------------------------------------
+
+    def install(self, wasm: bytes, settings: InstallSettings = InstallSettings()) -> CanisterInstance:
+        """Create a canister from a module: start function, then `canister_init` with the init arg.
+
+        A module that is not Wasm or does not instantiate is a `ModuleError`; a trap in `canister_init`
+        is a `CanisterReject` (the canister is not created), as `install_code` fails on the IC.
+        """
+        raw = modules.unpack(wasm)
+        info = modules.inspect(raw)
+        compiled, _ = modules.compile_module(self.engine, modules.prepare(raw, info), use_cache=self.use_cache)
+        principal = self._new_id()
+        text = principal_text(principal)
+        env = dict(settings.env)
+        env.setdefault(LLM_ENV_VAR, LLM_CANISTER_ID)
+        instance = CanisterInstance(
+            self,
+            principal,
+            text,
+            compiled,
+            info,
+            env=env,
+            cycles=settings.cycles,
+            controllers=frozenset({settings.controller}),
+            candid=info.candid,
+            name=settings.name or text,
+        )
+        if "canister_init" in instance.functions:
+            message = Message(
+                MessageKind.INIT,
+                None,
+                arg=settings.init_arg,
+                caller=settings.controller,
+                time_ns=self.now_ns(),
+            )
+            trap = instance.run(message, "canister_init")
+            if trap is not None:
+                raise CanisterReject(
+                    RejectCode.CANISTER_ERROR,
+                    f"Error from Canister {text}: canister_init trapped: {trap.message}",
+                    trap.error_code,
+                )
+            self._finish(instance, message, None)
+        elif settings.init_arg and settings.init_arg != b"DIDL\0\0":
+            raise ModuleError("an init argument was given, but the module has no canister_init to take it")
+        self.canisters[principal] = instance
+        self._schedule_timer(instance)
+        return instance
+
+    def _new_id(self) -> bytes:
+        index = self._next_index
+        self._next_index += 1
+        return index.to_bytes(8, "big") + b"\x01\x01"
+
+    def get(self, canister_id: str) -> CanisterInstance:
+        instance = self.canisters.get(principal_bytes(canister_id))
+        if instance is None:
+            installed = ", ".join(c.id for c in self.canisters.values()) or "none"
+            raise RuntimeUsageError(f"no canister {canister_id} is installed (installed: {installed})")
+        return instance
+
+    def remove(self, canister_id: str) -> None:
+        """Uninstall a canister: its pending calls end, their callers get SYS_... rejects as on the IC."""
+        instance = self.get(canister_id)
+        del self.canisters[instance.principal]
+        timer = self._timers.pop(instance.principal, None)
+        if timer is not None:
+            timer[1].cancel()
+
+    def clear(self) -> None:
+        """Remove every canister and stop everything in flight (between tests)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+        self._timers.clear()
+        self.canisters.clear()
+
+    # -- calls from outside (ingress) ------------------------------------------------------------
+
+    async def call(
+        self,
+        canister_id: str,
+        method: str,
+        arg: bytes,
+        *,
+        caller: str | None = None,
+        cycles: int = 0,
+        query: bool = False,
+    ) -> bytes:
+        """An update (or query) call from outside: the reply bytes, or a `CanisterReject`."""
+        instance = self.get(canister_id)
+        caller_bytes = ANONYMOUS if caller is None else principal_bytes(caller, "caller")
+        if cycles < 0:
+            raise RuntimeUsageError(f"cycles attached to a call are 0 or more, got {cycles}")
+        if len(arg) > MAX_RESPONSE_BYTES:
+            raise RuntimeUsageError(f"the argument is {len(arg)} bytes; the IC accepts at most 2 MiB per message")
+        response = await self._deliver_to(instance, method, arg, caller_bytes, cycles, query=query)
+        if response.reply is None:
+            assert response.reject_code is not None
+            raise CanisterReject(response.reject_code, response.reject_message, response.error_code)
+        return response.reply
+
+    def check_method(self, canister_id: str, method: str, query: bool) -> None:
+        instance = self.get(canister_id)
+        if instance.entry_point(method, query) is None:
+            raise RuntimeUsageError(_no_method(instance, method, query))
+
+    # -- messages -------------------------------------------------------------------------------------
+
+    async def _deliver_to(
+        self,
+        instance: CanisterInstance,
+        method: str,
+        arg: bytes,
+        caller: bytes,
+        cycles: int,
+        *,
+        query: bool = False,
+        deadline_ns: int = 0,
+    ) -> Response:
+        """Run an incoming call's first message; the response comes when its call context ends."""
+        entry = instance.entry_point(method, query)
+        if entry is None:
+            return Response.rejected(
+                RejectCode.CANISTER_ERROR, _no_method(instance, method, query), METHOD_NOT_FOUND, refund=cycles
+            )
+        export, as_query = entry
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        context = CallContext(caller, method, 0 if as_query else cycles, deadline_ns, future)
+        message = Message(
+            MessageKind.QUERY if as_query else MessageKind.UPDATE,
+            context,
+            method=method,
+            arg=arg,
+            caller=caller,
+            time_ns=self.now_ns(),
+            deadline_ns=deadline_ns,
+        )
+        trap = instance.run(message, export, context)
+        self._finish(instance, message, trap)
+        response = await future
+        if as_query and cycles:
+            response = Response(
+                response.reply, response.reject_code, response.reject_message, response.error_code, cycles
+            )
+        return response
+
+    def _finish(self, instance: CanisterInstance, message: Message, trap: Any) -> None:
+        """After a message: send its calls and its reply if it committed; end its call context if done."""
+        context = message.context
+        if trap is None:
+            if message.building is not None:  # a call begun but never performed: its cycles come back
+                instance.balance += message.building.cycles
+            for call in message.calls:
+                if call.context is not None:
+                    call.context.outstanding += 1
+                self._spawn(self._send(instance, call))
+            if context is not None:
+                if message.reply is not None:
+                    context.respond(Response(reply=message.reply))
+                elif message.reject is not None:
+                    context.respond(
+                        Response.rejected(RejectCode.CANISTER_REJECT, message.reject, EXPLICIT_REJECT)
+                    )
+            self._schedule_timer(instance)
+        else:
+            instance.log_trap(message, trap)
+        if context is not None and not context.responded and context.outstanding == 0:
+            if trap is not None:
+                context.respond(
+                    Response.rejected(
+                        RejectCode.CANISTER_ERROR, f"Error from Canister {instance.id}: {trap.message}", trap.error_code
+                    )
+                )
+            else:
+                context.respond(
+                    Response.rejected(
+                        RejectCode.CANISTER_ERROR,
+                        f"Canister {instance.id} did not produce a response to {context.method!r}: its "
+                        "messages ended without replying and no calls of its are pending",
+                        DID_NOT_REPLY,
+                    )
+                )
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("canister runtime task failed", exc_info=task.exception())
+
+    async def _send(self, instance: CanisterInstance, call: Call) -> None:
+        """Deliver one outgoing call and run the callback with its response."""
+        deadline_ns = 0 if call.timeout is None else self.now_ns() + call.timeout * 1_000_000_000
+        route = self._spawn(self._route(instance, call, deadline_ns))
+        if call.timeout is None:
+            response = await route
+        else:
+            timer = asyncio.ensure_future(self.clock.sleep_until(deadline_ns / 1e9))
+            try:
+                await asyncio.wait((route, timer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+            if route.done():
+                response = route.result()
+            else:  # the answer may still come, to nobody: a bounded-wait call's outcome is unknown
+                response = Response.rejected(
+                    RejectCode.SYS_UNKNOWN,
+                    f"Timeout expired: the bounded-wait call to {principal_text(call.callee)} method "
+                    f"{call.method!r} got no response within {call.timeout} s; its outcome is unknown",
+                    "IC0604",
+                )
+        self._callback(instance, call, response)
+
+    async def _route(self, instance: CanisterInstance, call: Call, deadline_ns: int) -> Response:
+        arg = bytes(call.arg)
+        try:
+            callee = principal_text(call.callee)
+        except Exception:
+            return Response.rejected(
+                RejectCode.DESTINATION_INVALID,
+                f"the callee {call.callee.hex()} is not a principal",
+                CANISTER_NOT_FOUND,
+                refund=call.cycles,
+            )
+        if callee in (LLM_CANISTER_ID, instance.env.get(LLM_ENV_VAR)):
+            try:
+                return await self.llm(call.method, arg, instance.id, call.cycles)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a fault of the emulator must not wedge the canister
+                log.exception("the LLM canister failed on a call from %s", instance.id)
+                return Response.rejected(RejectCode.SYS_FATAL, f"the emulated LLM canister failed: {error}")
+        if call.callee == MANAGEMENT:
+            return await self.management.call(instance, call)
+        target = self.canisters.get(call.callee)
+        if target is None:
+            return Response.rejected(
+                RejectCode.DESTINATION_INVALID,
+                f"Canister {callee} not found: it is neither installed in this IC nor the LLM canister "
+                f"({LLM_CANISTER_ID}, or the canister's env var {LLM_ENV_VAR})",
+                CANISTER_NOT_FOUND,
+                refund=call.cycles,
+            )
+        await asyncio.sleep(0)  # the callee's message runs after the caller's, never inside it
+        return await self._deliver_to(target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns)
+
+    def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
+        if self.canisters.get(instance.principal) is not instance:
+            return  # the canister was removed while its call was out
+        context = call.context
+        if context is not None:
+            context.outstanding -= 1
+        instance.balance += response.refund
+        replied = response.reply is not None
+        message = Message(
+            MessageKind.REPLY_CALLBACK if replied else MessageKind.REJECT_CALLBACK,
+            context,
+            method=context.method if context else "",
+            arg=response.reply or b"",
+            caller=context.caller if context else b"",
+            time_ns=self.now_ns(),
+            deadline_ns=context.deadline_ns if context else 0,
+            reject_code=0 if replied else int(response.reject_code or 0),
+            reject_message="" if replied else response.reject_message,
+            refunded=response.refund,
+        )
+        trap = instance.run(message, call.reply if replied else call.reject, context)
+        if trap is not None and call.cleanup is not None:
+            cleanup = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
+            failed = instance.run(cleanup, call.cleanup, context)
+            if failed is not None:
+                instance.log_trap(cleanup, failed)
+        self._finish(instance, message, trap)
+
+    # -- timers ---------------------------------------------------------------------------------------
+
+    def _schedule_timer(self, instance: CanisterInstance) -> None:
+        current = self._timers.get(instance.principal)
+        if current is not None and current[0] == instance.timer:
+            return
+        if current is not None:
+            current[1].cancel()
+            del self._timers[instance.principal]
+        if instance.timer and self.canisters.get(instance.principal) is instance:
+            task = self._spawn(self._fire_timer(instance, instance.timer))
+            self._timers[instance.principal] = (instance.timer, task)
+
+    async def _fire_timer(self, instance: CanisterInstance, when_ns: int) -> None:
+        await self.clock.sleep_until(when_ns / 1e9)
+        if self.canisters.get(instance.principal) is not instance or instance.timer != when_ns:
+            return
+        self._timers.pop(instance.principal, None)
+        instance.timer = 0  # the IC deactivates the timer as it fires
+        if "canister_global_timer" not in instance.functions:
+            return
+        self._last_ns = max(self._last_ns, when_ns)
+        message = Message(MessageKind.TIMER, None, time_ns=self.now_ns(), caller=MANAGEMENT)
+        trap = instance.run(message, "canister_global_timer")
+        self._finish(instance, message, trap)
+
+    # -- waiting ------------------------------------------------------------------------------------
+
+    async def settle(self, timeout: float = 5.0) -> bool:
+        """Wait until no call is in flight (timers waiting on the clock do not count); False on timeout."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            timers = {task for _, task in self._timers.values()}
+            busy = [t for t in self._tasks if not t.done() and t not in timers]
+            if not busy:
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                if not [t for t in self._tasks if not t.done() and t not in timers]:
+                    return True
+                continue
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(busy, timeout=min(remaining, 0.05))
+
+
+def _no_method(instance: CanisterInstance, method: str, query: bool) -> str:
+    kind = "query" if query else "update or query"
+    methods = instance.query_methods if query else sorted({*instance.update_methods, *instance.query_methods})
+    return (
+        f"Canister {instance.id} has no {kind} method {method!r}; it has "
+        f"{', '.join(repr(m) for m in methods) or 'none'}"
+    )
+
+
+async def run_sync(work: Callable[[], Any]) -> Any:
+    """Run synchronous runtime work (an install) as a coroutine on the runtime's loop."""
+    return work()

@@ -1,0 +1,303 @@
+"""A canister module's bytes: checked, its Candid interface read, rewritten so the runtime can see inside.
+
+The runtime restores a message's mutable globals after a trap and calls reply/reject/cleanup callbacks
+through function table 0. Motoko exports its table; Rust/LLVM and ic-cdk modules export neither the
+table nor their globals, so `prepare` appends those exports (under names no canister uses) to the export
+section. Nothing else in the module changes. Compiled modules are cached on disk, keyed by the prepared
+bytes, the engine settings and the wasmtime version, so a second run installs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import wasmtime
+
+from emulator.runtime.errors import ModuleError
+
+WASM_MAGIC = b"\0asm\x01\0\0\0"
+GZIP_MAGIC = b"\x1f\x8b"
+TABLE_EXPORT = "__icllm_table"
+GLOBAL_EXPORT = "__icllm_global_"
+# The IC's limit on an installed module (after decompression): 100 MiB, with 30 MiB of code sections.
+MAX_MODULE_BYTES = 100 * 1024 * 1024
+CANDID_SECTIONS = ("icp:public candid:service", "icp:private candid:service")
+CACHE_ENV = "ICLLM_MODULE_CACHE"
+# Sections that come after the export section: start, element, data count, code, data.
+_AFTER_EXPORT = frozenset({8, 9, 10, 11, 12})
+
+_SECTION_CUSTOM, _SECTION_IMPORT, _SECTION_TABLE, _SECTION_MEMORY, _SECTION_GLOBAL, _SECTION_EXPORT = (
+    0,
+    2,
+    4,
+    5,
+    6,
+    7,
+)
+
+
+def _leb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ModuleError("the module is truncated (a LEB128 number runs past its end)")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return result, pos
+        if shift > 70:
+            raise ModuleError("the module has a malformed LEB128 number")
+
+
+def _uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _name(data: bytes, pos: int) -> tuple[str, int]:
+    size, pos = _leb(data, pos)
+    raw = data[pos : pos + size]
+    if len(raw) != size:
+        raise ModuleError("the module is truncated (a name runs past its end)")
+    return raw.decode("utf-8", "replace"), pos + size
+
+
+def _skip_limits(data: bytes, pos: int) -> int:
+    flags, pos = _leb(data, pos)
+    _, pos = _leb(data, pos)
+    if flags & 1:
+        _, pos = _leb(data, pos)
+    return pos
+
+
+def _skip_init_expr(data: bytes, pos: int) -> int:
+    """Skip a constant expression (i32/i64/f32/f64.const, global.get, ref.null/func, extended-const)."""
+    while pos < len(data):
+        op = data[pos]
+        pos += 1
+        if op == 0x0B:
+            return pos
+        if op in (0x41, 0x42, 0x23, 0xD2, 0xD0):  # consts, global.get, ref.func: one immediate
+            _, pos = _leb(data, pos)
+        elif op == 0x43:
+            pos += 4
+        elif op == 0x44:
+            pos += 8
+        elif op not in (0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E):  # extended-const arithmetic
+            raise ModuleError(f"the module's global initialiser uses opcode 0x{op:02x}, not a constant")
+    raise ModuleError("the module is truncated (a global initialiser has no end)")
+
+
+@dataclass
+class ModuleInfo:
+    """What the runtime needs to know of a module before compiling it."""
+
+    imports: list[tuple[str, str]] = field(default_factory=list)
+    custom: dict[str, bytes] = field(default_factory=dict)
+    exports: dict[str, int] = field(default_factory=dict)
+    imported_globals: int = 0
+    mutable_globals: list[int] = field(default_factory=list)
+    has_table: bool = False
+    # The name under which table 0 is exported, if the module exports it itself.
+    own_table_export: str | None = None
+
+    @property
+    def table_export(self) -> str | None:
+        """Where the prepared module exports table 0 (None: the module has no table)."""
+        if self.own_table_export is not None:
+            return self.own_table_export
+        return TABLE_EXPORT if self.has_table else None
+
+    @property
+    def candid(self) -> str | None:
+        for name in CANDID_SECTIONS:
+            if name in self.custom:
+                return self.custom[name].decode("utf-8", "replace")
+        return None
+
+
+def unpack(data: bytes, source: str = "the module") -> bytes:
+    """The raw Wasm of a `.wasm` or `.wasm.gz`, or a `ModuleError` that says what the bytes are instead."""
+    if data[:2] == GZIP_MAGIC:
+        try:
+            with gzip.GzipFile(fileobj=_Bounded(data)) as handle:
+                data = handle.read(MAX_MODULE_BYTES + 1)
+        except (OSError, EOFError) as error:
+            raise ModuleError(f"{source} is gzip that does not decompress: {error}") from None
+    if len(data) > MAX_MODULE_BYTES:
+        raise ModuleError(
+            f"{source} is larger than the IC's limit of {MAX_MODULE_BYTES // (1024 * 1024)} MiB for a module"
+        )
+    if data[:8] != WASM_MAGIC:
+        shown = data[:8].hex(" ") or "nothing"
+        raise ModuleError(
+            f"{source} is not a WebAssembly module: it starts with {shown}, not 00 61 73 6d 01 00 00 00 "
+            "(give a .wasm or .wasm.gz file as built by moc, cargo or dfx)"
+        )
+    return data
+
+
+class _Bounded:
+    """A file over bytes, for GzipFile."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else self._pos + size
+        chunk = self._data[self._pos : end]
+        self._pos += len(chunk)
+        return chunk
+
+
+def inspect(wasm: bytes) -> ModuleInfo:
+    """Read the sections the runtime cares about; malformed sections are a `ModuleError`."""
+    info = ModuleInfo()
+    pos = 8
+    while pos < len(wasm):
+        section = wasm[pos]
+        size, body = _leb(wasm, pos + 1)
+        end = body + size
+        if end > len(wasm):
+            raise ModuleError(f"the module is truncated: section {section} runs {end - len(wasm)} bytes past its end")
+        if section == _SECTION_CUSTOM:
+            name, start = _name(wasm, body)
+            info.custom[name] = wasm[start:end]
+        elif section == _SECTION_IMPORT:
+            count, p = _leb(wasm, body)
+            for _ in range(count):
+                module, p = _name(wasm, p)
+                name, p = _name(wasm, p)
+                kind = wasm[p]
+                p += 1
+                if kind == 0:
+                    _, p = _leb(wasm, p)
+                    info.imports.append((module, name))
+                elif kind == 1:
+                    p = _skip_limits(wasm, p + 1)
+                    info.has_table = True
+                    info.imports.append((module, name))
+                elif kind == 2:
+                    p = _skip_limits(wasm, p)
+                    info.imports.append((module, name))
+                elif kind == 3:
+                    p += 2
+                    info.imported_globals += 1
+                    info.imports.append((module, name))
+                else:
+                    raise ModuleError(f"the module imports {module}.{name} of unknown kind {kind}")
+        elif section == _SECTION_TABLE:
+            count, _ = _leb(wasm, body)
+            info.has_table = info.has_table or count > 0
+        elif section == _SECTION_GLOBAL:
+            count, p = _leb(wasm, body)
+            for index in range(count):
+                p += 1  # value type
+                mutable = wasm[p]
+                p = _skip_init_expr(wasm, p + 1)
+                if mutable:
+                    info.mutable_globals.append(info.imported_globals + index)
+        elif section == _SECTION_EXPORT:
+            count, p = _leb(wasm, body)
+            for _ in range(count):
+                name, p = _name(wasm, p)
+                kind = wasm[p]
+                index, p = _leb(wasm, p + 1)
+                info.exports[name] = kind
+                if kind == 1 and index == 0:
+                    info.own_table_export = name
+        pos = end
+    return info
+
+
+def prepare(wasm: bytes, info: ModuleInfo) -> bytes:
+    """The module with table 0 and every mutable global exported, for callbacks and rollback."""
+    extra = []
+    if info.has_table and info.own_table_export is None:
+        extra.append(_uleb(len(TABLE_EXPORT)) + TABLE_EXPORT.encode() + b"\x01" + _uleb(0))
+    for index in info.mutable_globals:
+        name = f"{GLOBAL_EXPORT}{index}".encode()
+        extra.append(_uleb(len(name)) + name + b"\x03" + _uleb(index))
+    if not extra:
+        return wasm
+    out = bytearray(wasm[:8])
+    pos = 8
+    done = False
+    while pos < len(wasm):
+        section = wasm[pos]
+        size, body = _leb(wasm, pos + 1)
+        end = body + size
+        if section == _SECTION_EXPORT:
+            count, p = _leb(wasm, body)
+            content = _uleb(count + len(extra)) + wasm[p:end] + b"".join(extra)
+            out += bytes([section]) + _uleb(len(content)) + content
+            done = True
+        else:
+            if not done and section in _AFTER_EXPORT:
+                content = _uleb(len(extra)) + b"".join(extra)
+                out += bytes([_SECTION_EXPORT]) + _uleb(len(content)) + content
+                done = True
+            out += wasm[pos:end]
+        pos = end
+    if not done:
+        content = _uleb(len(extra)) + b"".join(extra)
+        out += bytes([_SECTION_EXPORT]) + _uleb(len(content)) + content
+    return bytes(out)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get(CACHE_ENV)
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-icllm" / "modules"
+
+
+ENGINE_SETTINGS = "memory64+fuel+v1"
+
+
+def make_engine() -> wasmtime.Engine:
+    config = wasmtime.Config()
+    config.wasm_memory64 = True
+    config.consume_fuel = True
+    return wasmtime.Engine(config)
+
+
+def compile_module(engine: wasmtime.Engine, wasm: bytes, *, use_cache: bool = True) -> tuple[wasmtime.Module, bool]:
+    """The compiled module and whether it came from the cache (compiling a 3.5 MB module takes seconds)."""
+    key = hashlib.sha256(
+        wasm + ENGINE_SETTINGS.encode() + version("wasmtime").encode()
+    ).hexdigest()
+    path = cache_dir() / f"{key}.cwasm"
+    if use_cache and path.is_file():
+        try:
+            return wasmtime.Module.deserialize_file(engine, str(path)), True
+        except wasmtime.WasmtimeError:
+            path.unlink(missing_ok=True)  # a stale or damaged cache entry is compiled again
+    try:
+        module = wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModuleError(f"the module does not validate as WebAssembly: {' / '.join(first[:3])}") from None
+    if use_cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+                handle.write(module.serialize())
+            os.replace(handle.name, path)
+        except OSError:
+            pass  # an unwritable cache only costs the next run a compile
+    return module, False
