@@ -178,4 +178,7 @@ class Engine:
     async def advance_clock(self, seconds: float) -> float:
         if not isinstance(self.clock, VirtualClock):
             raise ConfigError("the clock is real: start the emulator with --clock virtual to advance it")
-        return await self.clock.advance(seconds)
+        now = await self.clock.advance(seconds)
+        if self._runtime is not None:  # what the new time woke (timers, deadlines) runs on before this returns
+            await self._runtime.quiesce()
+        return now

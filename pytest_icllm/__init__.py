@@ -13,15 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from emulator.client import EmulatorError, LlmReject
+    from emulator.runtime.errors import CanisterReject
+    from pytest_icllm._canisters import Canister
     from pytest_icllm._controller import IcllmController
 
 __version__ = version("pytest-icllm")
-__all__ = ["EmulatorError", "IcllmController", "LlmReject", "__version__"]
+__all__ = ["Canister", "CanisterReject", "EmulatorError", "IcllmController", "LlmReject", "__version__"]
 
 _LAZY = {
     "EmulatorError": "emulator.client",
     "LlmReject": "emulator.client",
     "IcllmController": "pytest_icllm._controller",
+    "Canister": "pytest_icllm._canisters",
+    "CanisterReject": "emulator.runtime.errors",
 }
 
 

@@ -35,7 +35,10 @@ from pytest_icllm._options import (
 
 if TYPE_CHECKING:
     from emulator._proto.icllm.v1 import control_pb2_grpc
+    from emulator.runtime import CanisterRuntime
     from emulator.client import AsyncLlmClient, LlmClient
+    from emulator.server import ThreadedEmulator
+    from pytest_icllm._canisters import CanisterIC
     from pytest_icllm._controller import CassetteUse, IcllmController
     from pytest_icllm._inprocess import InProcessControl
 
@@ -138,6 +141,8 @@ class _Session:
     control: control_pb2_grpc.ControlStub | InProcessControl
     # Whether Control.Reset restores the session's settings (true for the emulator started here).
     resets_to_session: bool
+    # The emulator started here (None for one given by --icllm-url).
+    emulator: ThreadedEmulator | None = None
 
 
 @pytest.fixture(scope="session")
@@ -161,7 +166,7 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
     try:
         ports = emulator.ports
         address = EmulatorAddress(ports.grpc_target, in_process=True, http_url=ports.http_url)
-        yield _Session(address, InProcessControl(emulator), resets_to_session=True)
+        yield _Session(address, InProcessControl(emulator), resets_to_session=True, emulator=emulator)
     finally:
         emulator.stop()
 
@@ -270,6 +275,51 @@ def icllm(
     problems = controller._problems()
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator[CanisterIC]:
+    """Install canister modules in this test's IC: `icllm_canister(wasm, did=, init=, env=, cycles=)`."""
+    from pytest_icllm._canisters import CanisterIC, Loop, PrivateLoop
+
+    emulator = _icllm_session.emulator
+    if emulator is not None:
+        loop = Loop(emulator.loop)
+        engine = emulator.engine
+
+        async def runtime() -> CanisterRuntime:
+            return engine.runtime
+
+        ic = CanisterIC(loop.run(runtime()), loop)
+        yield ic
+
+        async def clear() -> None:
+            engine.runtime.clear()
+
+        loop.run(clear())
+        return
+    from emulator.clock import RealClock
+    from emulator.runtime import CanisterRuntime as Runtime
+    from emulator.runtime.llm import OverGrpc
+
+    private = PrivateLoop()
+    target = _icllm_session.address.grpc_target
+
+    async def remote() -> tuple[Runtime, OverGrpc]:
+        llm = OverGrpc(target)
+        return Runtime(RealClock(), llm, seed=icllm.settings.seed), llm
+
+    runtime_, llm = private.run(remote())
+    try:
+        yield CanisterIC(runtime_, private)
+    finally:
+
+        async def close() -> None:
+            runtime_.clear()
+            await llm.close()
+
+        private.run(close())
+        private.close()
 
 
 # The settings of a test's cassette (UseCassette), apart from the emulator's configuration.

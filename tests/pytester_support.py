@@ -7,8 +7,14 @@ import pytest
 # The plugin imports these when a test first needs the emulator. An in-process run restores
 # `sys.modules` when it ends, so each run would import them afresh, and an `except LlmReject` in one
 # run would not catch the class of another: imported here once, every run shares them.
+# icp-py-core's .did parser is a PyO3 extension, which can be initialised once per process: imported here,
+# before any inner run, it survives each run's restore of `sys.modules`.
+import icp_candid.did_loader  # noqa: F401
+
 import emulator.client
+import emulator.runtime.values
 import emulator.server  # noqa: F401
+import pytest_icllm._canisters
 import pytest_icllm._controller
 import pytest_icllm._inprocess  # noqa: F401
 

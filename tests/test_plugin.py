@@ -18,7 +18,14 @@ __all__ = ["pt"]  # a fixture
 
 
 def test_package_root_exports_only_the_controller_the_exceptions_and_the_version() -> None:
-    assert pytest_icllm.__all__ == ["EmulatorError", "IcllmController", "LlmReject", "__version__"]
+    assert pytest_icllm.__all__ == [
+        "Canister",
+        "CanisterReject",
+        "EmulatorError",
+        "IcllmController",
+        "LlmReject",
+        "__version__",
+    ]
     assert pytest_icllm.__version__ == importlib.metadata.version("pytest-icllm")
     assert pytest_icllm.LlmReject is emulator.client.LlmReject
     assert pytest_icllm.EmulatorError is emulator.client.EmulatorError

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import wasmtime
 from icp_principal import Principal
 
 from emulator.clock import Clock
@@ -109,6 +110,8 @@ class CanisterRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[bytes, tuple[int, asyncio.Task[None]]] = {}
         self._last_ns = 0
+        # Compiled modules by the hash of their prepared bytes: a second install skips even the disk cache.
+        self._compiled: dict[bytes, wasmtime.Module] = {}
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -127,7 +130,12 @@ class CanisterRuntime:
         """
         raw = modules.unpack(wasm)
         info = modules.inspect(raw)
-        compiled, _ = modules.compile_module(self.engine, modules.prepare(raw, info), use_cache=self.use_cache)
+        prepared = modules.prepare(raw, info)
+        key = hashlib.sha256(prepared).digest()
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled, _ = modules.compile_module(self.engine, prepared, use_cache=self.use_cache)
+            self._compiled[key] = compiled
         principal = self._new_id()
         text = principal_text(principal)
         env = dict(settings.env)
@@ -424,17 +432,27 @@ class CanisterRuntime:
 
     # -- waiting ------------------------------------------------------------------------------------
 
+    def _busy(self) -> list[asyncio.Task[Any]]:
+        timers = {task for _, task in self._timers.values()}
+        return [t for t in self._tasks if not t.done() and t not in timers]
+
+    async def quiesce(self, rounds: int = 500) -> None:
+        """Let work in flight run on, for at most `rounds` loop iterations (after the clock moved)."""
+        for _ in range(rounds):
+            if not self._busy():
+                return
+            await asyncio.sleep(0)
+
     async def settle(self, timeout: float = 5.0) -> bool:
         """Wait until no call is in flight (timers waiting on the clock do not count); False on timeout."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
-            timers = {task for _, task in self._timers.values()}
-            busy = [t for t in self._tasks if not t.done() and t not in timers]
+            busy = self._busy()
             if not busy:
                 for _ in range(3):
                     await asyncio.sleep(0)
-                if not [t for t in self._tasks if not t.done() and t not in timers]:
+                if not self._busy():
                     return True
                 continue
             remaining = end - loop.time()
@@ -450,8 +468,3 @@ def _no_method(instance: CanisterInstance, method: str, query: bool) -> str:
         f"Canister {instance.id} has no {kind} method {method!r}; it has "
         f"{', '.join(repr(m) for m in methods) or 'none'}"
     )
-
-
-async def run_sync(work: Callable[[], Any]) -> Any:
-    """Run synchronous runtime work (an install) as a coroutine on the runtime's loop."""
-    return work()
