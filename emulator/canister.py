@@ -116,7 +116,7 @@ class Canister:
         receipt: Receipt | None = None,
         *,
         max_output_tokens: int | None = None,
-        deadline: float | None | Literal["config"] = "config",
+        deadline: float | Literal["config"] | None = "config",
     ) -> Answer:
         """One call to v0_chat or v1_chat: the answer, or a `Reject` exactly as the caller would see it.
 

@@ -79,7 +79,9 @@ class Engine:
         if self._runtime is None:
             from emulator.runtime import CanisterRuntime, llm
 
-            self._runtime = CanisterRuntime(self.clock, llm.in_process(self.call_candid), seed=self.config.seed)
+            self._runtime = CanisterRuntime(
+                self.clock, llm.in_process(self.call_candid), seed=self.config.seed
+            )
         return self._runtime
 
     def _load_rule_file(self) -> None:
@@ -152,7 +154,7 @@ class Engine:
         cycles: int = 0,
         receipt: Receipt | None = None,
         *,
-        deadline: float | None | Literal["config"] = "config",
+        deadline: float | Literal["config"] | None = "config",
     ) -> bytes:
         """One call to the LLM canister in Candid: the reply bytes, or the `Reject` the caller gets.
 
@@ -179,6 +181,8 @@ class Engine:
         if not isinstance(self.clock, VirtualClock):
             raise ConfigError("the clock is real: start the emulator with --clock virtual to advance it")
         now = await self.clock.advance(seconds)
-        if self._runtime is not None:  # what the new time woke (timers, deadlines) runs on before this returns
+        if (
+            self._runtime is not None
+        ):  # what the new time woke (timers, deadlines) runs on before this returns
             await self._runtime.quiesce()
         return now

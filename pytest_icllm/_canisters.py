@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,7 +64,9 @@ def _read_wasm(wasm: bytes | str | Path) -> tuple[bytes, str]:
         return bytes(wasm), "the module"
     path = Path(wasm)
     if not path.is_file():
-        raise ModuleError(f"no canister module at {path}: give the path of a .wasm or .wasm.gz file, or its bytes")
+        raise ModuleError(
+            f"no canister module at {path}: give the path of a .wasm or .wasm.gz file, or its bytes"
+        )
     return path.read_bytes(), str(path)
 
 
@@ -127,7 +129,9 @@ class Canister:
     def update(self, method: str, *args: Any, caller: str | None = None, cycles: int = 0) -> Any:
         """Call `method` as an update (with `cycles` attached) and return its decoded reply."""
         __tracebackhide__ = True
-        return self._decode(method, self._call(method, self._encode(method, args, query=False), caller, cycles))
+        return self._decode(
+            method, self._call(method, self._encode(method, args, query=False), caller, cycles)
+        )
 
     def query(self, method: str, *args: Any, caller: str | None = None) -> Any:
         """Call a query method; whatever it changes is discarded, as on the IC."""
@@ -156,7 +160,9 @@ class Canister:
         __tracebackhide__ = True
         if caller is not None:
             principal_bytes(caller, "caller")
-        return self._ic.loop.run(self._ic.runtime.call(self.id, method, arg, caller=caller, cycles=cycles, query=query))
+        return self._ic.loop.run(
+            self._ic.runtime.call(self.id, method, arg, caller=caller, cycles=cycles, query=query)
+        )
 
     def _encode(self, method: str, args: tuple[Any, ...], *, query: bool) -> bytes:
         interface = self._needs_interface(method)
@@ -172,7 +178,8 @@ class Canister:
         if self.interface is None:
             raise RuntimeUsageError(
                 f"{self.id} has no Candid interface to encode {method!r}'s arguments: its module carries no "
-                "candid:service section; pass did= (a .did path or text) to icllm_canister, or use update_raw()"
+                "candid:service section; pass did= (a .did path or text) to icllm_canister, "
+                "or use update_raw()"
             )
         return self.interface
 
@@ -205,8 +212,15 @@ class CanisterIC:
         init: tuple[Any, ...] | bytes | None = None,
         env: Mapping[str, str] | None = None,
         cycles: int | None = None,
+        instruction_limit: int | None = None,
     ) -> Canister:
-        """Install a canister module (`.wasm`, `.wasm.gz` or bytes) in this test's IC."""
+        """Install a canister module (`.wasm`, `.wasm.gz` or bytes) in this test's IC.
+
+        `did`: its Candid interface (a .did path or text; default: the module's candid:service section).
+        `init`: canister_init's arguments, a tuple of values (or Candid bytes). `env`: its environment
+        variables (`PUBLIC_CANISTER_ID:llm` defaults to the LLM canister's id). `cycles`: its balance
+        (default 100T). `instruction_limit`: Wasm instructions per message (default 5 billion).
+        """
         __tracebackhide__ = True
         data, source = _read_wasm(wasm)
         given = None if did is None else Interface(*_read_did(did))
@@ -214,6 +228,12 @@ class CanisterIC:
             raise RuntimeUsageError(f"env is a mapping of text to text, got {dict(env)!r}")
         if cycles is not None and (not isinstance(cycles, int) or cycles < 0):
             raise RuntimeUsageError(f"cycles is a number of cycles, 0 or more, got {cycles!r}")
+        if instruction_limit is not None and (
+            not isinstance(instruction_limit, int) or instruction_limit < 1
+        ):
+            raise RuntimeUsageError(
+                f"instruction_limit is a number of instructions, 1 or more, got {instruction_limit!r}"
+            )
 
         async def install() -> tuple[CanisterInstance, Interface | None]:
             from emulator.runtime.module import inspect, unpack
@@ -222,11 +242,14 @@ class CanisterIC:
             interface = given
             if interface is None:
                 candid = inspect(raw).candid
-                interface = None if candid is None else Interface(candid, f"{source}'s candid:service section")
+                interface = (
+                    None if candid is None else Interface(candid, f"{source}'s candid:service section")
+                )
             if isinstance(init, tuple):
                 if interface is None:
                     raise RuntimeUsageError(
-                        "init= as Python values needs the canister's interface: pass did= or init as Candid bytes"
+                        "init= as Python values needs the canister's interface: "
+                        "pass did= or init as Candid bytes"
                     )
                 init_arg = interface.encode_init(init)
             elif init is None:
@@ -240,6 +263,7 @@ class CanisterIC:
                 env=tuple((env or {}).items()),
                 cycles=DEFAULT_CYCLES if cycles is None else cycles,
                 name=Path(source).stem if source != "the module" else "",
+                instruction_limit=instruction_limit,
             )
             return self.runtime.install(raw, settings), interface
 
@@ -252,7 +276,8 @@ class CanisterIC:
         """Wait until no call between canisters or to the LLM is in flight (False if some still are)."""
         return self.loop.run(self.runtime.settle(timeout), timeout + 5)
 
-    async def read(self, get: Any) -> Any:
+    async def read(self, get: Callable[[], T]) -> T:
+        """Read runtime state on its own loop (never from the test's thread while a message runs)."""
         return get()
 
 

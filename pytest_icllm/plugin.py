@@ -35,8 +35,8 @@ from pytest_icllm._options import (
 
 if TYPE_CHECKING:
     from emulator._proto.icllm.v1 import control_pb2_grpc
-    from emulator.runtime import CanisterRuntime
     from emulator.client import AsyncLlmClient, LlmClient
+    from emulator.runtime import CanisterRuntime
     from emulator.server import ThreadedEmulator
     from pytest_icllm._canisters import CanisterIC
     from pytest_icllm._controller import CassetteUse, IcllmController

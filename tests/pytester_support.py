@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 # The plugin imports these when a test first needs the emulator. An in-process run restores
 # `sys.modules` when it ends, so each run would import them afresh, and an `except LlmReject` in one
 # run would not catch the class of another: imported here once, every run shares them.
 # icp-py-core's .did parser is a PyO3 extension, which can be initialised once per process: imported here,
 # before any inner run, it survives each run's restore of `sys.modules`.
 import icp_candid.did_loader  # noqa: F401
+import pytest
 
 import emulator.client
 import emulator.runtime.values

@@ -49,8 +49,9 @@ DEFAULT_CYCLES = 100_000_000_000_000
 # a second, so an endless loop would take half a minute to stop: 5 billion (the IC's query limit) ends
 # it in a few seconds, and is far above what a canister's LLM logic executes.
 DEFAULT_INSTRUCTION_LIMIT = 5_000_000_000
-# The IC's wasm32 heap limit (wasm64 canisters may use more on the IC; a test machine keeps 4 GiB).
-DEFAULT_MAX_MEMORY = 4 * 1024**3
+# The heap a canister may have. The IC allows 4 GiB (wasm32) and more (wasm64), but every message copies
+# the heap for rollback: a test canister gets 1 GiB, far above what an agent's logic uses.
+DEFAULT_MAX_MEMORY = 1024**3
 DEFAULT_MAX_TABLE = 1_000_000
 MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 # The first canister id handed out, as PocketIC does (lxzze-o7777-77777-aaaaa-cai, then up).
@@ -63,7 +64,9 @@ def principal_bytes(text: str, what: str = "canister id") -> bytes:
     try:
         return bytes(Principal.from_str(text).bytes)
     except Exception:
-        raise RuntimeUsageError(f"{what} {text!r} is not a textual principal (like {LLM_CANISTER_ID})") from None
+        raise RuntimeUsageError(
+            f"{what} {text!r} is not a textual principal (like {LLM_CANISTER_ID})"
+        ) from None
 
 
 def principal_text(raw: bytes) -> str:
@@ -79,6 +82,8 @@ class InstallSettings:
     cycles: int = DEFAULT_CYCLES
     controller: bytes = ANONYMOUS
     name: str = ""
+    # Wasm instructions per message for this canister (None: the runtime's limit).
+    instruction_limit: int | None = None
 
 
 class CanisterRuntime:
@@ -117,7 +122,7 @@ class CanisterRuntime:
 
     def now_ns(self) -> int:
         """Canister time: the engine's clock in nanoseconds, never moving backwards."""
-        self._last_ns = max(self._last_ns, int(round(self.clock.now() * 1e9)))
+        self._last_ns = max(self._last_ns, round(self.clock.now() * 1e9))
         return self._last_ns
 
     # -- canisters ----------------------------------------------------------------------------------
@@ -151,6 +156,7 @@ class CanisterRuntime:
             controllers=frozenset({settings.controller}),
             candid=info.candid,
             name=settings.name or text,
+            instruction_limit=settings.instruction_limit or self.instruction_limit,
         )
         if "canister_init" in instance.functions:
             message = Message(
@@ -220,7 +226,9 @@ class CanisterRuntime:
         if cycles < 0:
             raise RuntimeUsageError(f"cycles attached to a call are 0 or more, got {cycles}")
         if len(arg) > MAX_RESPONSE_BYTES:
-            raise RuntimeUsageError(f"the argument is {len(arg)} bytes; the IC accepts at most 2 MiB per message")
+            raise RuntimeUsageError(
+                f"the argument is {len(arg)} bytes; the IC accepts at most 2 MiB per message"
+            )
         response = await self._deliver_to(instance, method, arg, caller_bytes, cycles, query=query)
         if response.reply is None:
             assert response.reject_code is not None
@@ -249,7 +257,10 @@ class CanisterRuntime:
         entry = instance.entry_point(method, query)
         if entry is None:
             return Response.rejected(
-                RejectCode.CANISTER_ERROR, _no_method(instance, method, query), METHOD_NOT_FOUND, refund=cycles
+                RejectCode.CANISTER_ERROR,
+                _no_method(instance, method, query),
+                METHOD_NOT_FOUND,
+                refund=cycles,
             )
         export, as_query = entry
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -296,7 +307,9 @@ class CanisterRuntime:
             if trap is not None:
                 context.respond(
                     Response.rejected(
-                        RejectCode.CANISTER_ERROR, f"Error from Canister {instance.id}: {trap.message}", trap.error_code
+                        RejectCode.CANISTER_ERROR,
+                        f"Error from Canister {instance.id}: {trap.message}",
+                        trap.error_code,
                     )
                 )
             else:
@@ -374,7 +387,9 @@ class CanisterRuntime:
                 refund=call.cycles,
             )
         await asyncio.sleep(0)  # the callee's message runs after the caller's, never inside it
-        return await self._deliver_to(target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns)
+        return await self._deliver_to(
+            target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns
+        )
 
     def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
         if self.canisters.get(instance.principal) is not instance:

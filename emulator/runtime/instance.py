@@ -18,7 +18,7 @@ import wasmtime
 
 from emulator.runtime.errors import INSTRUCTION_LIMIT, WASM_TRAP, CanisterTrap, ModuleError
 from emulator.runtime.messages import CallContext, Message, MessageKind
-from emulator.runtime.module import GLOBAL_EXPORT, ModuleInfo
+from emulator.runtime.module import GLOBAL_EXPORT, ModuleInfo, explain
 from emulator.runtime.system_api import MAX_STABLE_PAGES, PAGE, U64, SystemApi
 
 if TYPE_CHECKING:
@@ -66,11 +66,13 @@ class CanisterInstance:
         controllers: frozenset[bytes],
         candid: str | None,
         name: str,
+        instruction_limit: int,
     ) -> None:
         self.runtime = runtime
         self.principal = principal
         self.id = text_id
         self.name = name
+        self.instruction_limit = instruction_limit
         self.info = info
         self.env = dict(env)
         self.balance = cycles
@@ -102,18 +104,26 @@ class CanisterInstance:
         except wasmtime.Trap as trap:
             raise ModuleError(f"the module's start function trapped: {_trap_text(trap)}") from None
         except wasmtime.WasmtimeError as error:
-            raise ModuleError(f"the module cannot be instantiated: {_first_line(error)}") from None
+            raise ModuleError(
+                f"the module cannot be instantiated: {explain(error)} (the canister runtime allows "
+                f"{runtime.max_memory_bytes // 2**20} MiB of heap and {runtime.max_table_elements} table "
+                "elements per canister)"
+            ) from None
         finally:
             self.api.message = None
         exports = self.instance.exports(self.store)
-        memory = next((exports[name] for name in _export_names(exports) if isinstance(exports[name], wasmtime.Memory)), None)
+        memory = next(
+            (m for name in _export_names(exports) if isinstance(m := exports[name], wasmtime.Memory)), None
+        )
         if memory is None:
             raise ModuleError("the module exports no memory, so the system API cannot reach its data")
         self.memory: wasmtime.Memory = memory
         table = exports.get(info.table_export) if info.table_export else None
         self.table: wasmtime.Table | None = table if isinstance(table, wasmtime.Table) else None
         self.globals: list[wasmtime.Global] = [
-            g for i in info.mutable_globals if isinstance(g := exports[f"{GLOBAL_EXPORT}{i}"], wasmtime.Global)
+            g
+            for i in info.mutable_globals
+            if isinstance(g := exports[f"{GLOBAL_EXPORT}{i}"], wasmtime.Global)
         ]
         self.functions: dict[str, wasmtime.Func] = {
             name: f for name in _export_names(exports) if isinstance(f := exports[name], wasmtime.Func)
@@ -127,9 +137,7 @@ class CanisterInstance:
 
     @property
     def query_methods(self) -> list[str]:
-        return sorted(
-            n.split(" ", 1)[1] for n in self.functions if n.startswith(QUERY_PREFIXES)
-        )
+        return sorted(n.split(" ", 1)[1] for n in self.functions if n.startswith(QUERY_PREFIXES))
 
     def entry_point(self, method: str, query: bool) -> tuple[str, bool] | None:
         """The export that serves `method`, and whether it runs as a query (keeping no state)."""
@@ -152,7 +160,7 @@ class CanisterInstance:
     # -- execution --------------------------------------------------------------------------------
 
     def _begin(self, message: Message) -> None:
-        message.fuel = self.runtime.instruction_limit
+        message.fuel = self.instruction_limit
         self.store.set_fuel(message.fuel)
         self._message_time = message.time_ns
         self.api.message = message
@@ -160,7 +168,9 @@ class CanisterInstance:
     def instructions_used(self, message: Message) -> int:
         return message.fuel - self.store.get_fuel()
 
-    def run(self, message: Message, entry: str | tuple[int, int], context: CallContext | None = None) -> CanisterTrap | None:
+    def run(
+        self, message: Message, entry: str | tuple[int, int], context: CallContext | None = None
+    ) -> CanisterTrap | None:
         """Run one message to its end: None if it committed, else the trap (and nothing of it remains)."""
         snapshot = self._snapshot(context)
         self._begin(message)
@@ -187,7 +197,9 @@ class CanisterInstance:
             return
         fun, env = entry
         if self.table is None:
-            raise CanisterTrap("the callback's function index points into a table the module does not have", WASM_TRAP)
+            raise CanisterTrap(
+                "the callback's function index points into a table the module does not have", WASM_TRAP
+            )
         try:
             func = self.table.get(self.store, fun)
         except (wasmtime.WasmtimeError, IndexError):
@@ -200,7 +212,7 @@ class CanisterInstance:
         if trap.trap_code is wasmtime.TrapCode.OUT_OF_FUEL:
             return CanisterTrap(
                 f"Canister exceeded the limit of {message.fuel} instructions for single message execution "
-                "(the runtime counts Wasm instructions as fuel; set instruction_limit to change it)",
+                "(Wasm instructions, counted as fuel; install with instruction_limit= to change it)",
                 INSTRUCTION_LIMIT,
             )
         return CanisterTrap(f"Canister trapped: {_trap_text(trap)}", WASM_TRAP)
@@ -253,7 +265,8 @@ class CanisterInstance:
     def _stable_range(self, what: str, offset: int, size: int) -> None:
         if offset + size > len(self.stable):
             raise CanisterTrap(
-                f"{what}: bytes {offset}..{offset + size} are outside stable memory of {len(self.stable)} bytes",
+                f"{what}: bytes {offset}..{offset + size} are outside stable memory "
+                f"of {len(self.stable)} bytes",
                 WASM_TRAP,
             )
 
@@ -280,4 +293,3 @@ def _trap_text(trap: wasmtime.Trap) -> str:
     if code is not None:
         return code.name.lower().replace("_", " ")
     return _first_line(trap)
-

@@ -29,7 +29,9 @@ def in_process(call_candid: CallCandid) -> LlmCall:
         try:
             reply = await call_candid(method, arg, caller, cycles, receipt, deadline=None)
         except Reject as reject:
-            return Response.rejected(reject.code, reject.message, error_code_for(reject.code), receipt.refunded)
+            return Response.rejected(
+                reject.code, reject.message, error_code_for(reject.code), receipt.refunded
+            )
         return Response(reply=reply, refund=receipt.refunded)
 
     return llm
@@ -50,7 +52,8 @@ class OverGrpc:
         from emulator.grpc_api.status import CALLER_KEY, CYCLES_KEY, REFUNDED_KEY, REJECT_CODE_KEY
 
         call = self._stub.CallCandid(
-            pb.CallCandidRequest(method=method, arg=arg), metadata=((CALLER_KEY, caller), (CYCLES_KEY, str(cycles)))
+            pb.CallCandidRequest(method=method, arg=arg),
+            metadata=((CALLER_KEY, caller), (CYCLES_KEY, str(cycles))),
         )
         try:
             response = await call
@@ -60,7 +63,9 @@ class OverGrpc:
             code = trailing.get(REJECT_CODE_KEY)
             if code is not None:
                 reject_code = RejectCode(int(str(code)))
-                return Response.rejected(reject_code, error.details() or "", error_code_for(reject_code), refund)
+                return Response.rejected(
+                    reject_code, error.details() or "", error_code_for(reject_code), refund
+                )
             return Response.rejected(
                 RejectCode.SYS_TRANSIENT,
                 f"the emulator at {self.target} answered {error.code().name}: {error.details()}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ def unpack(data: bytes, source: str = "the module") -> bytes:
     """The raw Wasm of a `.wasm` or `.wasm.gz`, or a `ModuleError` that says what the bytes are instead."""
     if data[:2] == GZIP_MAGIC:
         try:
-            with gzip.GzipFile(fileobj=_Bounded(data)) as handle:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
                 data = handle.read(MAX_MODULE_BYTES + 1)
         except (OSError, EOFError) as error:
             raise ModuleError(f"{source} is gzip that does not decompress: {error}") from None
@@ -150,20 +151,6 @@ def unpack(data: bytes, source: str = "the module") -> bytes:
     return data
 
 
-class _Bounded:
-    """A file over bytes, for GzipFile."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._pos + size
-        chunk = self._data[self._pos : end]
-        self._pos += len(chunk)
-        return chunk
-
-
 def inspect(wasm: bytes) -> ModuleInfo:
     """Read the sections the runtime cares about; malformed sections are a `ModuleError`."""
     info = ModuleInfo()
@@ -173,7 +160,9 @@ def inspect(wasm: bytes) -> ModuleInfo:
         size, body = _leb(wasm, pos + 1)
         end = body + size
         if end > len(wasm):
-            raise ModuleError(f"the module is truncated: section {section} runs {end - len(wasm)} bytes past its end")
+            raise ModuleError(
+                f"the module is truncated: section {section} runs {end - len(wasm)} bytes past its end"
+            )
         if section == _SECTION_CUSTOM:
             name, start = _name(wasm, body)
             info.custom[name] = wasm[start:end]
@@ -259,6 +248,13 @@ def prepare(wasm: bytes, info: ModuleInfo) -> bytes:
     return bytes(out)
 
 
+def explain(error: BaseException) -> str:
+    """wasmtime's multi-line error as one line: its causes, innermost last."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    causes = [line.split(": ", 1)[1] if line[:1].isdigit() and ": " in line else line for line in lines]
+    return "; ".join(c for c in causes if c and c != "Caused by:") or type(error).__name__
+
+
 def cache_dir() -> Path:
     base = os.environ.get(CACHE_ENV)
     if base:
@@ -276,11 +272,11 @@ def make_engine() -> wasmtime.Engine:
     return wasmtime.Engine(config)
 
 
-def compile_module(engine: wasmtime.Engine, wasm: bytes, *, use_cache: bool = True) -> tuple[wasmtime.Module, bool]:
+def compile_module(
+    engine: wasmtime.Engine, wasm: bytes, *, use_cache: bool = True
+) -> tuple[wasmtime.Module, bool]:
     """The compiled module and whether it came from the cache (compiling a 3.5 MB module takes seconds)."""
-    key = hashlib.sha256(
-        wasm + ENGINE_SETTINGS.encode() + version("wasmtime").encode()
-    ).hexdigest()
+    key = hashlib.sha256(wasm + ENGINE_SETTINGS.encode() + version("wasmtime").encode()).hexdigest()
     path = cache_dir() / f"{key}.cwasm"
     if use_cache and path.is_file():
         try:
@@ -290,8 +286,7 @@ def compile_module(engine: wasmtime.Engine, wasm: bytes, *, use_cache: bool = Tr
     try:
         module = wasmtime.Module(engine, wasm)
     except wasmtime.WasmtimeError as error:
-        first = str(error).strip().splitlines()
-        raise ModuleError(f"the module does not validate as WebAssembly: {' / '.join(first[:3])}") from None
+        raise ModuleError(f"the module does not validate as WebAssembly: {explain(error)}") from None
     if use_cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

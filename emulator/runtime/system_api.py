@@ -83,7 +83,9 @@ class SystemApi:
                     f"the module imports {imp.module}.{imp.name}: a canister may import only from ic0"
                 )
             if not isinstance(imp.type, wasmtime.FuncType):
-                raise ModuleError(f"the module imports ic0.{imp.name} as a {type(imp.type).__name__}, not a function")
+                raise ModuleError(
+                    f"the module imports ic0.{imp.name} as a {type(imp.type).__name__}, not a function"
+                )
             name = imp.name or ""
             impl: Callable[..., Any] | None = getattr(self, f"ic0_{name}", None)
             if impl is None:
@@ -181,8 +183,10 @@ class SystemApi:
         self._copy_out("msg_method_name_copy", name, dst, offset, size)
 
     def ic0_accept_message(self) -> None:
-        raise CanisterTrap("ic0.accept_message can be called only in canister_inspect_message, which ingress "
-                           "calls in the canister runtime do not run (not emulated)")
+        raise CanisterTrap(
+            "ic0.accept_message can be called only in canister_inspect_message, which ingress "
+            "calls in the canister runtime do not run (not emulated)"
+        )
 
     def ic0_msg_reject_code(self) -> int:
         return self._running("msg_reject_code").reject_code
@@ -339,10 +343,14 @@ class SystemApi:
         return 0  # certificates are not emulated: a canister sees the update-call case
 
     def ic0_data_certificate_size(self) -> int:
-        raise CanisterTrap("ic0.data_certificate_size: data certificates are not emulated by the canister runtime")
+        raise CanisterTrap(
+            "ic0.data_certificate_size: data certificates are not emulated by the canister runtime"
+        )
 
     def ic0_data_certificate_copy(self, dst: int, offset: int, size: int) -> None:
-        raise CanisterTrap("ic0.data_certificate_copy: data certificates are not emulated by the canister runtime")
+        raise CanisterTrap(
+            "ic0.data_certificate_copy: data certificates are not emulated by the canister runtime"
+        )
 
     # -- environment variables --------------------------------------------------------------------
 

@@ -41,14 +41,17 @@ class Interface:
         self.did = did
         self.init: tuple[Any, ...] = tuple(parsed.get("arguments") or ())
         self.methods = {
-            name: Method(name, tuple(f.args), tuple(f.rets), bool({"query", "composite_query"} & set(f.modes)))
+            name: Method(
+                name, tuple(f.args), tuple(f.rets), bool({"query", "composite_query"} & set(f.modes))
+            )
             for name, f in parsed["methods"].items()
         }
 
     def method(self, name: str) -> Method:
         if name not in self.methods:
             raise RuntimeUsageError(
-                f"the canister's interface has no method {name!r}; it has {', '.join(sorted(self.methods)) or 'none'}"
+                f"the canister's interface has no method {name!r}; "
+                f"it has {', '.join(sorted(self.methods)) or 'none'}"
             )
         return self.methods[name]
 
@@ -80,7 +83,10 @@ def encode_values(what: str, types: tuple[Any, ...], values: tuple[Any, ...]) ->
             f"{what} takes {len(types)} argument(s) ({', '.join(describe(t) for t in types) or 'none'}), "
             f"got {len(values)}"
         )
-    converted = [to_candid(t, v, f"argument {i} of {what}") for i, (t, v) in enumerate(zip(types, values, strict=True), 1)]
+    converted = [
+        to_candid(t, v, f"argument {i} of {what}")
+        for i, (t, v) in enumerate(zip(types, values, strict=True), 1)
+    ]
     return encode_args(list(types), converted)
 
 
@@ -140,7 +146,8 @@ def _fail(where: str, kind: Any, value: Any, hint: str = "") -> RuntimeUsageErro
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return RuntimeUsageError(
-        f"{where}: expected {describe(kind)}, got {type(value).__name__} {shown}" + (f" ({hint})" if hint else "")
+        f"{where}: expected {describe(kind)}, got {type(value).__name__} {shown}"
+        + (f" ({hint})" if hint else "")
     )
 
 
@@ -195,7 +202,10 @@ def to_candid(kind: Any, value: Any, where: str) -> Any:
             fields = list(kind._field_map.values())
             if not isinstance(value, tuple | list) or len(value) != len(fields):
                 raise _fail(where, kind, value, f"give a tuple of {len(fields)}")
-            return [to_candid(t, v, f"{where}.{i}") for i, ((_, t), v) in enumerate(zip(fields, value, strict=True))]
+            return [
+                to_candid(t, v, f"{where}.{i}")
+                for i, ((_, t), v) in enumerate(zip(fields, value, strict=True))
+            ]
         if not isinstance(value, dict):
             raise _fail(where, kind, value, "give a dict by field name")
         names = {name for name, _ in kind._field_map.values()}
@@ -204,7 +214,9 @@ def to_candid(kind: Any, value: Any, where: str) -> Any:
             raise RuntimeUsageError(f"{where}: {describe(kind)} has no field {extra[0]!r}")
         out = {}
         for name, field_type in kind._field_map.values():
-            if name not in value and not isinstance(_resolve(field_type), c.OptClass | c.NullClass | c.ReservedClass):
+            if name not in value and not isinstance(
+                _resolve(field_type), c.OptClass | c.NullClass | c.ReservedClass
+            ):
                 raise RuntimeUsageError(f"{where}: field {name!r} ({describe(field_type)}) is missing")
             out[name] = to_candid(field_type, value.get(name), f"{where}.{name}")
         return out
@@ -247,7 +259,9 @@ def from_candid(kind: Any, value: Any) -> Any:
         if _is_tuple(kind):
             items = value if isinstance(value, list | tuple) else [value[str(i)] for i in range(len(value))]
             return tuple(from_candid(t, v) for (_, t), v in zip(kind._field_map.values(), items, strict=True))
-        return {name: from_candid(t, value.get(name)) for name, t in kind._field_map.values() if name in value}
+        return {
+            name: from_candid(t, value.get(name)) for name, t in kind._field_map.values() if name in value
+        }
     if isinstance(kind, c.VariantClass):
         ((case, inner),) = value.items()
         cases = dict(kind._field_map.values())

@@ -11,7 +11,9 @@ from tests.pytester_support import pt, run
 __all__ = ["pt"]  # a fixture
 
 
-def test_a_motoko_timer_calls_the_llm_when_the_clock_reaches_it(pt: pytest.Pytester, motoko_agent: Path) -> None:
+def test_a_motoko_timer_calls_the_llm_when_the_clock_reaches_it(
+    pt: pytest.Pytester, motoko_agent: Path
+) -> None:
     result = run(
         pt,
         f"""
