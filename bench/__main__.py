@@ -16,6 +16,7 @@ BENCHMARKS = {
     "plugin": "bench.plugin_overhead",
     "http": "bench.http_vs_grpc",
     "cassettes": "bench.cassettes",
+    "canister": "bench.canister_runtime",
 }
 
 

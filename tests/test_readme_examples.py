@@ -197,3 +197,22 @@ def test_readme_states_the_precedence_of_the_resolver() -> None:
     docstring = _options.__doc__ or ""
     precedence = words(docstring[docstring.index("Precedence") :])
     assert precedence in words(README.read_text(encoding="utf-8"))
+
+
+def test_your_canister_walkthrough_compiles_and_its_tests_pass(pytester: pytest.Pytester) -> None:
+    from tests.canisters.conftest import BUILD
+
+    blocks = section_blocks("Your canister in the test")
+    (motoko,) = [b for b in blocks if b.lang == "motoko"]
+    (tests,) = [b for b in blocks if b.lang == "python"]
+    try:
+        wasm = BUILD.built_motoko(motoko.text)
+    except BUILD.BuildError as error:
+        pytest.fail(f"README.md:{motoko.line}: the Motoko example does not compile: {error}", pytrace=False)
+    files, args = split_files(tests)
+    assert tests.text.count('"agent.wasm"') == 1
+    pytester.makeini(INI)
+    for name, text in files.items():
+        pytester.makepyfile(**{name.removesuffix(".py"): text.replace('"agent.wasm"', repr(str(wasm)))})
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=4)

@@ -207,6 +207,8 @@ class CanisterRuntime:
         self._tasks.clear()
         self._timers.clear()
         self.canisters.clear()
+        self._next_index = FIRST_CANISTER_INDEX  # each test's first canister gets the same id
+        self.management = Management(self)
 
     # -- calls from outside (ingress) ------------------------------------------------------------
 
@@ -335,11 +337,11 @@ class CanisterRuntime:
 
     async def _send(self, instance: CanisterInstance, call: Call) -> None:
         """Deliver one outgoing call and run the callback with its response."""
-        deadline_ns = 0 if call.timeout is None else self.now_ns() + call.timeout * 1_000_000_000
-        route = self._spawn(self._route(instance, call, deadline_ns))
         if call.timeout is None:
-            response = await route
+            response = await self._route(instance, call, 0)
         else:
+            deadline_ns = self.now_ns() + call.timeout * 1_000_000_000
+            route = self._spawn(self._route(instance, call, deadline_ns))
             timer = asyncio.ensure_future(self.clock.sleep_until(deadline_ns / 1e9))
             try:
                 await asyncio.wait((route, timer), return_when=asyncio.FIRST_COMPLETED)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from emulator.runtime.errors import INSTRUCTION_LIMIT, WASM_TRAP, CanisterTrap, ModuleError
 from emulator.runtime.messages import CallContext, Message, MessageKind
@@ -40,8 +41,7 @@ class LogLine:
 
 @dataclass(slots=True)
 class _Snapshot:
-    heap: bytes
-    globals: list[Any]
+    heap_size: int
     stable_size: int
     journal_start: int
     balance: int
@@ -85,6 +85,10 @@ class CanisterInstance:
         self._journal: list[tuple[int, bytes]] = []
         self.logs: list[LogLine] = []
         self._message_time = 0
+        # The heap as it was before the running message: one buffer, reused (a fresh 8 MB copy per
+        # message would also pay a page fault per 4 KiB page; `make bench ARGS=canister`).
+        self._shadow = bytearray()
+        self._shadow_view: Any = None
         self.store = wasmtime.Store(runtime.engine)
         self.store.set_limits(
             memory_size=runtime.max_memory_bytes,
@@ -125,6 +129,7 @@ class CanisterInstance:
             for i in info.mutable_globals
             if isinstance(g := exports[f"{GLOBAL_EXPORT}{i}"], wasmtime.Global)
         ]
+        self._globals = _GlobalValues(self.store, self.globals)
         self.functions: dict[str, wasmtime.Func] = {
             name: f for name in _export_names(exports) if isinstance(f := exports[name], wasmtime.Func)
         }
@@ -225,9 +230,13 @@ class CanisterInstance:
 
     def _snapshot(self, context: CallContext | None) -> _Snapshot:
         base, length = self._heap()
+        self._globals.save(self.store)
+        if len(self._shadow) != length:
+            self._shadow = bytearray(length)
+            self._shadow_view = (ctypes.c_char * length).from_buffer(self._shadow)
+        ctypes.memmove(self._shadow_view, base, length)
         return _Snapshot(
-            heap=ctypes.string_at(base, length),
-            globals=[g.value(self.store) for g in self.globals],
+            heap_size=length,
             stable_size=len(self.stable),
             journal_start=len(self._journal),
             balance=self.balance,
@@ -238,11 +247,11 @@ class CanisterInstance:
 
     def _restore(self, snapshot: _Snapshot, context: CallContext | None) -> None:
         base, length = self._heap()
-        ctypes.memmove(base, snapshot.heap, len(snapshot.heap))
-        if length > len(snapshot.heap):  # memory cannot shrink: what the message grew reads as zeros
-            ctypes.memset(base + len(snapshot.heap), 0, length - len(snapshot.heap))
-        for value, g in zip(snapshot.globals, self.globals, strict=True):
-            g.set_value(self.store, value)
+        saved = snapshot.heap_size
+        ctypes.memmove(base, self._shadow_view, saved)
+        if length > saved:  # memory cannot shrink: what the message grew reads as zeros
+            ctypes.memset(base + saved, 0, length - saved)
+        self._globals.restore(self.store)
         while len(self._journal) > snapshot.journal_start:
             offset, old = self._journal.pop()
             self.stable[offset : offset + len(old)] = old
@@ -278,6 +287,41 @@ class CanisterInstance:
     def stable_read(self, what: str, offset: int, size: int) -> bytes:
         self._stable_range(what, offset, size)
         return bytes(self.stable[offset : offset + size])
+
+
+class _GlobalValues:
+    """The mutable globals' values before a message, read and written as raw values.
+
+    Motoko modules have about 30 mutable globals; through `Global.value` each read costs several
+    microseconds of wrapping, twice per message. The raw C API of wasmtime-py (pinned) does it in one.
+    Globals of reference type, which canisters do not use, take the wrapped path.
+    """
+
+    def __init__(self, store: wasmtime.Store, globals_: list[wasmtime.Global]) -> None:
+        numeric = {"i32", "i64", "f32", "f64"}
+        kinds = [str(g.type(store).content) for g in globals_]
+        self._raw = [g for g, kind in zip(globals_, kinds, strict=True) if kind in numeric]
+        self._wrapped = [g for g, kind in zip(globals_, kinds, strict=True) if kind not in numeric]
+        self._values = [ffi.wasmtime_val_t() for _ in self._raw]
+        self._pairs = [
+            (ctypes.byref(g._global), ctypes.byref(v)) for g, v in zip(self._raw, self._values, strict=True)
+        ]
+        self._wrapped_values: list[Any] = []
+
+    def save(self, store: wasmtime.Store) -> None:
+        context = store._context()
+        for global_, value in self._pairs:
+            ffi.wasmtime_global_get(context, global_, value)
+        self._wrapped_values = [g.value(store) for g in self._wrapped]
+
+    def restore(self, store: wasmtime.Store) -> None:
+        context = store._context()
+        for global_, value in self._pairs:
+            error = ffi.wasmtime_global_set(context, global_, value)
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
+        for g, value in zip(self._wrapped, self._wrapped_values, strict=True):
+            g.set_value(store, value)
 
 
 def _export_names(exports: Any) -> list[str]:

@@ -280,8 +280,9 @@ def compile_module(
     path = cache_dir() / f"{key}.cwasm"
     if use_cache and path.is_file():
         try:
-            return wasmtime.Module.deserialize_file(engine, str(path)), True
-        except wasmtime.WasmtimeError:
+            # Read, not mapped: a cache file replaced or truncated by another run cannot fault this one.
+            return wasmtime.Module.deserialize(engine, path.read_bytes()), True
+        except (wasmtime.WasmtimeError, OSError):
             path.unlink(missing_ok=True)  # a stale or damaged cache entry is compiled again
     try:
         module = wasmtime.Module(engine, wasm)

@@ -55,11 +55,6 @@ CALL_FEE = 260_000
 CALL_BYTE_FEE = 1_000
 
 
-def _signed(value: int, bits: int) -> int:
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
-
-
 def _u128(high: int, low: int) -> int:
     return (high << 64) | low
 
@@ -107,10 +102,13 @@ class SystemApi:
         def host(caller: wasmtime.Caller, *args: int) -> Any:
             self._caller = caller
             try:
-                value = impl(*[a & m for a, m in zip(args, masks, strict=True)])
+                value = impl(*[a & m for a, m in zip(args, masks, strict=True)]) if args else impl()
             finally:
                 self._caller = None
-            return None if not bits else _signed(int(value), bits)
+            if not bits:
+                return None
+            value = int(value) & ((1 << bits) - 1)
+            return value - (1 << bits) if value >> (bits - 1) else value
 
         host.__name__ = name
         return host

@@ -1,0 +1,172 @@
+"""`python -m bench canister`: what running a canister's own module in the test costs.
+
+Per message: an update call to the Motoko agent's `prompt` (decode the argument, build the v0_chat
+request, call the LLM canister, run the reply callback, reply) through the canister runtime, against
+the same LLM call in the same run made directly: the Candid argument the canister sends, through gRPC
+`LlmCanister.CallCandid` on loopback (how a harness without the runtime would test), and through
+`Engine.call_candid` in-process (the bare cost of the LLM call itself). Every call is made from the
+test's thread, as the `icllm_canister` fixture makes it, and every variant asks the same prompts.
+Aim: the runtime's call at most 2x the bare CallCandid call.
+
+Install: a canister from the compiled-module disk cache (a fresh runtime), from the runtime's memory
+(a second install), and the cold compile that the cache saves. The Rust and ic-cdk (Azle) agents too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from emulator._proto.icllm.v1 import canister_pb2 as pb
+from emulator._proto.icllm.v1 import canister_pb2_grpc
+from emulator.candid import encode_chat_request
+from emulator.config import EmulatorConfig
+from emulator.domain import Api, ChatRequest, UserMessage
+from emulator.runtime import CanisterRuntime, InstallSettings
+from emulator.runtime import module as modules
+from emulator.runtime.values import Interface
+from emulator.server import ThreadedEmulator
+
+TARGET_RATIO = 2.0
+BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "canisters" / "build.py"
+
+
+def built(name: str) -> Path:
+    spec = importlib.util.spec_from_file_location("icllm_test_canisters", BUILD_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build
+    spec.loader.exec_module(build)
+    path: Path = build.built(name)
+    return path
+
+
+def timed(calls: int, run: Callable[[int], Any]) -> list[float]:
+    """Seconds per call, for calls 0..calls-1."""
+    out = []
+    for i in range(calls):
+        started = time.perf_counter()
+        run(i)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def summary(samples: list[float]) -> tuple[float, float]:
+    """Median and 90th percentile, in microseconds."""
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e6, ordered[int(len(ordered) * 0.9)] * 1e6
+
+
+def per_message(calls: int, rounds: int) -> int:
+    motoko = built("motoko-agent")
+    with ThreadedEmulator(EmulatorConfig(grpc_port=0, ollama_port=None)) as emulator:
+        loop = emulator.loop
+        engine = emulator.engine
+
+        def on_loop(work: Coroutine[Any, Any, Any]) -> Any:
+            return asyncio.run_coroutine_threadsafe(work, loop).result(30)
+
+        async def install() -> Any:
+            return engine.runtime.install(motoko.read_bytes(), InstallSettings())
+
+        agent = on_loop(install())
+        interface = Interface(agent.candid or "")
+        prompts = [f"question {i} about canisters" for i in range(calls)]
+        args = [interface.encode_call("prompt", (p,)) for p in prompts]
+        llm_args = [
+            encode_chat_request(ChatRequest("llama3.1:8b", (UserMessage(p),), api=Api.V0)) for p in prompts
+        ]
+        channel = grpc.insecure_channel(emulator.ports.grpc_target)
+        stub = canister_pb2_grpc.LlmCanisterStub(channel)
+        metadata = (("icllm-caller", agent.id),)
+
+        variants: dict[str, Callable[[int], Any]] = {
+            "runtime: update prompt (1 LLM call)": lambda i: on_loop(
+                engine.runtime.call(agent.id, "prompt", args[i])
+            ),
+            "CallCandid over gRPC (same LLM call)": lambda i: stub.CallCandid(
+                pb.CallCandidRequest(method="v0_chat", arg=llm_args[i]), metadata=metadata, timeout=30
+            ),
+            "Engine.call_candid in-process": lambda i: on_loop(
+                engine.call_candid("v0_chat", llm_args[i], agent.id, 0)
+            ),
+        }
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for run in variants.values():  # warm-up
+            timed(min(50, calls), run)
+        for _ in range(rounds):  # interleaved rounds: the machine's noise falls on every variant alike
+            for name, run in variants.items():
+                results[name].extend(timed(calls, run))
+        heap = agent.memory.data_len(agent.store)
+        channel.close()
+    print(f"per message, {rounds} rounds x {calls} calls, Motoko agent heap {heap / 2**20:.1f} MiB:")
+    medians = {}
+    for name, samples in results.items():
+        p50, p90 = summary(samples)
+        medians[name] = p50
+        print(f"  {name:<40} p50 {p50:8.0f} us   p90 {p90:8.0f} us")
+    runtime, grpc_call, bare = medians.values()
+    ratio = runtime / grpc_call
+    print(
+        f"  runtime / CallCandid over gRPC: {ratio:.2f}x (aim <= {TARGET_RATIO}x: "
+        f"{'met' if ratio <= TARGET_RATIO else 'NOT met'}); runtime / in-process call_candid: "
+        f"{runtime / bare:.2f}x, the runtime's own cost {runtime - bare:.0f} us per message"
+    )
+    return 0
+
+
+def installs(repeat: int) -> int:
+    print(f"install (median of {repeat}):")
+
+    async def measure(name: str) -> None:
+        path = built(name)
+        raw = modules.unpack(path.read_bytes())
+        prepared = modules.prepare(raw, modules.inspect(raw))
+
+        async def none(*_: Any) -> Any:
+            raise AssertionError("no LLM calls during install")
+
+        from emulator.clock import RealClock
+
+        cold, disk, memory = [], [], []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            modules.compile_module(modules.make_engine(), prepared, use_cache=False)
+            cold.append(time.perf_counter() - started)
+            modules.compile_module(modules.make_engine(), prepared)  # make sure the disk cache has it
+            runtime = CanisterRuntime(RealClock(), none)
+            started = time.perf_counter()
+            runtime.install(path.read_bytes())
+            disk.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            runtime.install(path.read_bytes())
+            memory.append(time.perf_counter() - started)
+        print(
+            f"  {name:<24} {len(raw) / 1024:7.0f} KiB  "
+            f"cold compile {statistics.median(cold) * 1e3:7.1f} ms   "
+            f"install from disk cache {statistics.median(disk) * 1e3:6.1f} ms   "
+            f"from memory {statistics.median(memory) * 1e3:6.1f} ms"
+        )
+
+    for name in ("motoko-agent", "motoko-agent-classical", "rust-agent", "azle-agent"):
+        asyncio.run(measure(name))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench canister", description=__doc__)
+    parser.add_argument("--calls", type=int, default=300, help="calls per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--repeat", type=int, default=3, help="installs and compiles per module")
+    args = parser.parse_args(argv)
+    status = per_message(args.calls, args.rounds)
+    return status | installs(args.repeat)

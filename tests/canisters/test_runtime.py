@@ -1,0 +1,150 @@
+"""The canister runtime on its own: caches, ids, queries, cycles, and the same call over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from emulator.clock import VirtualClock
+from emulator.runtime import CanisterRuntime, Response
+from emulator.runtime import module as modules
+from tests.conftest import Stubs
+from tests.pytester_support import pt, run
+
+__all__ = ["pt"]  # a fixture
+
+# A query that counts in a global and in memory; an update that accepts half the cycles it is offered.
+COUNTER = """
+(module
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_cycles_available128" (func $available (param i32)))
+  (import "ic0" "msg_cycles_accept128" (func $accept (param i64 i64 i32)))
+  (memory (export "memory") 1)
+  (global $count (mut i32) (i32.const 0))
+  (func $answer
+    (i32.store8 (i32.const 0) (global.get $count))
+    (i32.store8 (i32.const 1) (i32.add (i32.load8_u (i32.const 1)) (i32.const 1)))
+    (call $append (i32.const 0) (i32.const 2))
+    (call $reply))
+  (func $count_one (global.set $count (i32.add (global.get $count) (i32.const 1))))
+  (func (export "canister_query peek") (call $count_one) (call $answer))
+  (func (export "canister_update bump") (call $count_one) (call $answer))
+  (func (export "canister_update take_half")
+    (call $available (i32.const 16))
+    (call $accept (i64.const 0) (i64.shr_u (i64.load (i32.const 16)) (i64.const 1)) (i32.const 32))
+    (call $append (i32.const 32) (i32.const 16))
+    (call $reply))
+)
+"""
+
+
+COUNTER_WASM = bytes(wasmtime.wat2wasm(COUNTER))
+
+
+async def no_llm(method: str, arg: bytes, caller: str, cycles: int) -> Response:
+    raise AssertionError("this canister does not call the LLM")
+
+
+def runtime(tmp_path: Path) -> CanisterRuntime:
+    return CanisterRuntime(VirtualClock(), no_llm)
+
+
+def test_queries_keep_no_state_and_updates_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+
+    async def main() -> None:
+        ic = runtime(tmp_path)
+        canister = ic.install(COUNTER_WASM)
+        assert await ic.call(canister.id, "peek", b"", query=True) == b"\x01\x01"
+        assert await ic.call(canister.id, "peek", b"", query=True) == b"\x01\x01"
+        assert await ic.call(canister.id, "bump", b"") == b"\x01\x01"
+        assert await ic.call(canister.id, "bump", b"") == b"\x02\x02"
+        assert await ic.call(canister.id, "peek", b"", query=True) == b"\x03\x03"
+
+    asyncio.run(main())
+
+
+def test_a_canister_accepts_cycles_and_the_rest_is_refunded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+
+    async def main() -> None:
+        ic = runtime(tmp_path)
+        canister = ic.install(COUNTER_WASM)
+        before = canister.balance
+        accepted = await ic.call(canister.id, "take_half", b"", cycles=1_000_000)
+        assert int.from_bytes(accepted, "little") == 500_000
+        assert canister.balance == before + 500_000
+
+    asyncio.run(main())
+
+
+def test_compiled_modules_are_cached_on_disk_across_runtimes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+    raw = bytes(wasmtime.wat2wasm(COUNTER))
+    prepared = modules.prepare(raw, modules.inspect(raw))
+    _, cached = modules.compile_module(modules.make_engine(), prepared)
+    assert not cached
+    assert len(list(tmp_path.glob("*.cwasm"))) == 1
+    _, cached = modules.compile_module(modules.make_engine(), prepared)
+    assert cached
+    (entry,) = tmp_path.glob("*.cwasm")
+    entry.write_bytes(b"damaged")
+    _, cached = modules.compile_module(modules.make_engine(), prepared)
+    assert not cached  # a damaged entry is compiled again, not fatal
+
+
+def test_ids_and_randomness_start_over_after_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+
+    async def main() -> None:
+        ic = runtime(tmp_path)
+        first = ic.install(COUNTER_WASM).id
+        second = ic.install(COUNTER_WASM).id
+        assert first != second
+        ic.clear()
+        assert ic.install(COUNTER_WASM).id == first
+
+    asyncio.run(main())
+
+
+def test_the_module_rewrite_exports_table_and_globals_only(tmp_path: Path) -> None:
+    raw = bytes(wasmtime.wat2wasm("(module (table 1 funcref) (global (mut i32) (i32.const 7)) (memory 1))"))
+    info = modules.inspect(raw)
+    prepared = modules.prepare(raw, info)
+    exports = {e.name for e in wasmtime.Module(modules.make_engine(), prepared).exports}
+    assert exports == {modules.TABLE_EXPORT, f"{modules.GLOBAL_EXPORT}0"}
+    assert modules.prepare(prepared, modules.inspect(prepared)) != raw
+
+
+def test_the_fixture_against_an_emulator_process_calls_it_over_grpc(
+    pt: pytest.Pytester, start_emulator: Callable[..., Stubs], motoko_agent: Path
+) -> None:
+    external = start_emulator()
+    target = external.emulator.ports.grpc_target
+    result = run(
+        pt,
+        f"""
+        def test_remote(icllm, icllm_canister):
+            icllm.on(contains="ping").reply("pong")
+            agent = icllm_canister({str(motoko_agent)!r})
+            assert agent.update("prompt", "ping") == "pong"
+            assert icllm.calls[0].caller == agent.id
+            outcome = agent.update("paid_prompt", "gemma3:27b", "pay")
+            assert outcome["refunded"] == icllm.calls[1].cycles_refunded > 0
+            rejected = agent.update("safe_prompt", "unknown:1b", "hi")
+            assert rejected["err"]["code"] == "canister_reject"
+        """,
+        "--icllm-url",
+        target,
+    )
+    result.assert_outcomes(passed=1)
+    assert external.emulator.engine.history.calls == 3
