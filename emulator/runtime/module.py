@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -28,7 +29,6 @@ TABLE_EXPORT = "__icllm_table"
 GLOBAL_EXPORT = "__icllm_global_"
 # The IC's limit on an installed module (after decompression): 100 MiB, with 30 MiB of code sections.
 MAX_MODULE_BYTES = 100 * 1024 * 1024
-CANDID_SECTIONS = ("icp:public candid:service", "icp:private candid:service")
 CACHE_ENV = "ICLLM_MODULE_CACHE"
 # Sections that come after the export section: start, element, data count, code, data.
 _AFTER_EXPORT = frozenset({8, 9, 10, 11, 12})
@@ -124,10 +124,23 @@ class ModuleInfo:
 
     @property
     def candid(self) -> str | None:
-        for name in CANDID_SECTIONS:
-            if name in self.custom:
-                return self.custom[name].decode("utf-8", "replace")
-        return None
+        """The `candid:service` section, with the init arguments of `candid:args` (moc keeps them apart)."""
+        service = _section(self.custom, "candid:service")
+        if service is None:
+            return None
+        args = _section(self.custom, "candid:args")
+        if args and not re.search(r"service\s*:\s*\(", service):
+            service = re.sub(
+                r"service\s*:\s*\{", lambda _: f"service : {args.strip()} -> {{", service, count=1
+            )
+        return service
+
+
+def _section(custom: dict[str, bytes], name: str) -> str | None:
+    for visibility in ("icp:public", "icp:private"):
+        if f"{visibility} {name}" in custom:
+            return custom[f"{visibility} {name}"].decode("utf-8", "replace")
+    return None
 
 
 def unpack(data: bytes, source: str = "the module") -> bytes:
