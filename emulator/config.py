@@ -151,6 +151,8 @@ class EmulatorConfig:
     cassettes: CassetteSettings = field(default_factory=CassetteSettings)
     # The proxy backend's server (`--upstream`, ...).
     upstream: UpstreamSettings | None = None
+    # Canister modules installed at start-up (`--canister NAME=PATH`), in this order.
+    canisters: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # Accept plain strings (from env vars, ini files, JSON) for every enum setting.

@@ -23,10 +23,11 @@ from emulator.domain import Reject
 from emulator.history import History
 from emulator.queue import PromptQueue
 from emulator.rules import RuleBook, load_rules
+from emulator.runtime.errors import CanisterReject
 from emulator.workers import QueueSource, Worker, instant_outcome
 
 if TYPE_CHECKING:
-    from emulator.runtime import CanisterRuntime
+    from emulator.runtime import CanisterRuntime, InstallSettings
 
 
 def make_backend(config: EmulatorConfig) -> Backend:
@@ -69,6 +70,7 @@ class Engine:
             job.rule, job.request, job.max_output_tokens, self.backend
         )
         self._runtime: CanisterRuntime | None = None
+        self._startup_canisters: list[tuple[str, bytes]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._worker_ids = 0
         self._load_rule_file()
@@ -90,10 +92,38 @@ class Engine:
                 self.rules.add(rule)
 
     async def load(self) -> None:
-        """Make the backend ready (a model backend loads its files here), before any worker starts."""
+        """Make the backend ready (a model backend loads its files here), before any worker starts;
+        install the start-up canisters."""
         load = getattr(self.backend, "load", None)
         if load is not None:
             await load()
+        for name, path in self.config.canisters:
+            try:
+                wasm = Path(path).read_bytes()
+            except OSError as error:
+                raise ConfigError(
+                    f"--canister {name}={path}: cannot read the module: {error.strerror}"
+                ) from None
+            try:
+                await self.runtime.install_async(wasm, self._startup_settings(name))
+            except (ValueError, CanisterReject) as error:
+                raise ConfigError(f"--canister {name}={path}: {error}") from None
+            self._startup_canisters.append((name, wasm))
+
+    @staticmethod
+    def _startup_settings(name: str) -> InstallSettings:
+        from emulator.runtime import InstallSettings  # wasmtime is imported once canisters are used
+
+        return InstallSettings(name=name)
+
+    @property
+    def startup_canisters(self) -> dict[str, str]:
+        """The start-up canisters' ids by name (they keep their ids across a reset)."""
+        if self._runtime is None:
+            return {}
+        return {
+            c.name: c.id for c in self._runtime.canisters.values() if c.name in dict(self._startup_canisters)
+        }
 
     def start(self) -> None:
         self._scale_workers(self.config.workers)
@@ -138,6 +168,8 @@ class Engine:
         self.cassettes.reset()
         if self._runtime is not None:
             self._runtime.clear()
+            for name, wasm in self._startup_canisters:  # afresh, and with the same ids as at start-up
+                self._runtime.install(wasm, self._startup_settings(name))
         # Fresh built-in workers: one still inside a scripted delay for a job the reset ended would
         # otherwise sleep through the next test's prompts. `configure` starts the new ones.
         self._scale_workers(0)

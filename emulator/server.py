@@ -25,6 +25,8 @@ from grpc_reflection.v1alpha import reflection
 from emulator._proto.icllm.v1 import (
     canister_pb2,
     canister_pb2_grpc,
+    canisters_pb2,
+    canisters_pb2_grpc,
     control_pb2,
     control_pb2_grpc,
     worker_pb2,
@@ -33,6 +35,7 @@ from emulator._proto.icllm.v1 import (
 from emulator.addresses import bracketed
 from emulator.config import ConfigError, EmulatorConfig
 from emulator.engine import Engine
+from emulator.grpc_api.canisters import CanistersServicer
 from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
 from emulator.grpc_api.status import MAX_MESSAGE_BYTES, TRANSPORT_MAX_BYTES, tolerant
 from emulator.ollama.serve import OllamaHttpServer
@@ -43,6 +46,7 @@ SERVICE_NAMES = (
     canister_pb2.DESCRIPTOR.services_by_name["LlmCanister"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["AiWorker"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
+    canisters_pb2.DESCRIPTOR.services_by_name["Canisters"].full_name,
 )
 
 
@@ -52,6 +56,8 @@ class Ports:
     grpc: int
     # The Ollama-compatible HTTP API's port; None when HTTP is off.
     http: int | None = None
+    # The start-up canisters' ids, by name (`--canister NAME=PATH`).
+    canisters: tuple[tuple[str, str], ...] = ()
 
     @property
     def grpc_target(self) -> str:
@@ -112,6 +118,7 @@ class EmulatorServer:
         canister_pb2_grpc.add_LlmCanisterServicer_to_server(LlmCanisterServicer(engine), services)
         worker_pb2_grpc.add_AiWorkerServicer_to_server(AiWorkerServicer(engine), services)
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(engine), services)
+        canisters_pb2_grpc.add_CanistersServicer_to_server(CanistersServicer(engine), services)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, services)
         reflection.enable_server_reflection(
             (
@@ -135,7 +142,7 @@ class EmulatorServer:
         # Health stays NOT_SERVING while a model loads (off the event loop, so health keeps answering).
         await engine.load()
         engine.start()
-        self.ports = Ports(self.config.host, port, http_port)
+        self.ports = Ports(self.config.host, port, http_port, tuple(engine.startup_canisters.items()))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.config.port_file:
             write_port_file(Path(self.config.port_file), self.ports)
@@ -177,6 +184,7 @@ def write_port_file(path: Path, ports: Ports) -> None:
                 "grpc_target": ports.grpc_target,
                 "http": ports.http,
                 "http_url": ports.http_url,
+                "canisters": dict(ports.canisters),
             },
             handle,
         )

@@ -265,7 +265,7 @@ class CanisterIC:
                 name=Path(source).stem if source != "the module" else "",
                 instruction_limit=instruction_limit,
             )
-            return self.runtime.install(raw, settings), interface
+            return await self.runtime.install_async(raw, settings), interface
 
         instance, interface = self.loop.run(install())
         canister = Canister(self, instance, interface)

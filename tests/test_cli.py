@@ -119,7 +119,8 @@ def wait_for_port_file(child: Child, port_file: Path) -> str:
 
     wait_until(ready, f"the port file {port_file}")
     ports = json.loads(port_file.read_text())
-    assert set(ports) == {"host", "grpc", "grpc_target", "http", "http_url"}
+    assert set(ports) == {"host", "grpc", "grpc_target", "http", "http_url", "canisters"}
+    assert ports["canisters"] == {}
     assert ports["http"] > 0 and ports["http_url"] == f"http://127.0.0.1:{ports['http']}"
     assert ports["host"] == "127.0.0.1" and ports["grpc"] > 0
     assert ports["grpc_target"] == f"127.0.0.1:{ports['grpc']}"

@@ -21,6 +21,7 @@ from emulator.domain import Reject, RejectCode
 from emulator.grpc_api.convert import BadRequest
 from emulator.queue import LeaseLost, UnknownJob
 from emulator.rules import RuleError
+from emulator.runtime.errors import ModuleError, RuntimeUsageError, UnknownCanister
 
 REJECT_CODE_KEY = "icllm-reject-code"
 CALLER_KEY = "icllm-caller"
@@ -71,6 +72,9 @@ _MISUSE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RuleError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownJob, grpc.StatusCode.NOT_FOUND),
     (LeaseLost, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnknownCanister, grpc.StatusCode.NOT_FOUND),
+    (ModuleError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RuntimeUsageError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
 
@@ -95,8 +99,19 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return replaced
 
 
+def larger_messages(limit: int) -> Callable[[Handler], Handler]:
+    """Let a method take requests up to `limit` bytes (a canister module), not the IC's 2 MiB."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.__dict__["max_message_bytes"] = limit
+        return handler
+
+    return mark
+
+
 def rpc(handler: Handler) -> Handler:
     """Map a handler's rejects and misuse errors to gRPC statuses; nothing else is caught."""
+    limit = int(handler.__dict__.get("max_message_bytes", MAX_MESSAGE_BYTES))
 
     @wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -107,11 +122,15 @@ def rpc(handler: Handler) -> Handler:
                 "send the protobuf message proto/icllm/v1 defines for this method",
             )
         size = request.ByteSize()
-        if size > MAX_MESSAGE_BYTES:
+        if size > limit:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"Received message larger than max ({size} vs. {MAX_MESSAGE_BYTES}): "
-                "the Internet Computer refuses messages over 2 MiB",
+                f"Received message larger than max ({size} vs. {limit}): "
+                + (
+                    "the Internet Computer refuses messages over 2 MiB"
+                    if limit == MAX_MESSAGE_BYTES
+                    else "give a larger module gzipped, or install it at start-up with --canister NAME=PATH"
+                ),
             )
         try:
             return await handler(self, request, context)

@@ -5,7 +5,7 @@ calls to the LLM canister go through the same function as gRPC `CallCandid`. It 
 pytest: the plugin's `icllm_canister` fixture is one front door onto it.
 """
 
-from emulator.runtime.errors import CanisterReject, ModuleError, RuntimeUsageError
+from emulator.runtime.errors import CanisterReject, ModuleError, RuntimeUsageError, UnknownCanister
 from emulator.runtime.ic import LLM_CANISTER_ID, LLM_ENV_VAR, CanisterRuntime, InstallSettings
 from emulator.runtime.messages import Response
 
@@ -18,4 +18,5 @@ __all__ = [
     "ModuleError",
     "Response",
     "RuntimeUsageError",
+    "UnknownCanister",
 ]

@@ -37,6 +37,10 @@ class RuntimeUsageError(ValueError):
     """A call the runtime cannot make as asked: an unknown canister or method, arguments of the wrong type."""
 
 
+class UnknownCanister(RuntimeUsageError):
+    """A canister id that is not installed in this IC."""
+
+
 class CanisterTrap(Exception):
     """Raised inside a host function to trap the running message, with the IC's error code."""
 

@@ -31,6 +31,7 @@ from emulator.runtime.errors import (
     CanisterReject,
     ModuleError,
     RuntimeUsageError,
+    UnknownCanister,
 )
 from emulator.runtime.instance import CanisterInstance
 from emulator.runtime.management import Management
@@ -127,12 +128,8 @@ class CanisterRuntime:
 
     # -- canisters ----------------------------------------------------------------------------------
 
-    def install(self, wasm: bytes, settings: InstallSettings = InstallSettings()) -> CanisterInstance:
-        """Create a canister from a module: start function, then `canister_init` with the init arg.
-
-        A module that is not Wasm or does not instantiate is a `ModuleError`; a trap in `canister_init`
-        is a `CanisterReject` (the canister is not created), as `install_code` fails on the IC.
-        """
+    def compile(self, wasm: bytes) -> tuple[modules.ModuleInfo, wasmtime.Module]:
+        """Check, rewrite and compile a module (cached); safe to run in another thread."""
         raw = modules.unpack(wasm)
         info = modules.inspect(raw)
         prepared = modules.prepare(raw, info)
@@ -141,6 +138,28 @@ class CanisterRuntime:
         if compiled is None:
             compiled, _ = modules.compile_module(self.engine, prepared, use_cache=self.use_cache)
             self._compiled[key] = compiled
+        return info, compiled
+
+    async def install_async(
+        self, wasm: bytes, settings: InstallSettings = InstallSettings()
+    ) -> CanisterInstance:
+        """`install`, with the compile (seconds for a large module) off the event loop."""
+        compiled = await asyncio.to_thread(self.compile, wasm)
+        return self.install(wasm, settings, compiled=compiled)
+
+    def install(
+        self,
+        wasm: bytes,
+        settings: InstallSettings = InstallSettings(),
+        *,
+        compiled: tuple[modules.ModuleInfo, wasmtime.Module] | None = None,
+    ) -> CanisterInstance:
+        """Create a canister from a module: start function, then `canister_init` with the init arg.
+
+        A module that is not Wasm or does not instantiate is a `ModuleError`; a trap in `canister_init`
+        is a `CanisterReject` (the canister is not created), as `install_code` fails on the IC.
+        """
+        info, module = self.compile(wasm) if compiled is None else compiled
         principal = self._new_id()
         text = principal_text(principal)
         env = dict(settings.env)
@@ -149,7 +168,7 @@ class CanisterRuntime:
             self,
             principal,
             text,
-            compiled,
+            module,
             info,
             env=env,
             cycles=settings.cycles,
@@ -189,7 +208,7 @@ class CanisterRuntime:
         instance = self.canisters.get(principal_bytes(canister_id))
         if instance is None:
             installed = ", ".join(c.id for c in self.canisters.values()) or "none"
-            raise RuntimeUsageError(f"no canister {canister_id} is installed (installed: {installed})")
+            raise UnknownCanister(f"no canister {canister_id} is installed (installed: {installed})")
         return instance
 
     def remove(self, canister_id: str) -> None:
