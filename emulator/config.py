@@ -153,6 +153,9 @@ class EmulatorConfig:
     upstream: UpstreamSettings | None = None
     # Canister modules installed at start-up (`--canister NAME=PATH`), in this order.
     canisters: tuple[tuple[str, str], ...] = ()
+    # Canisters' HTTP outcalls: unscripted ones are unexpected (strict); loopback pass-through.
+    strict_outcalls: bool = False
+    outcalls_loopback: bool = False
 
     def __post_init__(self) -> None:
         # Accept plain strings (from env vars, ini files, JSON) for every enum setting.

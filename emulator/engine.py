@@ -21,6 +21,7 @@ from emulator.clock import VirtualClock, make_clock
 from emulator.config import BackendKind, ConfigError, EmulatorConfig
 from emulator.domain import Reject
 from emulator.history import History
+from emulator.outcalls import OutcallBook
 from emulator.queue import PromptQueue
 from emulator.rules import RuleBook, load_rules
 from emulator.runtime.errors import CanisterReject
@@ -69,6 +70,7 @@ class Engine:
         self.queue.answer_now = lambda job: instant_outcome(
             job.rule, job.request, job.max_output_tokens, self.backend
         )
+        self.outcalls = OutcallBook(strict=config.strict_outcalls, allow_loopback=config.outcalls_loopback)
         self._runtime: CanisterRuntime | None = None
         self._startup_canisters: list[tuple[str, bytes]] = []
         self._workers: list[asyncio.Task[None]] = []
@@ -82,7 +84,7 @@ class Engine:
             from emulator.runtime import CanisterRuntime, llm
 
             self._runtime = CanisterRuntime(
-                self.clock, llm.in_process(self.call_candid), seed=self.config.seed
+                self.clock, llm.in_process(self.call_candid), seed=self.config.seed, outcalls=self.outcalls
             )
         return self._runtime
 
@@ -166,6 +168,7 @@ class Engine:
         self.history.clear()
         self.canister.ledger.balances.clear()
         self.cassettes.reset()
+        self.outcalls.reset(self.initial_config.strict_outcalls, self.initial_config.outcalls_loopback)
         if self._runtime is not None:
             self._runtime.clear()
             for name, wasm in self._startup_canisters:  # afresh, and with the same ids as at start-up

@@ -26,6 +26,7 @@ from emulator.grpc_api import convert
 from emulator.rules import Match, RuleError, parse_reject_code, parse_role
 from pytest_icllm._inprocess import InProcessControl
 from pytest_icllm._options import Settings
+from pytest_icllm._outcalls import OutcallsController
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,10 @@ class IcllmController:
         # The effective settings of this test (read-only): defaults, ini, flags, config fixture, markers.
         self.settings = settings
         self._scripted: list[ScriptedAnswer] = []
+        # The HTTP outcalls of this test's canisters (icllm_canister): scripted, inspected, checked.
+        self.outcalls = OutcallsController(
+            lambda name, request: self._rpc(getattr(self._control, name), request)
+        )
         self._cassette = cassette
         self._cassette_stats: cpb.CassetteStats | None = None
 
@@ -469,6 +474,7 @@ class IcllmController:
                     "turn this check off with @pytest.mark.icllm(assert_all_expected=False)):\n"
                     + "\n".join(f"  {call.describe()}" for call in unexpected)
                 )
+        problems += self.outcalls._problems(self.settings.assert_all_used, self.settings.assert_all_expected)
         return problems
 
     def _rpc(self, method: Any, request: Any) -> Any:

@@ -18,8 +18,12 @@ TS = Path(__file__).resolve().parent / "ts"
 def test_the_typescript_harness_passes() -> None:
     if not (TS / "node_modules" / "@dfinity" / "candid").is_dir():
         pytest.fail(f"the harness's npm packages are not installed: run `npm ci` in {TS} (make test does)")
-    agent = module_path("rust-agent")
-    env = {**os.environ, "ICLLM_PYTHON": sys.executable, "ICLLM_AGENT_WASM": str(agent)}
+    env = {
+        **os.environ,
+        "ICLLM_PYTHON": sys.executable,
+        "ICLLM_AGENT_WASM": str(module_path("rust-agent")),
+        "ICLLM_MOTOKO_WASM": str(module_path("motoko-agent")),
+    }
     result = subprocess.run(
         ["node", "--import", "tsx", "--test", "canisters.test.ts"],
         cwd=TS,
@@ -29,4 +33,4 @@ def test_the_typescript_harness_passes() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# pass 3" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 4" in result.stdout and "# fail 0" in result.stdout

@@ -25,7 +25,7 @@ from emulator.cassettes.settings import (
 from emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
 from emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode
 from emulator.engine import Engine
-from emulator.grpc_api import convert
+from emulator.grpc_api import convert, outcalls
 from emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
 from emulator.history import CallRecord
 from emulator.queue import Job
@@ -295,6 +295,48 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> cpb.CassetteStats:
         stats = self.engine.cassettes.eject()
         return cpb.CassetteStats(**dataclasses.asdict(stats))
+
+    @rpc
+    async def AddOutcallRules(
+        self, request: cpb.AddOutcallRulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.AddOutcallRulesResponse:
+        rules = [outcalls.rule_from_pb(rule) for rule in request.rules]  # all checked before any is added
+        return cpb.AddOutcallRulesResponse(rule_ids=[self.engine.outcalls.add(rule) for rule in rules])
+
+    @rpc
+    async def ListOutcallRules(
+        self, request: cpb.ListOutcallRulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListOutcallRulesResponse:
+        return cpb.ListOutcallRulesResponse(
+            rules=[
+                cpb.OutcallRuleState(rule=outcalls.rule_pb(r), uses=r.uses)
+                for r in self.engine.outcalls.rules
+            ]
+        )
+
+    @rpc
+    async def ClearOutcallRules(
+        self, request: cpb.ClearOutcallRulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ClearOutcallRulesResponse:
+        self.engine.outcalls.clear()
+        return cpb.ClearOutcallRulesResponse()
+
+    @rpc
+    async def GetOutcalls(
+        self, request: cpb.GetOutcallsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.GetOutcallsResponse:
+        return cpb.GetOutcallsResponse(outcalls=[outcalls.record_pb(r) for r in self.engine.outcalls.records])
+
+    @rpc
+    async def SetOutcallPolicy(
+        self, request: cpb.SetOutcallPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.SetOutcallPolicyResponse:
+        book = self.engine.outcalls
+        if request.HasField("strict"):
+            book.strict = request.strict
+        if request.HasField("allow_loopback"):
+            book.allow_loopback = request.allow_loopback
+        return cpb.SetOutcallPolicyResponse(strict=book.strict, allow_loopback=book.allow_loopback)
 
 
 # -- control-plane conversions ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from emulator.billing import checked_cycles
 from emulator.config import ANONYMOUS_PRINCIPAL, ConfigError, checked_principal
 from emulator.domain import Reject, RejectCode
 from emulator.grpc_api.convert import BadRequest
+from emulator.outcalls import OutcallRuleError
 from emulator.queue import LeaseLost, UnknownJob
 from emulator.rules import RuleError
 from emulator.runtime.errors import ModuleError, RuntimeUsageError, UnknownCanister
@@ -70,6 +71,7 @@ _MISUSE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (RuleError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OutcallRuleError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownJob, grpc.StatusCode.NOT_FOUND),
     (LeaseLost, grpc.StatusCode.FAILED_PRECONDITION),
     (UnknownCanister, grpc.StatusCode.NOT_FOUND),

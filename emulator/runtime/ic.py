@@ -22,6 +22,7 @@ from icp_principal import Principal
 
 from emulator.clock import Clock
 from emulator.domain import RejectCode
+from emulator.outcalls import OutcallBook
 from emulator.runtime import module as modules
 from emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
@@ -100,8 +101,10 @@ class CanisterRuntime:
         max_memory_bytes: int = DEFAULT_MAX_MEMORY,
         max_table_elements: int = DEFAULT_MAX_TABLE,
         use_cache: bool = True,
+        outcalls: OutcallBook | None = None,
     ) -> None:
         self.clock = clock
+        self.outcalls = OutcallBook() if outcalls is None else outcalls
         self.llm = llm
         self.seed = seed
         self.instruction_limit = instruction_limit
@@ -250,7 +253,7 @@ class CanisterRuntime:
             raise RuntimeUsageError(
                 f"the argument is {len(arg)} bytes; the IC accepts at most 2 MiB per message"
             )
-        response = await self._deliver_to(instance, method, arg, caller_bytes, cycles, query=query)
+        response = await self.deliver(instance, method, arg, caller_bytes, cycles, query=query)
         if response.reply is None:
             assert response.reject_code is not None
             raise CanisterReject(response.reject_code, response.reject_message, response.error_code)
@@ -263,7 +266,7 @@ class CanisterRuntime:
 
     # -- messages -------------------------------------------------------------------------------------
 
-    async def _deliver_to(
+    async def deliver(
         self,
         instance: CanisterInstance,
         method: str,
@@ -408,7 +411,7 @@ class CanisterRuntime:
                 refund=call.cycles,
             )
         await asyncio.sleep(0)  # the callee's message runs after the caller's, never inside it
-        return await self._deliver_to(
+        return await self.deliver(
             target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns
         )
 

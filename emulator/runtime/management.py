@@ -1,20 +1,27 @@
 """The management canister (`aaaaa-aa`) as the canister runtime serves it.
 
 `raw_rand` answers 32 bytes that are a pure function of the runtime's seed, the calling canister and
-how many times it has asked, so a canister's randomness repeats from run to run. Every other method
-is rejected with a message that names it: the runtime does not pretend to create canisters, sign or
-fetch URLs.
+how many times it has asked, so a canister's randomness repeats from run to run. `http_request` is
+answered by the outcall book (scripted responses), under the IC's rules: the cycles it must carry (the
+published cost formula), `max_response_bytes` and its 2 MB ceiling, and the canister's `transform`
+query applied before the canister sees the response. Every other method is rejected with a message
+that names it: the runtime does not pretend to create canisters or sign.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from emulator.domain import RejectCode
-from emulator.runtime.errors import EXPLICIT_REJECT
+from icp_principal import Principal
+
+from emulator.domain import Reject, RejectCode
+from emulator.outcalls import MAX_RESPONSE_CEILING, HttpRequest, HttpResponse, check_url
+from emulator.runtime.errors import EXPLICIT_REJECT, RuntimeUsageError, error_code_for
 from emulator.runtime.messages import Call, Response
+from emulator.runtime.values import Interface
 
 if TYPE_CHECKING:
     from emulator.runtime.ic import CanisterRuntime
@@ -22,7 +29,36 @@ if TYPE_CHECKING:
 
 # `(blob)` in Candid: a type table of one `vec nat8`, one argument of that type, then the bytes.
 _BLOB_PREFIX = b"DIDL\x01\x6d\x7b\x01\x00"
-EMULATED = ("raw_rand",)
+EMULATED = ("raw_rand", "http_request")
+# The management canister's http_request, as its interface declares it.
+HTTP_DID = """
+type http_header = record { name : text; value : text };
+type http_request_result = record { status : nat; headers : vec http_header; body : blob };
+type transform_args = record { response : http_request_result; context : blob };
+type http_request_args = record {
+  url : text;
+  max_response_bytes : opt nat64;
+  method : variant { get; head; post };
+  headers : vec http_header;
+  body : opt blob;
+  transform : opt record {
+    function : func (transform_args) -> (http_request_result) query;
+    context : blob;
+  };
+  is_replicated : opt bool;
+};
+service : {
+  http_request : (http_request_args) -> (http_request_result);
+  transform : (transform_args) -> (http_request_result) query;
+}
+"""
+
+
+@functools.cache
+def http_interface() -> Interface:
+    return Interface(HTTP_DID, "the management canister's http_request interface")
+
+
 # The IC's published price of an HTTP outcall on a 13-node subnet (n = 13):
 # (3_000_000 + 60_000 n) n + 400 n per request byte + 800 n per byte of max_response_bytes.
 _SUBNET_NODES = 13
@@ -58,6 +94,8 @@ class Management:
             seed = f"{self.runtime.seed}:{self._draws[instance.principal]}".encode()
             data = hashlib.sha256(b"icllm raw_rand\0" + instance.principal + b"\0" + seed).digest()
             return Response(reply=blob_reply(data), refund=call.cycles)
+        if call.method == "http_request":
+            return await self.http_request(instance, call)
         return Response.rejected(
             RejectCode.CANISTER_REJECT,
             f"the management canister's method {call.method!r} is not emulated by the canister runtime of "
@@ -65,3 +103,120 @@ class Management:
             EXPLICIT_REJECT,
             refund=call.cycles,
         )
+
+    async def http_request(self, instance: CanisterInstance, call: Call) -> Response:
+        """An HTTP outcall: checked and priced as on the IC, answered by the outcall book, transformed."""
+        book = self.runtime.outcalls
+        interface = http_interface()
+        try:
+            (args,) = interface.decode_call("http_request", bytes(call.arg))
+        except RuntimeUsageError as error:
+            return _rejected(RejectCode.CANISTER_REJECT, f"http_request: {error}", call.cycles)
+        transform = args.get("transform")
+        request = HttpRequest(
+            method=next(iter(args["method"])),
+            url=args["url"],
+            headers=tuple((h["name"], h["value"]) for h in args["headers"]),
+            body=args.get("body") or b"",
+            max_response_bytes=args.get("max_response_bytes"),
+            transform=None if transform is None else str(transform["function"][1]),
+        )
+        record = book.open(instance.id, request, self.runtime.clock.now(), call.cycles)
+
+        def refuse(code: RejectCode, message: str, refund: int) -> Response:
+            record.reject = Reject(code, message)
+            return _rejected(code, message, refund)
+
+        problem = check_url(request.url)
+        if problem is not None:
+            return refuse(RejectCode.CANISTER_REJECT, f"http_request: {problem}", call.cycles)
+        limit = MAX_RESPONSE_CEILING if request.max_response_bytes is None else request.max_response_bytes
+        if limit > MAX_RESPONSE_CEILING:
+            return refuse(
+                RejectCode.CANISTER_REJECT,
+                f"http_request: max_response_bytes is {limit}; it cannot exceed {MAX_RESPONSE_CEILING}",
+                call.cycles,
+            )
+        context = b"" if transform is None else bytes(transform["context"])
+        size = (
+            len(request.url.encode())
+            + sum(len(k.encode()) + len(v.encode()) for k, v in request.headers)
+            + len(request.body)
+            + len((request.transform or "").encode())
+            + len(context)
+        )
+        cost = http_request_cost(size, request.max_response_bytes)
+        if call.cycles < cost:
+            return refuse(
+                RejectCode.CANISTER_REJECT,
+                f"http_request request sent with {call.cycles} cycles, but {cost} cycles are required.",
+                call.cycles,
+            )
+        record.cycles_charged = cost
+        refund = call.cycles - cost
+        try:
+            upstream = await book.respond(request, record)
+        except Reject as reject:
+            return refuse(reject.code, reject.message, refund)
+        record.upstream = upstream
+        if upstream.size > limit:
+            return refuse(
+                RejectCode.SYS_FATAL,
+                f"Http body exceeds size limit of {limit} bytes: the response of {request.describe()} "
+                f"has {upstream.size} (body and headers)",
+                refund,
+            )
+        response = upstream
+        if transform is not None:
+            owner = transform["function"][0]
+            owner_id = owner.to_str() if isinstance(owner, Principal) else str(owner)
+            if owner_id != instance.id:
+                return refuse(
+                    RejectCode.CANISTER_REJECT,
+                    f"http_request: the transform must be a query of the calling canister {instance.id}, "
+                    f"not of {owner_id}",
+                    refund,
+                )
+            transformed = await self._transform(instance, request.transform or "", upstream, context)
+            if isinstance(transformed, Reject):
+                return refuse(transformed.code, transformed.message, refund)
+            response = transformed
+        record.response = response
+        reply = interface.encode_reply("http_request", (_result_value(response),))
+        return Response(reply=reply, refund=refund)
+
+    async def _transform(
+        self, instance: CanisterInstance, method: str, response: HttpResponse, context: bytes
+    ) -> HttpResponse | Reject:
+        interface = http_interface()
+        arg = interface.encode_call("transform", ({"response": _result_value(response), "context": context},))
+        outcome = await self.runtime.deliver(instance, method, arg, b"", 0, query=True)
+        if outcome.reply is None:
+            return Reject(
+                RejectCode.CANISTER_ERROR,
+                f"http_request: the transform query {method!r} of {instance.id} failed: "
+                f"{outcome.reject_message}",
+            )
+        try:
+            value = interface.decode_reply("transform", outcome.reply)
+        except RuntimeUsageError as error:
+            return Reject(
+                RejectCode.CANISTER_ERROR, f"http_request: the transform {method!r} replied wrongly: {error}"
+            )
+        return HttpResponse(
+            int(value["status"]),
+            tuple((h["name"], h["value"]) for h in value["headers"]),
+            bytes(value["body"]),
+        )
+
+
+def _result_value(response: HttpResponse) -> dict[str, Any]:
+    return {
+        "status": response.status,
+        "headers": [{"name": k, "value": v} for k, v in response.headers],
+        "body": response.body,
+    }
+
+
+def _rejected(code: RejectCode, message: str, refund: int) -> Response:
+    return Response.rejected(code, message, error_code_for(code), refund)

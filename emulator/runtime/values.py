@@ -61,6 +61,18 @@ class Interface:
     def encode_call(self, name: str, values: tuple[Any, ...]) -> bytes:
         return encode_values(name, self.method(name).args, values)
 
+    def decode_call(self, name: str, arg: bytes) -> tuple[Any, ...]:
+        """A method's argument bytes as Python values (a `RuntimeUsageError` if they do not decode)."""
+        method = self.method(name)
+        try:
+            decoded = decode_args(arg, list(method.args))
+        except (CandidError, ValueError) as error:
+            raise RuntimeUsageError(f"the argument of {name!r} does not decode: {error}") from None
+        return tuple(from_candid(t, v) for t, v in zip(method.args, decoded, strict=True))
+
+    def encode_reply(self, name: str, values: tuple[Any, ...]) -> bytes:
+        return encode_values(f"the reply of {name}", self.method(name).rets, values)
+
     def decode_reply(self, name: str, reply: bytes) -> Any:
         """No return value: None; one: that value; several: a tuple."""
         method = self.method(name)

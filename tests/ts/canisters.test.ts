@@ -3,7 +3,7 @@
 // answer over Control, and encodes and decodes Candid with DFINITY's own @dfinity/candid.
 //
 // Run by tests/test_typescript_harness.py (make test) with ICLLM_PYTHON (the emulator's interpreter),
-// ICLLM_AGENT_WASM and ICLLM_AGENT_DID (the Rust test agent) set.
+// ICLLM_AGENT_WASM (the Rust test agent) and ICLLM_MOTOKO_WASM (the Motoko agent) set.
 import { IDL } from '@dfinity/candid';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -44,6 +44,7 @@ before(async () => {
     const definition = protoLoader.loadSync(PROTOS, {
         includeDirs: [join(ROOT, 'proto')],
         keepCase: true,
+        defaults: true,
         longs: String,
         oneofs: true
     });
@@ -108,4 +109,28 @@ test('misuse is a gRPC status, not a crash', async () => {
         assert.match(error.details, /is not a WebAssembly module/);
         return true;
     });
+});
+
+test("a canister's HTTP outcall is scripted over Control, and too few cycles are refused", async () => {
+    await call(control, 'Reset', {});
+    const wasm = readFileSync(process.env.ICLLM_MOTOKO_WASM!);
+    const { canister_id } = await call<{ canister_id: string }>(canisters, 'Install', { wasm });
+    const url = 'https://api.example.com/price?symbol=ICP';
+    await call(control, 'AddOutcallRules', {
+        rules: [{ match: { url }, response: { status: 200, body: Buffer.from('{"usd": 42.5}') } }]
+    });
+    const paid = await ask(canister_id, 'fetch_price', IDL.encode([IDL.Text, IDL.Nat], ['ICP', 1_000_000_000n]));
+    assert.equal(paid.outcome, 'reply');
+    assert.deepEqual(IDL.decode([IDL.Text], bytes(paid.reply!)), ['HTTP 200: {"usd": 42.5}']);
+    const cheap = await ask(canister_id, 'fetch_price', IDL.encode([IDL.Text, IDL.Nat], ['ICP', 1000n]));
+    assert.equal(cheap.outcome, 'reject');
+    assert.match(cheap.reject!.message, /http_request request sent with 1000 cycles, but \d+ cycles are required/);
+    const { outcalls } = await call<{ outcalls: { url: string; rule_id: string }[] }>(control, 'GetOutcalls', {});
+    assert.deepEqual(
+        outcalls.map((o) => [o.url, o.rule_id]),
+        [
+            [url, 'outcall-rule-1'],
+            [url, '']
+        ]
+    );
 });

@@ -1365,3 +1365,456 @@ class CassetteStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CassetteStats: _TypeAlias = CassetteStats  # noqa: Y015
+
+@_typing.final
+class HttpHeader(_message.Message):
+    """-- HTTP outcalls --------------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpHeader: _TypeAlias = HttpHeader  # noqa: Y015
+
+@_typing.final
+class OutcallMatch(_message.Message):
+    """Every field given must match; an empty match matches every outcall."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    URL_REGEX_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_CONTAINS_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """get, head or post."""
+    url: _builtins.str
+    """The whole URL."""
+    url_regex: _builtins.str
+    """A Python regular expression searched in the URL."""
+    body_contains: _builtins.bytes
+    """Bytes the body must contain."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]:
+        """Headers the request must carry (names case-insensitive, values exact)."""
+
+    def __init__(
+        self,
+        *,
+        method: _builtins.str | None = ...,
+        url: _builtins.str | None = ...,
+        url_regex: _builtins.str | None = ...,
+        headers: _abc.Iterable[Global___HttpHeader] | None = ...,
+        body_contains: _builtins.bytes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_body_contains", b"_body_contains", "_method", b"_method", "_url", b"_url", "_url_regex", b"_url_regex", "body_contains", b"body_contains", "method", b"method", "url", b"url", "url_regex", b"url_regex"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_body_contains", b"_body_contains", "_method", b"_method", "_url", b"_url", "_url_regex", b"_url_regex", "body_contains", b"body_contains", "headers", b"headers", "method", b"method", "url", b"url", "url_regex", b"url_regex"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__body_contains: _TypeAlias = _typing.Literal["body_contains"]  # noqa: Y015
+    _WhichOneofArgType__body_contains: _TypeAlias = _typing.Literal["_body_contains", b"_body_contains"]  # noqa: Y015
+    _WhichOneofReturnType__method: _TypeAlias = _typing.Literal["method"]  # noqa: Y015
+    _WhichOneofArgType__method: _TypeAlias = _typing.Literal["_method", b"_method"]  # noqa: Y015
+    _WhichOneofReturnType__url: _TypeAlias = _typing.Literal["url"]  # noqa: Y015
+    _WhichOneofArgType__url: _TypeAlias = _typing.Literal["_url", b"_url"]  # noqa: Y015
+    _WhichOneofReturnType__url_regex: _TypeAlias = _typing.Literal["url_regex"]  # noqa: Y015
+    _WhichOneofArgType__url_regex: _TypeAlias = _typing.Literal["_url_regex", b"_url_regex"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__body_contains) -> _WhichOneofReturnType__body_contains | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__method) -> _WhichOneofReturnType__method | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__url) -> _WhichOneofReturnType__url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__url_regex) -> _WhichOneofReturnType__url_regex | None: ...
+
+Global___OutcallMatch: _TypeAlias = OutcallMatch  # noqa: Y015
+
+@_typing.final
+class OutcallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    status: _builtins.int
+    body: _builtins.bytes
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]: ...
+    def __init__(
+        self,
+        *,
+        status: _builtins.int = ...,
+        headers: _abc.Iterable[Global___HttpHeader] | None = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutcallResponse: _TypeAlias = OutcallResponse  # noqa: Y015
+
+@_typing.final
+class OutcallRule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    REJECT_FIELD_NUMBER: _builtins.int
+    TIMES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Assigned by the emulator when empty."""
+    times: _builtins.int
+    """How many outcalls the rule answers; absent means any number."""
+    @_builtins.property
+    def match(self) -> Global___OutcallMatch: ...
+    @_builtins.property
+    def response(self) -> Global___OutcallResponse: ...
+    @_builtins.property
+    def reject(self) -> Global___RejectAction:
+        """The canister's call is rejected with this code and message."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        match: Global___OutcallMatch | None = ...,
+        response: Global___OutcallResponse | None = ...,
+        reject: Global___RejectAction | None = ...,
+        times: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_times", b"_times", "match", b"match", "outcome", b"outcome", "reject", b"reject", "response", b"response", "times", b"times"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_times", b"_times", "id", b"id", "match", b"match", "outcome", b"outcome", "reject", b"reject", "response", b"response", "times", b"times"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__times: _TypeAlias = _typing.Literal["times"]  # noqa: Y015
+    _WhichOneofArgType__times: _TypeAlias = _typing.Literal["_times", b"_times"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "reject"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__times) -> _WhichOneofReturnType__times | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___OutcallRule: _TypeAlias = OutcallRule  # noqa: Y015
+
+@_typing.final
+class AddOutcallRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutcallRule]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___OutcallRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddOutcallRulesRequest: _TypeAlias = AddOutcallRulesRequest  # noqa: Y015
+
+@_typing.final
+class AddOutcallRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        rule_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule_ids", b"rule_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddOutcallRulesResponse: _TypeAlias = AddOutcallRulesResponse  # noqa: Y015
+
+@_typing.final
+class ListOutcallRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOutcallRulesRequest: _TypeAlias = ListOutcallRulesRequest  # noqa: Y015
+
+@_typing.final
+class OutcallRuleState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    uses: _builtins.int
+    @_builtins.property
+    def rule(self) -> Global___OutcallRule: ...
+    def __init__(
+        self,
+        *,
+        rule: Global___OutcallRule | None = ...,
+        uses: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutcallRuleState: _TypeAlias = OutcallRuleState  # noqa: Y015
+
+@_typing.final
+class ListOutcallRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutcallRuleState]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___OutcallRuleState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOutcallRulesResponse: _TypeAlias = ListOutcallRulesResponse  # noqa: Y015
+
+@_typing.final
+class ClearOutcallRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearOutcallRulesRequest: _TypeAlias = ClearOutcallRulesRequest  # noqa: Y015
+
+@_typing.final
+class ClearOutcallRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearOutcallRulesResponse: _TypeAlias = ClearOutcallRulesResponse  # noqa: Y015
+
+@_typing.final
+class GetOutcallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOutcallsRequest: _TypeAlias = GetOutcallsRequest  # noqa: Y015
+
+@_typing.final
+class Outcall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    TRANSFORM_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
+    REJECT_CODE_FIELD_NUMBER: _builtins.int
+    REJECT_MESSAGE_FIELD_NUMBER: _builtins.int
+    CYCLES_ATTACHED_FIELD_NUMBER: _builtins.int
+    CYCLES_CHARGED_FIELD_NUMBER: _builtins.int
+    UNEXPECTED_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    canister_id: _builtins.str
+    """The canister that sent it."""
+    method: _builtins.str
+    url: _builtins.str
+    body: _builtins.bytes
+    max_response_bytes: _builtins.int
+    transform: _builtins.str
+    """The canister's transform query, if it named one."""
+    rule_id: _builtins.str
+    """The rule that answered (empty: none)."""
+    reject_code: _builtins.int
+    reject_message: _builtins.str
+    cycles_attached: _builtins.str
+    """Decimal nats."""
+    cycles_charged: _builtins.str
+    unexpected: _builtins.bool
+    received_at: _builtins.float
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]: ...
+    @_builtins.property
+    def response(self) -> Global___OutcallResponse:
+        """What the canister got, after its transform; absent when the outcall was rejected."""
+
+    @_builtins.property
+    def upstream(self) -> Global___OutcallResponse:
+        """The response before the transform."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        canister_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        url: _builtins.str = ...,
+        headers: _abc.Iterable[Global___HttpHeader] | None = ...,
+        body: _builtins.bytes = ...,
+        max_response_bytes: _builtins.int | None = ...,
+        transform: _builtins.str = ...,
+        rule_id: _builtins.str = ...,
+        response: Global___OutcallResponse | None = ...,
+        upstream: Global___OutcallResponse | None = ...,
+        reject_code: _builtins.int = ...,
+        reject_message: _builtins.str = ...,
+        cycles_attached: _builtins.str = ...,
+        cycles_charged: _builtins.str = ...,
+        unexpected: _builtins.bool = ...,
+        received_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "_response", b"_response", "_upstream", b"_upstream", "max_response_bytes", b"max_response_bytes", "response", b"response", "upstream", b"upstream"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "_response", b"_response", "_upstream", b"_upstream", "body", b"body", "canister_id", b"canister_id", "cycles_attached", b"cycles_attached", "cycles_charged", b"cycles_charged", "headers", b"headers", "id", b"id", "max_response_bytes", b"max_response_bytes", "method", b"method", "received_at", b"received_at", "reject_code", b"reject_code", "reject_message", b"reject_message", "response", b"response", "rule_id", b"rule_id", "transform", b"transform", "unexpected", b"unexpected", "upstream", b"upstream", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__response: _TypeAlias = _typing.Literal["response"]  # noqa: Y015
+    _WhichOneofArgType__response: _TypeAlias = _typing.Literal["_response", b"_response"]  # noqa: Y015
+    _WhichOneofReturnType__upstream: _TypeAlias = _typing.Literal["upstream"]  # noqa: Y015
+    _WhichOneofArgType__upstream: _TypeAlias = _typing.Literal["_upstream", b"_upstream"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_response_bytes) -> _WhichOneofReturnType__max_response_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__response) -> _WhichOneofReturnType__response | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream) -> _WhichOneofReturnType__upstream | None: ...
+
+Global___Outcall: _TypeAlias = Outcall  # noqa: Y015
+
+@_typing.final
+class GetOutcallsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcalls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Outcall]: ...
+    def __init__(
+        self,
+        *,
+        outcalls: _abc.Iterable[Global___Outcall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcalls", b"outcalls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOutcallsResponse: _TypeAlias = GetOutcallsResponse  # noqa: Y015
+
+@_typing.final
+class SetOutcallPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRICT_FIELD_NUMBER: _builtins.int
+    ALLOW_LOOPBACK_FIELD_NUMBER: _builtins.int
+    strict: _builtins.bool
+    allow_loopback: _builtins.bool
+    def __init__(
+        self,
+        *,
+        strict: _builtins.bool | None = ...,
+        allow_loopback: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_loopback", b"_allow_loopback", "_strict", b"_strict", "allow_loopback", b"allow_loopback", "strict", b"strict"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_loopback", b"_allow_loopback", "_strict", b"_strict", "allow_loopback", b"allow_loopback", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__allow_loopback: _TypeAlias = _typing.Literal["allow_loopback"]  # noqa: Y015
+    _WhichOneofArgType__allow_loopback: _TypeAlias = _typing.Literal["_allow_loopback", b"_allow_loopback"]  # noqa: Y015
+    _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
+    _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_loopback) -> _WhichOneofReturnType__allow_loopback | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strict) -> _WhichOneofReturnType__strict | None: ...
+
+Global___SetOutcallPolicyRequest: _TypeAlias = SetOutcallPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetOutcallPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRICT_FIELD_NUMBER: _builtins.int
+    ALLOW_LOOPBACK_FIELD_NUMBER: _builtins.int
+    strict: _builtins.bool
+    allow_loopback: _builtins.bool
+    def __init__(
+        self,
+        *,
+        strict: _builtins.bool = ...,
+        allow_loopback: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_loopback", b"allow_loopback", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOutcallPolicyResponse: _TypeAlias = SetOutcallPolicyResponse  # noqa: Y015

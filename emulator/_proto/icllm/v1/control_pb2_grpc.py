@@ -119,6 +119,31 @@ class ControlStub:
                 request_serializer=icllm_dot_v1_dot_control__pb2.EjectCassetteRequest.SerializeToString,
                 response_deserializer=icllm_dot_v1_dot_control__pb2.CassetteStats.FromString,
                 _registered_method=True)
+        self.AddOutcallRules = channel.unary_unary(
+                '/icllm.v1.Control/AddOutcallRules',
+                request_serializer=icllm_dot_v1_dot_control__pb2.AddOutcallRulesRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.AddOutcallRulesResponse.FromString,
+                _registered_method=True)
+        self.ListOutcallRules = channel.unary_unary(
+                '/icllm.v1.Control/ListOutcallRules',
+                request_serializer=icllm_dot_v1_dot_control__pb2.ListOutcallRulesRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.ListOutcallRulesResponse.FromString,
+                _registered_method=True)
+        self.ClearOutcallRules = channel.unary_unary(
+                '/icllm.v1.Control/ClearOutcallRules',
+                request_serializer=icllm_dot_v1_dot_control__pb2.ClearOutcallRulesRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.ClearOutcallRulesResponse.FromString,
+                _registered_method=True)
+        self.GetOutcalls = channel.unary_unary(
+                '/icllm.v1.Control/GetOutcalls',
+                request_serializer=icllm_dot_v1_dot_control__pb2.GetOutcallsRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.GetOutcallsResponse.FromString,
+                _registered_method=True)
+        self.SetOutcallPolicy = channel.unary_unary(
+                '/icllm.v1.Control/SetOutcallPolicy',
+                request_serializer=icllm_dot_v1_dot_control__pb2.SetOutcallPolicyRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_control__pb2.SetOutcallPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -239,6 +264,41 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddOutcallRules(self, request, context):
+        """HTTP outcalls of the canisters in the runtime (Canisters service), scripted like LLM answers:
+        the first rule that matches answers; without one the canister's call is rejected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOutcallRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearOutcallRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOutcalls(self, request, context):
+        """Every outcall since the last reset, oldest first, with what the canister got.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetOutcallPolicy(self, request, context):
+        """strict: unscripted outcalls are marked unexpected (the plugin fails the test for them);
+        allow_loopback: unscripted outcalls to 127.0.0.1, ::1 or localhost are sent there for real.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -326,6 +386,31 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.EjectCassette,
                     request_deserializer=icllm_dot_v1_dot_control__pb2.EjectCassetteRequest.FromString,
                     response_serializer=icllm_dot_v1_dot_control__pb2.CassetteStats.SerializeToString,
+            ),
+            'AddOutcallRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddOutcallRules,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.AddOutcallRulesRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.AddOutcallRulesResponse.SerializeToString,
+            ),
+            'ListOutcallRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOutcallRules,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.ListOutcallRulesRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.ListOutcallRulesResponse.SerializeToString,
+            ),
+            'ClearOutcallRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearOutcallRules,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.ClearOutcallRulesRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.ClearOutcallRulesResponse.SerializeToString,
+            ),
+            'GetOutcalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutcalls,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.GetOutcallsRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.GetOutcallsResponse.SerializeToString,
+            ),
+            'SetOutcallPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOutcallPolicy,
+                    request_deserializer=icllm_dot_v1_dot_control__pb2.SetOutcallPolicyRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_control__pb2.SetOutcallPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -787,6 +872,141 @@ class Control:
             '/icllm.v1.Control/EjectCassette',
             icllm_dot_v1_dot_control__pb2.EjectCassetteRequest.SerializeToString,
             icllm_dot_v1_dot_control__pb2.CassetteStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddOutcallRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/AddOutcallRules',
+            icllm_dot_v1_dot_control__pb2.AddOutcallRulesRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.AddOutcallRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOutcallRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/ListOutcallRules',
+            icllm_dot_v1_dot_control__pb2.ListOutcallRulesRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.ListOutcallRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearOutcallRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/ClearOutcallRules',
+            icllm_dot_v1_dot_control__pb2.ClearOutcallRulesRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.ClearOutcallRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutcalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/GetOutcalls',
+            icllm_dot_v1_dot_control__pb2.GetOutcallsRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.GetOutcallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOutcallPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Control/SetOutcallPolicy',
+            icllm_dot_v1_dot_control__pb2.SetOutcallPolicyRequest.SerializeToString,
+            icllm_dot_v1_dot_control__pb2.SetOutcallPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

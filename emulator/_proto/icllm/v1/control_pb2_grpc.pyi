@@ -64,6 +64,18 @@ class ControlStub:
     """Write and close the cassette UseCassette loaded (back to the emulator's own --cassettes one, if
     any) and report what it did, misses included. Without one loaded: empty stats.
     """
+    AddOutcallRules: _grpc.UnaryUnaryMultiCallable[_control_pb2.AddOutcallRulesRequest, _control_pb2.AddOutcallRulesResponse]
+    """HTTP outcalls of the canisters in the runtime (Canisters service), scripted like LLM answers:
+    the first rule that matches answers; without one the canister's call is rejected.
+    """
+    ListOutcallRules: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListOutcallRulesRequest, _control_pb2.ListOutcallRulesResponse]
+    ClearOutcallRules: _grpc.UnaryUnaryMultiCallable[_control_pb2.ClearOutcallRulesRequest, _control_pb2.ClearOutcallRulesResponse]
+    GetOutcalls: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetOutcallsRequest, _control_pb2.GetOutcallsResponse]
+    """Every outcall since the last reset, oldest first, with what the canister got."""
+    SetOutcallPolicy: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetOutcallPolicyRequest, _control_pb2.SetOutcallPolicyResponse]
+    """strict: unscripted outcalls are marked unexpected (the plugin fails the test for them);
+    allow_loopback: unscripted outcalls to 127.0.0.1, ::1 or localhost are sent there for real.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -100,6 +112,18 @@ class ControlAsyncStub(ControlStub):
     EjectCassette: _aio.UnaryUnaryMultiCallable[_control_pb2.EjectCassetteRequest, _control_pb2.CassetteStats]  # type: ignore[assignment]
     """Write and close the cassette UseCassette loaded (back to the emulator's own --cassettes one, if
     any) and report what it did, misses included. Without one loaded: empty stats.
+    """
+    AddOutcallRules: _aio.UnaryUnaryMultiCallable[_control_pb2.AddOutcallRulesRequest, _control_pb2.AddOutcallRulesResponse]  # type: ignore[assignment]
+    """HTTP outcalls of the canisters in the runtime (Canisters service), scripted like LLM answers:
+    the first rule that matches answers; without one the canister's call is rejected.
+    """
+    ListOutcallRules: _aio.UnaryUnaryMultiCallable[_control_pb2.ListOutcallRulesRequest, _control_pb2.ListOutcallRulesResponse]  # type: ignore[assignment]
+    ClearOutcallRules: _aio.UnaryUnaryMultiCallable[_control_pb2.ClearOutcallRulesRequest, _control_pb2.ClearOutcallRulesResponse]  # type: ignore[assignment]
+    GetOutcalls: _aio.UnaryUnaryMultiCallable[_control_pb2.GetOutcallsRequest, _control_pb2.GetOutcallsResponse]  # type: ignore[assignment]
+    """Every outcall since the last reset, oldest first, with what the canister got."""
+    SetOutcallPolicy: _aio.UnaryUnaryMultiCallable[_control_pb2.SetOutcallPolicyRequest, _control_pb2.SetOutcallPolicyResponse]  # type: ignore[assignment]
+    """strict: unscripted outcalls are marked unexpected (the plugin fails the test for them);
+    allow_loopback: unscripted outcalls to 127.0.0.1, ::1 or localhost are sent there for real.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -236,6 +260,48 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.CassetteStats, _abc.Awaitable[_control_pb2.CassetteStats]]:
         """Write and close the cassette UseCassette loaded (back to the emulator's own --cassettes one, if
         any) and report what it did, misses included. Without one loaded: empty stats.
+        """
+
+    @_abc_1.abstractmethod
+    def AddOutcallRules(
+        self,
+        request: _control_pb2.AddOutcallRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AddOutcallRulesResponse, _abc.Awaitable[_control_pb2.AddOutcallRulesResponse]]:
+        """HTTP outcalls of the canisters in the runtime (Canisters service), scripted like LLM answers:
+        the first rule that matches answers; without one the canister's call is rejected.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOutcallRules(
+        self,
+        request: _control_pb2.ListOutcallRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListOutcallRulesResponse, _abc.Awaitable[_control_pb2.ListOutcallRulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClearOutcallRules(
+        self,
+        request: _control_pb2.ClearOutcallRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ClearOutcallRulesResponse, _abc.Awaitable[_control_pb2.ClearOutcallRulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetOutcalls(
+        self,
+        request: _control_pb2.GetOutcallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetOutcallsResponse, _abc.Awaitable[_control_pb2.GetOutcallsResponse]]:
+        """Every outcall since the last reset, oldest first, with what the canister got."""
+
+    @_abc_1.abstractmethod
+    def SetOutcallPolicy(
+        self,
+        request: _control_pb2.SetOutcallPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SetOutcallPolicyResponse, _abc.Awaitable[_control_pb2.SetOutcallPolicyResponse]]:
+        """strict: unscripted outcalls are marked unexpected (the plugin fails the test for them);
+        allow_loopback: unscripted outcalls to 127.0.0.1, ::1 or localhost are sent there for real.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,81 @@
+"""Control's outcall methods: proto <-> the outcall book's types, in both directions."""
+
+from __future__ import annotations
+
+from emulator._proto.icllm.v1 import control_pb2 as cpb
+from emulator.domain import Reject
+from emulator.outcalls import HttpResponse, OutcallMatch, OutcallRecord, OutcallRule
+from emulator.rules import parse_reject_code
+
+
+def _headers(headers: tuple[tuple[str, str], ...]) -> list[cpb.HttpHeader]:
+    return [cpb.HttpHeader(name=k, value=v) for k, v in headers]
+
+
+def response_pb(response: HttpResponse) -> cpb.OutcallResponse:
+    return cpb.OutcallResponse(status=response.status, headers=_headers(response.headers), body=response.body)
+
+
+def rule_from_pb(rule: cpb.OutcallRule) -> OutcallRule:
+    m = rule.match
+    match = OutcallMatch(
+        method=m.method if m.HasField("method") else None,
+        url=m.url if m.HasField("url") else None,
+        url_regex=m.url_regex if m.HasField("url_regex") else None,
+        headers=tuple((h.name, h.value) for h in m.headers),
+        body_contains=m.body_contains if m.HasField("body_contains") else None,
+    )
+    outcome = rule.WhichOneof("outcome")
+    response = reject = None
+    if outcome == "response":
+        r = rule.response
+        response = HttpResponse(r.status or 200, tuple((h.name, h.value) for h in r.headers), r.body)
+    elif outcome == "reject":
+        reject = Reject(parse_reject_code(rule.reject.code), rule.reject.message)
+    return OutcallRule(
+        match, response, reject, times=rule.times if rule.HasField("times") else None, id=rule.id
+    )
+
+
+def rule_pb(rule: OutcallRule) -> cpb.OutcallRule:
+    m = rule.match
+    match = cpb.OutcallMatch(
+        method=m.method,
+        url=m.url,
+        url_regex=m.url_regex,
+        headers=_headers(m.headers),
+        body_contains=m.body_contains,
+    )
+    out = cpb.OutcallRule(id=rule.id, match=match, times=rule.times)
+    if rule.response is not None:
+        out.response.CopyFrom(response_pb(rule.response))
+    if rule.reject is not None:
+        out.reject.CopyFrom(cpb.RejectAction(code=int(rule.reject.code), message=rule.reject.message))
+    return out
+
+
+def record_pb(record: OutcallRecord) -> cpb.Outcall:
+    request = record.request
+    out = cpb.Outcall(
+        id=record.id,
+        canister_id=record.canister,
+        method=request.method,
+        url=request.url,
+        headers=_headers(request.headers),
+        body=request.body,
+        max_response_bytes=request.max_response_bytes,
+        transform=request.transform or "",
+        rule_id=record.rule_id,
+        cycles_attached=str(record.cycles_attached),
+        cycles_charged=str(record.cycles_charged),
+        unexpected=record.unexpected,
+        received_at=record.received_at,
+    )
+    if record.response is not None:
+        out.response.CopyFrom(response_pb(record.response))
+    if record.upstream is not None:
+        out.upstream.CopyFrom(response_pb(record.upstream))
+    if record.reject is not None:
+        out.reject_code = int(record.reject.code)
+        out.reject_message = record.reject.message
+    return out
