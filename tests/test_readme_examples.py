@@ -199,20 +199,69 @@ def test_readme_states_the_precedence_of_the_resolver() -> None:
     assert precedence in words(README.read_text(encoding="utf-8"))
 
 
-def test_your_canister_walkthrough_compiles_and_its_tests_pass(pytester: pytest.Pytester) -> None:
+def test_your_canister_examples_compile_and_their_tests_pass(pytester: pytest.Pytester) -> None:
+    """Each ```motoko block is compiled; the ```python block after it tests it (its `WASM = "x.wasm"`)."""
     from tests.canisters.conftest import BUILD
 
-    blocks = section_blocks("Your canister in the test")
-    (motoko,) = [b for b in blocks if b.lang == "motoko"]
-    (tests,) = [b for b in blocks if b.lang == "python"]
-    try:
-        wasm = BUILD.built_motoko(motoko.text)
-    except BUILD.BuildError as error:
-        pytest.fail(f"README.md:{motoko.line}: the Motoko example does not compile: {error}", pytrace=False)
-    files, args = split_files(tests)
-    assert tests.text.count('"agent.wasm"') == 1
+    blocks = [b for b in section_blocks("Your canister in the test") if b.lang in ("motoko", "python")]
+    assert [b.lang for b in blocks] == ["motoko", "python", "motoko", "python"]
     pytester.makeini(INI)
-    for name, text in files.items():
-        pytester.makepyfile(**{name.removesuffix(".py"): text.replace('"agent.wasm"', repr(str(wasm)))})
-    result = pytester.runpytest(*args)
-    result.assert_outcomes(passed=4)
+    expected = 0
+    for motoko, tests in zip(blocks[::2], blocks[1::2], strict=True):
+        try:
+            wasm = BUILD.built_motoko(motoko.text)
+        except BUILD.BuildError as error:
+            pytest.fail(
+                f"README.md:{motoko.line}: the Motoko example does not compile: {error}", pytrace=False
+            )
+        (placeholder,) = re.findall(r'^WASM = ("\w+\.wasm")$', tests.text, re.MULTILINE)
+        files, _ = split_files(tests)
+        for name, text in files.items():
+            pytester.makepyfile(**{name.removesuffix(".py"): text.replace(placeholder, repr(str(wasm)))})
+        expected += tests.text.count("\ndef test_")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=expected)
+
+
+def test_canisters_from_any_language_example_runs(tmp_path: Path) -> None:
+    """The TypeScript example, as written, against the emulator process and the Rust test agent."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.canisters.conftest import module_path
+
+    (block,) = [b for b in section_blocks("Canisters from any language") if b.lang == "ts"]
+    ts = README.parent / "tests" / "ts"
+    if not (ts / "node_modules").is_dir():
+        pytest.fail(f"the TypeScript harness's packages are missing: run `npm ci` in {ts}")
+    (tmp_path / "node_modules").symlink_to(ts / "node_modules")
+    (tmp_path / "proto").symlink_to(README.parent / "proto")
+    (tmp_path / "agent.wasm").write_bytes(module_path("rust-agent").read_bytes())
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "example.test.ts").write_text(block.text)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["node", "--import", "tsx", "--test", "example.test.ts"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"README.md:{block.line}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+    assert "# pass 1" in result.stdout
+
+
+def test_readme_grpc_table_lists_every_method_of_every_service() -> None:
+    from emulator._proto.icllm.v1 import canister_pb2, canisters_pb2, control_pb2, worker_pb2
+
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2]
+        for line in README.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `icllm.v1.")
+    }
+    for module in (canister_pb2, worker_pb2, control_pb2, canisters_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            listed = set(re.findall(r"`(\w+)`", rows[service.full_name]))
+            assert {m.name for m in service.methods} <= listed, service.full_name
