@@ -174,6 +174,11 @@ class Canister:
             # The caller hung up (a cancelled gRPC call); the job, if any, goes on as on the IC.
             self.history.close(record, Reject(RejectCode.SYS_UNKNOWN, "the caller cancelled the call"))
             raise
+        except Exception as error:  # a fault of the emulator: the record is closed all the same
+            if record.job is None:
+                settle(Reject(RejectCode.SYS_FATAL, "the emulator failed"))
+            self.history.close(record, Reject(RejectCode.SYS_FATAL, f"the emulator failed: {error!r}"))
+            raise
         self.history.close(record, outcome)
         if isinstance(outcome, Reject):
             raise outcome

@@ -264,6 +264,8 @@ SERVE_OPTIONS: list[Option] = [
         None,
         "folder of cassettes, for recording and replay alike (the emulator uses --cassette)",
     ),
+    ("--cassette-paths-anywhere", _bool, False, "let Control.UseCassette name cassettes outside --cassettes"),
+    ("--allow-scrubber-imports", _bool, False, "let Control.UseCassette name scrubbers not given at start"),
     (
         "--cassette",
         str,
@@ -386,6 +388,8 @@ def cassettes_from_args(args: argparse.Namespace) -> CassetteSettings:
             allow_playback_repeats=args.allow_playback_repeats,
             scrub_patterns=tuple(args.scrub),
             scrubbers=tuple(args.scrubber),
+            paths_anywhere=args.cassette_paths_anywhere,
+            scrubber_imports=args.allow_scrubber_imports,
         )
     except CassetteSettingsError as error:
         raise ConfigError(str(error)) from None

@@ -10,6 +10,7 @@ import asyncio
 import enum
 import heapq
 import itertools
+import math
 import time
 from typing import Protocol
 
@@ -47,7 +48,7 @@ class VirtualClock:
     kind = ClockKind.VIRTUAL
 
     def __init__(self, start: float | None = None) -> None:
-        self._now = time.time() if start is None else start
+        self._now = self.start = time.time() if start is None else start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
@@ -64,8 +65,7 @@ class VirtualClock:
 
     async def advance(self, seconds: float) -> float:
         """Move time forward, waking each sleeper at its own time and letting it run before the next."""
-        if seconds < 0:
-            raise ValueError(f"the clock only moves forward: got {seconds} seconds")
+        check_advance(seconds)
         target = self._now + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             when, _, future = heapq.heappop(self._sleepers)
@@ -76,6 +76,32 @@ class VirtualClock:
         self._now = target
         await _settle()
         return self._now
+
+    def reset(self) -> None:
+        """Back to the time the clock started at; whatever still sleeps on it is woken (and ends)."""
+        self._now = self.start
+        for _, _, future in self._sleepers:
+            if not future.done():
+                future.cancel()
+        self._sleepers.clear()
+
+
+# Far beyond any test's horizon, and well inside the range where adding seconds to a Unix time keeps
+# sub-millisecond precision (the canister runtime reads the clock in nanoseconds).
+MAX_ADVANCE_SECONDS = 100 * 365 * 24 * 3600
+
+
+def check_advance(seconds: float) -> None:
+    """The clock moves forward by a finite, sensible amount, or a `ValueError` says what is valid."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"the clock moves by a finite number of seconds, got {seconds}")
+    if seconds < 0:
+        raise ValueError(f"the clock only moves forward: got {seconds} seconds")
+    if seconds > MAX_ADVANCE_SECONDS:
+        raise ValueError(
+            f"{seconds:g} seconds is more than a hundred years; "
+            f"move the clock by at most {MAX_ADVANCE_SECONDS}"
+        )
 
 
 async def _settle() -> None:

@@ -164,6 +164,8 @@ class Engine:
     def reset(self) -> None:
         """Back to the start-up state: configuration, rules (from the rule file), history, queue."""
         self.queue.reset()
+        if isinstance(self.clock, VirtualClock):
+            self.clock.reset()
         self.rules.clear()
         self.history.clear()
         self.canister.ledger.balances.clear()

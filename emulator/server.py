@@ -37,11 +37,12 @@ from emulator.config import ConfigError, EmulatorConfig
 from emulator.engine import Engine
 from emulator.grpc_api.canisters import CanistersServicer
 from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
-from emulator.grpc_api.status import MAX_MESSAGE_BYTES, TRANSPORT_MAX_BYTES, tolerant
+from emulator.grpc_api.status import MAX_MESSAGE_BYTES, TRANSPORT_MAX_BYTES, guarded, tolerant
 from emulator.ollama.serve import OllamaHttpServer
 
 log = logging.getLogger(__name__)
 
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICE_NAMES = (
     canister_pb2.DESCRIPTOR.services_by_name["LlmCanister"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["AiWorker"].full_name,
@@ -91,6 +92,8 @@ class GenericHandlersOnly:
     ) -> None:
         if service in SERVICE_NAMES:
             handlers = {name: tolerant(handler) for name, handler in handlers.items()}
+        elif service == HEALTH_SERVICE:
+            handlers = {name: guarded(handler, f"{service}/{name}") for name, handler in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
@@ -105,6 +108,8 @@ class EmulatorServer:
 
     async def start(self) -> Ports:
         """Listen, load the backend's models, start the workers, report SERVING, write the port file."""
+        if self.config.port_file:
+            check_port_file(Path(self.config.port_file))  # before anything listens
         engine = self.engine = Engine(self.config)
         server = self._server = grpc.aio.server(
             options=[
@@ -173,9 +178,20 @@ class EmulatorServer:
             await self._server.wait_for_termination()
 
 
+def check_port_file(path: Path) -> None:
+    """A port file can be written there: its folder exists, and nothing but a regular file is replaced."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"--port-file {path}: the folder {path.parent} does not exist; create it first")
+    if path.exists() and not path.is_file():
+        raise ConfigError(
+            f"--port-file {path} exists and is not a regular file (a folder, FIFO or device): "
+            "the emulator replaces only a regular file there; give another path"
+        )
+
+
 def write_port_file(path: Path, ports: Ports) -> None:
     """Write the bound ports as JSON, atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_port_file(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         json.dump(
             {

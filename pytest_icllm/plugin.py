@@ -21,6 +21,7 @@ import pytest
 
 from emulator.backends import ToolPolicy
 from emulator.backends.upstream import DEFAULT_KEY_ENV, UpstreamError, UpstreamSettings, upstream_api
+from emulator.cassettes.settings import CassetteSettings
 from emulator.clock import ClockKind
 from emulator.config import BackendKind, ConfigError, EmulatorConfig
 from pytest_icllm._options import (
@@ -200,6 +201,8 @@ def _start_config(settings: Settings, api_key: str | None = None) -> EmulatorCon
         max_attempts=settings.max_attempts,
         lease_seconds=settings.lease_seconds,
         upstream=upstream,
+        # Its cassettes live beside the test modules, and their scrubbers are the test suite's own.
+        cassettes=CassetteSettings(paths_anywhere=True, scrubber_imports=True),
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from emulator._proto.icllm.v1 import canister_pb2 as pb
 from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
+from emulator.cassettes.settings import CassetteSettings
 from emulator.config import EmulatorConfig
 from emulator.server import ThreadedEmulator
 
@@ -33,7 +34,9 @@ def start_emulator() -> Iterator[Callable[..., Stubs]]:
     started: list[Stubs] = []
 
     def start(**fields: Any) -> Stubs:
-        # Port 0 for HTTP too: many emulators run at once, and Ollama's own 11434 may be taken.
+        # Port 0 for HTTP too: many emulators run at once, and Ollama's own 11434 may be taken. Tests
+        # name cassettes in their tmp_path over Control, as the plugin's in-process emulator lets them.
+        fields.setdefault("cassettes", CassetteSettings(paths_anywhere=True, scrubber_imports=True))
         emulator = ThreadedEmulator(EmulatorConfig(**{"grpc_port": 0, "ollama_port": 0, **fields}))
         emulator.start()
         channel = grpc.insecure_channel(emulator.ports.grpc_target)

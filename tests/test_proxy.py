@@ -602,6 +602,7 @@ def test_an_external_worker_forwards_its_jobs_to_an_upstream(
 ) -> None:
     _, url = serve_upstream(spawn, tmp_path / "upstream")
     port_file = tmp_path / "main" / "ports.json"
+    port_file.parent.mkdir()  # the emulator writes its port file into a folder that exists
     main = spawn("serve", "--grpc-port", "0", "--port-file", str(port_file), "--workers", "0")
     target = wait_for_port_file(main, port_file)
     spawn("worker", "--connect", target, "--backend", "proxy", "--upstream", url, "--poll-seconds", "1")

@@ -49,6 +49,31 @@ class CassetteSpec:
     miss_hint: str = ""
 
 
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def check_path(path: str) -> None:
+    """A cassette path the file system can take, or a `ConfigError` that says what is wrong with it."""
+    if not path.strip():
+        raise ConfigError("the cassette path is empty: name a .yaml file")
+    if "\0" in path:
+        raise ConfigError("the cassette path contains a NUL byte, which no file name may hold")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise ConfigError(
+            f"the cassette path is {len(path)} characters; paths are at most {MAX_PATH_BYTES} bytes"
+        )
+    long = next(
+        (part for part in Path(path).parts if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES),
+        None,
+    )
+    if long is not None:
+        raise ConfigError(
+            f"the cassette path has a name of {len(long)} characters; "
+            f"names are at most {MAX_NAME_BYTES} bytes"
+        )
+
+
 class CassetteBackend:
     """A backend that replays and records through the cassette in use, in front of `inner`."""
 
@@ -83,10 +108,24 @@ class CassetteBackend:
             given = Path(self.settings.directory).expanduser() / given
         return given.absolute()
 
-    def _open(self, spec: CassetteSpec) -> ActiveCassette:
-        if not spec.path.strip():
-            raise ConfigError("the cassette path is empty: name a .yaml file")
+    def _open(self, spec: CassetteSpec, *, confined: bool = False) -> ActiveCassette:
+        check_path(spec.path)
         path = self.resolve(spec.path)
+        unregistered = [s for s in spec.scrubbers if s not in self.settings.scrubbers]
+        if confined and unregistered and not self.settings.scrubber_imports:
+            raise ConfigError(
+                f"scrubber {unregistered[0]!r} was not given at start-up: a cassette named over Control "
+                "may use the scrubbers of --scrubber only (importing a module a client names would run its code); "
+                "start the emulator with --allow-scrubber-imports to allow any"
+            )
+        if confined and not self.settings.paths_anywhere:
+            base = Path(self.settings.directory or ".").expanduser().resolve()
+            if not path.resolve().is_relative_to(base):
+                raise ConfigError(
+                    f"cassette {path} is outside the cassette folder {base}: a cassette named over Control "
+                    "must be in the folder of --cassettes (or the working directory without it); start the "
+                    "emulator with --cassette-paths-anywhere to allow any path"
+                )
         if path.suffix not in SUFFIXES:
             raise ConfigError(
                 f"cassette {path}: a cassette is a YAML file; give a path ending in .yaml or .yml"
@@ -123,9 +162,13 @@ class CassetteBackend:
         steps.extend(load_scrubber(reference) for reference in spec.scrubbers)
         return steps
 
-    def use(self, spec: CassetteSpec) -> ActiveCassette:
-        """Use this cassette from now on (the one a previous `use` loaded is written and closed)."""
-        cassette = self._open(spec)
+    def use(self, spec: CassetteSpec, *, confined: bool = False) -> ActiveCassette:
+        """Use this cassette from now on (the one a previous `use` loaded is written and closed).
+
+        `confined` (a client's request, over Control): the path must lie in the cassette folder and the
+        scrubbers must be the start-up ones, unless the emulator allows others.
+        """
+        cassette = self._open(spec, confined=confined)
         self._close_loaded()
         self._active = cassette
         return cassette
@@ -134,9 +177,13 @@ class CassetteBackend:
         """Stop using the cassette `use` loaded (back to the start-up one); its stats, after writing it."""
         if self._active is None or self._active is self._startup:
             return CassetteStats()
-        stats = self._active.close()
-        self._active = self._startup
-        return stats
+        loaded, self._active = self._active, self._startup
+        try:
+            return loaded.close()
+        except Exception as error:
+            raise ConfigError(
+                f"the cassette {loaded.path} is ejected, but it could not be written: {error}"
+            ) from None
 
     def reset(self) -> None:
         """Back to the start-up cassette, replaying from its beginning; a loaded one is written first."""
@@ -147,8 +194,13 @@ class CassetteBackend:
             self._startup.rewind()
 
     def _close_loaded(self) -> None:
-        if self._active is not None and self._active is not self._startup:
-            self._active.close()
+        """Write and close the cassette `use` loaded; if that fails, it is still let go (and logged)."""
+        loaded, self._active = self._active, self._startup
+        if loaded is not None and loaded is not self._startup:
+            try:
+                loaded.close()
+            except Exception:
+                log.exception("could not write the cassette %s; it is closed without it", loaded.path)
 
     # -- answering ---------------------------------------------------------------------------------
 

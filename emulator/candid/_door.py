@@ -68,9 +68,10 @@ def _signatures() -> dict[Api, _Signature]:
 def check_method(method: str) -> str:
     """The method, if the canister has it; anything else is rejected as the IC rejects an unknown method."""
     if method not in _methods():
+        shown = method if len(method) <= 80 else f"{method[:80]}... ({len(method)} characters)"
         raise Reject(
             RejectCode.DESTINATION_INVALID,
-            f"Canister {LLM_CANISTER_ID} has no update method {method!r}; it has {', '.join(_methods())}",
+            f"Canister {LLM_CANISTER_ID} has no update method {shown!r}; it has {', '.join(_methods())}",
         )
     return method
 

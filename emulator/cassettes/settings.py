@@ -77,6 +77,12 @@ class CassetteSettings:
     """
 
     directory: str | None = None
+    # Whether Control.UseCassette may name a cassette outside `directory` (the pytest plugin's own
+    # in-process emulator does: its cassettes live beside the test modules).
+    paths_anywhere: bool = False
+    # Whether Control.UseCassette may name scrubbers (MODULE:FUNCTION, imported by the emulator) other
+    # than those given at start-up; importing a module named by a client runs its code.
+    scrubber_imports: bool = False
     cassette: str = DEFAULT_CASSETTE
     record_mode: RecordMode = RecordMode.NONE
     match_on: tuple[str, ...] = DEFAULT_MATCH_ON

@@ -105,6 +105,10 @@ class ActiveCassette:
             mode is RecordMode.ONCE and not self.exists
         )
         self.hint = hint or default_hint(mode, self.exists)
+        if self.exists and not self.replays:
+            load_cassette(
+                path
+            )  # record mode all rewrites the file: only if it is a cassette (else CassetteError)
         loaded = load_cassette(path).interactions if self.exists and self.replays else ()
         with paused_gc():
             self._recordings = [

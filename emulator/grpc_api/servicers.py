@@ -22,6 +22,7 @@ from emulator.cassettes.settings import (
     check_scrubbers,
     record_mode,
 )
+from emulator.clock import check_advance
 from emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
 from emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode
 from emulator.engine import Engine
@@ -258,6 +259,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 f"seconds must be 0 or more: the clock only moves forward, got {request.seconds}"
             )
         try:
+            check_advance(request.seconds)
+        except ValueError as error:
+            raise convert.BadRequest(str(error)) from None
+        try:
             now = await self.engine.advance_clock(request.seconds)
         except ConfigError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
@@ -280,7 +285,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def UseCassette(
         self, request: cpb.UseCassetteRequest, context: grpc.aio.ServicerContext
     ) -> cpb.UseCassetteResponse:
-        cassette = self.engine.cassettes.use(cassette_spec(request))
+        cassette = self.engine.cassettes.use(cassette_spec(request), confined=True)
         stats = cassette.stats()
         return cpb.UseCassetteResponse(
             path=stats.path,

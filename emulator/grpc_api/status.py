@@ -101,6 +101,42 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return replaced
 
 
+def guarded(handler: grpc.RpcMethodHandler, service: str) -> grpc.RpcMethodHandler:
+    """A handler of a service that is not the emulator's own (health): bytes that do not parse are
+    INVALID_ARGUMENT, not gRPC's bare UNKNOWN with a traceback in the log."""
+    tolerant_handler = tolerant(handler)
+
+    async def refuse(request: MalformedRequest, context: grpc.aio.ServicerContext) -> NoReturn:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {service} message ({request.problem})",
+        )
+        raise AssertionError("abort returns only by raising")
+
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, MalformedRequest):
+                await refuse(request, context)
+            return await unary(request, context)
+
+        replaced: grpc.RpcMethodHandler = tolerant_handler._replace(unary_unary=unary_unary)
+        return replaced
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, MalformedRequest):
+                await refuse(request, context)
+            async for item in stream(request, context):
+                yield item
+
+        replaced = tolerant_handler._replace(unary_stream=unary_stream)
+        return replaced
+    return handler
+
+
 def larger_messages(limit: int) -> Callable[[Handler], Handler]:
     """Let a method take requests up to `limit` bytes (a canister module), not the IC's 2 MiB."""
 

@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -165,11 +166,30 @@ async def read_json(request: Request) -> JSON:
     if not body.strip():
         raise BadRequest("missing request body: send a JSON object")
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise BadRequest("the request body is JSON nested too deeply") from None
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError alike
         raise BadRequest(f"the request body is not valid JSON: {error}") from None
+    try:  # a lone surrogate ("\\ud800") decodes to a str that no UTF-8 encoder takes
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequest(
+            f"the request body holds a lone UTF-16 surrogate ({error.object[error.start : error.end]!r} "
+            "escaped as \\uXXXX): JSON text must be valid Unicode; escape characters above U+FFFF as a pair"
+        ) from None
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (give a finite number)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a JSON number (give a finite number)")
+    return value
 
 
 def _too_large(size: int, at_least: bool = False) -> str:

@@ -230,6 +230,7 @@ class CanisterRuntime:
         self._timers.clear()
         self.canisters.clear()
         self._next_index = FIRST_CANISTER_INDEX  # each test's first canister gets the same id
+        self._last_ns = 0  # the clock may have been reset
         self.management = Management(self)
 
     # -- calls from outside (ingress) ------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""Inputs that once wedged, froze or exhausted the emulator: each is refused clearly, and the emulator
+goes on serving. Every test here failed before its fix."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2
+
+from emulator._proto.icllm.v1 import canister_pb2 as pb
+from emulator._proto.icllm.v1 import control_pb2 as cpb
+from emulator.cassettes.settings import CassetteSettings
+from tests.conftest import Stubs, user_request
+
+# -- cassette paths over Control --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("bad\0name.yaml", "contains a NUL byte"),
+        ("x" * 5000 + ".yaml", "paths are at most 4096 bytes"),
+        ("d/" + "n" * 300 + ".yaml", "names are at most 255 bytes"),
+    ],
+)
+def test_an_impossible_cassette_path_is_refused_and_the_emulator_goes_on(
+    emu: Stubs, path: str, problem: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.control.UseCassette(cpb.UseCassetteRequest(path=path, record_mode="all"))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert problem in caught.value.details()
+    assert emu.canister.V1Chat(user_request()).message.content
+    emu.control.EjectCassette(cpb.EjectCassetteRequest())
+    emu.control.Reset(cpb.ResetRequest())
+
+
+def test_record_mode_all_never_overwrites_a_file_that_is_not_a_cassette(emu: Stubs, tmp_path: Path) -> None:
+    precious = tmp_path / "config.yaml"
+    precious.write_text("database: production\npassword: hunter2\n")
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.control.UseCassette(cpb.UseCassetteRequest(path=str(precious), record_mode="all"))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert precious.read_text() == "database: production\npassword: hunter2\n"
+
+
+def test_control_paths_stay_in_the_cassette_folder_unless_allowed(
+    start_emulator: Callable[..., Stubs], tmp_path: Path
+) -> None:
+    folder = tmp_path / "cassettes"
+    folder.mkdir()
+    emu = start_emulator(cassettes=CassetteSettings(directory=str(folder)))
+    for outside in ("../escape.yaml", str(tmp_path / "elsewhere.yaml")):
+        with pytest.raises(grpc.RpcError) as caught:
+            emu.control.UseCassette(cpb.UseCassetteRequest(path=outside, record_mode="all"))
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "is outside the cassette folder" in caught.value.details()
+        assert "--cassette-paths-anywhere" in caught.value.details()
+    emu.control.UseCassette(cpb.UseCassetteRequest(path="inside.yaml", record_mode="all"))
+    emu.canister.V1Chat(user_request())
+    emu.control.EjectCassette(cpb.EjectCassetteRequest())
+    assert (folder / "inside.yaml").is_file()
+    assert not (tmp_path / "escape.yaml").exists()
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.control.UseCassette(cpb.UseCassetteRequest(path="x.yaml", scrubbers=["os:system"]))
+    assert "was not given at start-up" in caught.value.details()
+
+
+# -- the clock -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, 1e308])
+def test_absurd_clock_moves_are_refused_and_reset_restores_the_clock(
+    start_emulator: Callable[..., Stubs], seconds: float
+) -> None:
+    emu = start_emulator(clock="virtual")
+    start = emu.control.AdvanceClock(cpb.AdvanceClockRequest(seconds=0)).now
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.control.AdvanceClock(cpb.AdvanceClockRequest(seconds=seconds))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert emu.control.AdvanceClock(cpb.AdvanceClockRequest(seconds=10)).now == start + 10
+    emu.control.Reset(cpb.ResetRequest())
+    assert emu.control.AdvanceClock(cpb.AdvanceClockRequest(seconds=0)).now == start
+
+
+# -- HTTP bodies ------------------------------------------------------------------------------------------
+
+LONE_SURROGATE = (
+    '{"model": "llama3.1:8b", "messages": [{"role": "user", "content": "\\ud800"}], "stream": false}'
+)
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/api/chat", LONE_SURROGATE),
+        ("/api/generate", '{"model": "llama3.1:8b", "prompt": "\\ud800", "stream": false}'),
+        ("/api/show", '{"model": "\\udfff"}'),
+        ("/api/pull", '{"model": "\\ud800"}'),
+        (
+            "/v1/chat/completions",
+            '{"model": "llama3.1:8b", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_and_leaves_no_record_open(emu: Stubs, route: str, body: str) -> None:
+    url = emu.emulator.ports.http_url
+    response = httpx.post(f"{url}{route}", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "lone UTF-16 surrogate" in response.text
+    assert list(emu.control.GetHistory(cpb.GetHistoryRequest()).calls) == []  # refused before the canister
+    assert emu.canister.V1Chat(user_request()).message.content
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e400"])
+def test_non_finite_numbers_are_a_400(emu: Stubs, value: str) -> None:
+    url = emu.emulator.ports.http_url
+    body = '{"model": "llama3.1:8b", "prompt": "hi", "stream": false, "options": {"num_predict": VALUE}}'
+    body = body.replace("VALUE", value)
+    response = httpx.post(f"{url}/api/generate", content=body)
+    assert response.status_code == 400
+    assert "finite number" in response.text
+    assert httpx.get(f"{url}/api/version").status_code == 200
+
+
+# -- gRPC odds and ends -------------------------------------------------------------------------------
+
+
+def test_malformed_health_checks_are_invalid_argument(emu: Stubs) -> None:
+    check = emu.channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=lambda raw: raw,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        check(b"\xff\xff\xff\xff")
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert check(b"").status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_huge_method_name_is_shortened_in_the_reject(emu: Stubs) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.CallCandid(pb.CallCandidRequest(method="m" * 20_000, arg=b"DIDL\0\0"))
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "(20000 characters)" in caught.value.details()
+    assert len(caught.value.details()) < 500
+
+
+# -- the port file ----------------------------------------------------------------------------------------
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "emulator", "serve", "--grpc-port", "0", "--ollama-port", "off", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_port_file_in_a_missing_folder_is_refused(tmp_path: Path) -> None:
+    result = serve("--port-file", str(tmp_path / "missing" / "ports.json"))
+    assert result.returncode == 2
+    assert "does not exist; create it first" in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_port_file_never_replaces_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "ports.fifo"
+    os.mkfifo(fifo)
+    result = serve("--port-file", str(fifo))
+    assert result.returncode == 2
+    assert "is not a regular file" in result.stderr
+    assert fifo.is_fifo()
