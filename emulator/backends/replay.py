@@ -115,7 +115,8 @@ class CassetteBackend:
         if confined and unregistered and not self.settings.scrubber_imports:
             raise ConfigError(
                 f"scrubber {unregistered[0]!r} was not given at start-up: a cassette named over Control "
-                "may use the scrubbers of --scrubber only (importing a module a client names would run its code); "
+                "may use the scrubbers of --scrubber only (importing a module a client names would run "
+                "its code); "
                 "start the emulator with --allow-scrubber-imports to allow any"
             )
         if confined and not self.settings.paths_anywhere:
