@@ -147,6 +147,8 @@ class EmulatorConfig:
     clock: ClockKind = ClockKind.REAL
     grace: float = 10.0
     history_limit: int = 10_000
+    # About how many bytes of requests the history keeps (the oldest records go first).
+    history_bytes: int = 64 * 1024 * 1024
     # Record and replay (`--cassettes`, `--record-mode`, ...), around whichever backend serves.
     cassettes: CassetteSettings = field(default_factory=CassetteSettings)
     # The proxy backend's server (`--upstream`, ...).
@@ -227,6 +229,7 @@ class EmulatorConfig:
                 f"Ollama HTTP port must be 0-65535 (or off), got {self.ollama_port}",
             ),
             (self.history_limit >= 1, f"history limit must be 1 or more, got {self.history_limit}"),
+            (self.history_bytes >= 1024, f"history bytes must be 1024 or more, got {self.history_bytes}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -60,7 +60,7 @@ class Engine:
             lease_seconds=config.lease_seconds,
         )
         self.rules = RuleBook()
-        self.history = History(config.history_limit)
+        self.history = History(config.history_limit, config.history_bytes)
         # Every backend answers through the cassette deck: it passes jobs through while no cassette is
         # in use, and replays and records when one is (the replay backend is the deck with none behind).
         inner = None if config.backend is BackendKind.REPLAY else make_backend(config)

@@ -1,17 +1,20 @@
 """Every call the canister received, what happened to it, and running totals.
 
 A record refers to its job, so the job's lifecycle (leases, attempts, worker) is read, not copied.
-The list keeps the newest `limit` records; the totals count every call since the last reset.
+The list keeps the newest records, at most `limit` of them and about `limit_bytes` of requests; what is
+stored of an oversized request (over 64 KiB) or a rejected one (over 4 KiB) is shortened, and the record
+says so. The totals count every call since the last reset.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 from emulator.billing import Receipt
-from emulator.domain import Answer, Api, ChatRequest, Reject
+from emulator.domain import Answer, Api, AssistantMessage, ChatRequest, Reject
 from emulator.queue import Job, JobState, PromptQueue
 
 
@@ -30,6 +33,8 @@ class CallRecord:
     outcome: Answer | Reject | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
     latency_ms: float | None = None
+    request_truncated: bool = False
+    size: int = 0
 
     @property
     def job_state(self) -> str:
@@ -51,9 +56,58 @@ class Stats:
     latency_ms: dict[str, float]
 
 
+# What is kept of one request's text: all of it up to 64 KiB, or 4 KiB of a rejected one.
+KEEP_BYTES = 64 * 1024
+KEEP_REJECTED_BYTES = 4 * 1024
+DEFAULT_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def request_size(request: ChatRequest) -> int:
+    """About what a stored request costs: the bytes of its texts."""
+    size = 0
+    for message in request.messages:
+        size += len(message.content or "")
+        if isinstance(message, AssistantMessage):
+            size += sum(len(a.value) + len(a.name) for c in message.tool_calls for a in c.function.arguments)
+    for tool in request.tools:
+        size += len(tool.name) + len(tool.description or "")
+        if tool.parameters is not None:
+            size += sum(
+                len(p.name) + len(p.description or "") + sum(map(len, p.enum))
+                for p in tool.parameters.properties
+            )
+    return size + 200
+
+
+def _cut(text: str | None, keep: int) -> str | None:
+    if text is None or len(text) <= keep:
+        return text
+    return f"{text[:keep]}... [{len(text) - keep} characters not stored]"
+
+
+def shortened(request: ChatRequest, keep: int) -> ChatRequest:
+    """The request with every text cut to `keep` characters (what history stores of a large one)."""
+    messages = tuple(
+        dataclasses.replace(m, content=_cut(m.content, keep))
+        if (m.content or "") and len(m.content or "") > keep
+        else m
+        for m in request.messages
+    )
+    tools = tuple(
+        dataclasses.replace(t, description=_cut(t.description, keep))
+        if len(t.description or "") > keep
+        else t
+        for t in request.tools
+    )
+    return dataclasses.replace(request, messages=messages, tools=tools)
+
+
 class History:
-    def __init__(self, limit: int = 10_000) -> None:
-        self.records: collections.deque[CallRecord] = collections.deque(maxlen=limit)
+    def __init__(self, limit: int = 10_000, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
+        self.records: collections.deque[CallRecord] = collections.deque()
+        self.limit = limit
+        self.limit_bytes = limit_bytes
+        self._bytes = 0
         self._latencies: collections.deque[float] = collections.deque(maxlen=limit)
         self._open: set[CallRecord] = set()
         self._reset_totals()
@@ -64,7 +118,13 @@ class History:
         self.rejects_by_code: collections.Counter[int] = collections.Counter()
 
     def open(self, record: CallRecord) -> CallRecord:
+        record.size = request_size(record.request)
+        if record.size > KEEP_BYTES:
+            self._shorten(record, KEEP_BYTES)
         self.records.append(record)
+        self._bytes += record.size
+        while self.records and (len(self.records) > self.limit or self._bytes > self.limit_bytes):
+            self._bytes -= self.records.popleft().size
         self._open.add(record)
         self.calls += 1
         self.input_tokens += record.input_tokens
@@ -74,6 +134,10 @@ class History:
         """What the caller received: called exactly once per call."""
         record.outcome = outcome
         record.latency_ms = (time.perf_counter() - record.started) * 1000
+        if isinstance(outcome, Reject) and record.size > KEEP_REJECTED_BYTES and not record.request_truncated:
+            self._bytes -= record.size
+            self._shorten(record, KEEP_REJECTED_BYTES)
+            self._bytes += record.size
         if record not in self._open:
             return  # received before the last clear: it is not among the totals
         self._open.remove(record)
@@ -85,8 +149,17 @@ class History:
             self.rejected += 1
             self.rejects_by_code[int(outcome.code)] += 1
 
+    def _shorten(self, record: CallRecord, keep: int) -> None:
+        """Keep less of this record's request (a huge or rejected one), and say so."""
+        record.request = shortened(
+            record.request, keep // max(1, len(record.request.messages) + len(record.request.tools))
+        )
+        record.request_truncated = True
+        record.size = request_size(record.request)
+
     def clear(self) -> None:
         self.records.clear()
+        self._bytes = 0
         self._latencies.clear()
         self._open.clear()
         self._reset_totals()

@@ -230,7 +230,14 @@ class IcllmController:
     @property
     def calls(self) -> list[Call]:
         """Every call received since the test started, oldest first."""
-        return [_call(r) for r in self._rpc(self._control.GetHistory, cpb.GetHistoryRequest()).calls]
+        calls: list[Call] = []
+        token = ""
+        while True:  # the history comes in pages
+            page = self._rpc(self._control.GetHistory, cpb.GetHistoryRequest(page_token=token))
+            calls.extend(_call(r) for r in page.calls)
+            if not page.next_page_token:
+                return calls
+            token = page.next_page_token
 
     @property
     def requests(self) -> list[ChatRequest]:

@@ -199,3 +199,19 @@ def test_asyncio_tests_use_the_async_client_and_wait_held(pt: pytest.Pytester) -
     )
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["E       AssertionError: expected 1 held job(s) within 0.05 s, got []"])
+
+
+def test_icllm_calls_reads_a_history_of_several_pages(pt: pytest.Pytester) -> None:
+    result = run(
+        pt,
+        """
+        import pytest
+
+        @pytest.mark.icllm(profile="unlimited")
+        def test_many(icllm, icllm_client):
+            for n in range(40):
+                icllm_client.prompt("llama3.1:8b", f"{n:02d} " + "w" * 60_000)
+            assert [call.prompt[:2] for call in icllm.calls] == [f"{n:02d}" for n in range(40)]
+        """,
+    )
+    result.assert_outcomes(passed=1)

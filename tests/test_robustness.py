@@ -180,3 +180,56 @@ def test_a_port_file_never_replaces_a_fifo(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "is not a regular file" in result.stderr
     assert fifo.is_fifo()
+
+
+# -- history -------------------------------------------------------------------------------------------
+
+
+def test_history_keeps_little_of_huge_or_rejected_requests_and_says_so(
+    start_emulator: Callable[..., Stubs],
+) -> None:
+    emu = start_emulator(profile="unlimited")
+    huge = "x" * 1_900_000
+    emu.canister.V1Chat(user_request(huge))
+    emu.control.Configure(cpb.ConfigureRequest(profile="current"))
+    with pytest.raises(grpc.RpcError):
+        emu.canister.V1Chat(user_request("y" * 50_000))  # over 10 KiB: rejected
+    kept, rejected = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
+    assert kept.request_truncated and rejected.request_truncated
+    assert len(kept.request.messages[0].user.content) < 70_000
+    assert "characters not stored" in kept.request.messages[0].user.content
+    assert len(rejected.request.messages[0].user.content) < 5_000
+    assert emu.emulator.engine.history._bytes < 100_000
+
+
+def test_history_is_bounded_by_bytes(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(profile="unlimited", history_bytes=200_000)
+    for n in range(20):
+        emu.canister.V1Chat(user_request(f"{n} " + "z" * 50_000))
+    calls = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
+    assert 2 <= len(calls) <= 4
+    assert calls[-1].request.messages[0].user.content.startswith("19 ")
+    assert emu.control.GetStats(cpb.GetStatsRequest()).calls == 20  # the totals count every call
+
+
+def test_a_history_over_2_mib_comes_in_pages(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(profile="unlimited")
+    for n in range(40):
+        emu.canister.V1Chat(user_request(f"{n:02d} " + "w" * 60_000))
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = emu.control.GetHistory(cpb.GetHistoryRequest(page_token=token))
+        seen += [call.request.messages[0].user.content[:2] for call in page.calls]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"{n:02d}" for n in range(40)]
+    assert pages >= 3
+    small = emu.control.GetHistory(cpb.GetHistoryRequest(page_size=5))
+    assert len(small.calls) == 5 and small.next_page_token == small.calls[-1].id
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.control.GetHistory(cpb.GetHistoryRequest(page_token="nonsense"))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT

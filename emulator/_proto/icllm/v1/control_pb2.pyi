@@ -830,14 +830,25 @@ Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
 
 @_typing.final
 class GetHistoryRequest(_message.Message):
+    """The history comes in pages of at most about 1 MiB (and `page_size` calls, when given): ask again
+    with `page_token` = the last response's `next_page_token` until that is empty.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_token: _builtins.str
+    page_size: _builtins.int
     def __init__(
         self,
+        *,
+        page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -905,6 +916,7 @@ class CallRecord(_message.Message):
     CYCLES_ATTACHED_FIELD_NUMBER: _builtins.int
     CYCLES_CHARGED_FIELD_NUMBER: _builtins.int
     CYCLES_REFUNDED_FIELD_NUMBER: _builtins.int
+    REQUEST_TRUNCATED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job's id."""
     method: _builtins.str
@@ -927,6 +939,8 @@ class CallRecord(_message.Message):
     cycles_attached: _builtins.int
     cycles_charged: _builtins.int
     cycles_refunded: _builtins.int
+    request_truncated: _builtins.bool
+    """The stored request is shortened (an oversized or rejected request: see --history-bytes)."""
     @_builtins.property
     def request(self) -> _canister_pb2.V1ChatRequest: ...
     @_builtins.property
@@ -961,10 +975,11 @@ class CallRecord(_message.Message):
         cycles_attached: _builtins.int = ...,
         cycles_charged: _builtins.int = ...,
         cycles_refunded: _builtins.int = ...,
+        request_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "message", b"message", "outcome", b"outcome", "reject", b"reject", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "attempts", b"attempts", "caller", b"caller", "cycles_attached", b"cycles_attached", "cycles_charged", b"cycles_charged", "cycles_refunded", b"cycles_refunded", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "id", b"id", "input_tokens", b"input_tokens", "job_state", b"job_state", "message", b"message", "method", b"method", "outcome", b"outcome", "output_tokens", b"output_tokens", "received_at", b"received_at", "reject", b"reject", "request", b"request", "rule_id", b"rule_id", "truncated", b"truncated", "unexpected", b"unexpected", "warnings", b"warnings", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at", "_first_leased_at", b"_first_leased_at", "attempts", b"attempts", "caller", b"caller", "cycles_attached", b"cycles_attached", "cycles_charged", b"cycles_charged", "cycles_refunded", b"cycles_refunded", "finished_at", b"finished_at", "first_leased_at", b"first_leased_at", "id", b"id", "input_tokens", b"input_tokens", "job_state", b"job_state", "message", b"message", "method", b"method", "outcome", b"outcome", "output_tokens", b"output_tokens", "received_at", b"received_at", "reject", b"reject", "request", b"request", "request_truncated", b"request_truncated", "rule_id", b"rule_id", "truncated", b"truncated", "unexpected", b"unexpected", "warnings", b"warnings", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__finished_at: _TypeAlias = _typing.Literal["finished_at"]  # noqa: Y015
     _WhichOneofArgType__finished_at: _TypeAlias = _typing.Literal["_finished_at", b"_finished_at"]  # noqa: Y015
@@ -986,16 +1001,20 @@ class GetHistoryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CALLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallRecord]: ...
     def __init__(
         self,
         *,
         calls: _abc.Iterable[Global___CallRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
