@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from emulator import patterns
 from emulator.domain import Reject, RejectCode
 
 MAX_RESPONSE_CEILING = 2_000_000
@@ -70,11 +70,9 @@ class OutcallMatch:
             )
         if self.url_regex is not None:
             try:
-                re.compile(self.url_regex)
-            except re.error as error:
-                raise OutcallRuleError(
-                    f"url_regex {self.url_regex!r} is not a regular expression: {error}"
-                ) from None
+                patterns.compiled(self.url_regex)
+            except patterns.PatternError as error:
+                raise OutcallRuleError(f"url_regex {error}") from None
 
     def mismatches(self, request: HttpRequest) -> list[str]:
         why = []
@@ -82,8 +80,12 @@ class OutcallMatch:
             why.append(f"method is {request.method}, not {self.method.lower()}")
         if self.url is not None and request.url != self.url:
             why.append(f"url is {request.url!r}, not {self.url!r}")
-        if self.url_regex is not None and not re.search(self.url_regex, request.url):
-            why.append(f"url {request.url!r} does not match {self.url_regex!r}")
+        if self.url_regex is not None:
+            try:
+                if not patterns.search(self.url_regex, request.url):
+                    why.append(f"url {request.url!r} does not match {self.url_regex!r}")
+            except patterns.PatternTimeout as timeout:
+                why.append(f"{timeout}, so it counts as a miss")
         sent = {k.lower(): v for k, v in request.headers}
         for name, value in self.headers:
             if sent.get(name.lower()) != value:

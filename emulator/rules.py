@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from emulator import patterns
 from emulator.domain import (
     AssistantMessage,
     ChatRequest,
@@ -46,9 +46,9 @@ class Match:
     def __post_init__(self) -> None:
         if self.regex is not None:
             try:
-                re.compile(self.regex)
-            except re.error as error:
-                raise RuleError(f"regex {self.regex!r} is not a valid regular expression: {error}") from None
+                patterns.compiled(self.regex)
+            except patterns.PatternError as error:
+                raise RuleError(f"regex {error}") from None
 
     def mismatches(self, request: ChatRequest) -> list[str]:
         """Why this match does not fit the request; empty when it does."""
@@ -61,8 +61,12 @@ class Match:
             why.append(f"no {scope} in the request")
         if self.contains is not None and not any(self.contains in text for text in contents):
             why.append(f"no {scope} contains {self.contains!r}")
-        if self.regex is not None and not any(re.search(self.regex, text) for text in contents):
-            why.append(f"no {scope} matches /{self.regex}/")
+        if self.regex is not None:
+            try:
+                if not any(patterns.search(self.regex, text) for text in contents):
+                    why.append(f"no {scope} matches /{self.regex}/")
+            except patterns.PatternTimeout as timeout:
+                why.append(f"{timeout}, so it counts as a miss")
         if self.tool is not None and all(t.name != self.tool for t in request.tools):
             offered = ", ".join(t.name for t in request.tools) or "none"
             why.append(f"tool {self.tool!r} is not offered (offered: {offered})")

@@ -233,3 +233,57 @@ def test_a_history_over_2_mib_comes_in_pages(start_emulator: Callable[..., Stubs
     with pytest.raises(grpc.RpcError) as caught:
         emu.control.GetHistory(cpb.GetHistoryRequest(page_token="nonsense"))
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- backtracking patterns ------------------------------------------------------------------------------
+
+# `^(a+)+$`, which froze the loop for a second, is no trouble for the regex package; this one still is.
+EVIL = "^(a|a)+$"
+NEAR_MISS = "a" * 30 + "!"
+
+
+def test_a_backtracking_rule_regex_is_that_rules_miss_and_blocks_nothing(
+    start_emulator: Callable[..., Stubs],
+) -> None:
+    emu = start_emulator(strict_rules=True)
+    emu.control.AddRules(
+        cpb.AddRulesRequest(
+            rules=[
+                cpb.Rule(
+                    id="evil",
+                    match=cpb.RuleMatch(regex=EVIL),
+                    action=cpb.RuleAction(reply=cpb.ReplyAction(content="never")),
+                ),
+            ]
+        )
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.V1Chat(user_request(NEAR_MISS), timeout=10)
+    assert (
+        "- evil match(regex='^(a|a)+$'): the pattern /^(a|a)+$/ took longer than 50 ms"
+        in caught.value.details()
+    )
+    assert "counts as a miss" in caught.value.details()
+
+
+def test_a_backtracking_scrub_pattern_fails_the_write_not_the_emulator(
+    start_emulator: Callable[..., Stubs], tmp_path: Path
+) -> None:
+    emu = start_emulator()
+    cassette = tmp_path / "c.yaml"
+    emu.control.UseCassette(
+        cpb.UseCassetteRequest(path=str(cassette), record_mode="all", scrub_patterns=[EVIL])
+    )
+    assert emu.canister.V1Chat(
+        user_request(NEAR_MISS), timeout=10
+    ).message.content  # the call keeps its answer
+    stats = emu.control.EjectCassette(cpb.EjectCassetteRequest())
+    assert any("took longer than 50 ms" in error for error in stats.errors)
+    assert NEAR_MISS not in (cassette.read_text() if cassette.exists() else "")
+
+
+def test_a_backtracking_outcall_url_regex_is_a_miss() -> None:
+    from emulator.outcalls import HttpRequest, OutcallMatch
+
+    why = OutcallMatch(url_regex="^https://(a|a)+$").mismatches(HttpRequest("get", "https://" + NEAR_MISS))
+    assert why and "took longer than 50 ms" in why[0]

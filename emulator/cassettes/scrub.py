@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from emulator import patterns as patterns_module
+
 Step = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 PRINCIPAL_PLACEHOLDER = "<principal-{}>"
@@ -149,10 +151,20 @@ def pattern_step(patterns: Sequence[str]) -> Step | None:
     """Text matching any of these regular expressions becomes `<scrubbed>`."""
     if not patterns:
         return None
-    compiled = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+    combined = "|".join(f"(?:{pattern})" for pattern in patterns)
+    try:
+        patterns_module.compiled(combined)
+    except patterns_module.PatternError as error:
+        raise ScrubError(f"scrub pattern {error}") from None
+
+    def replace(text: str) -> str:
+        try:
+            return patterns_module.substitute(combined, PATTERN_PLACEHOLDER, text)
+        except patterns_module.PatternTimeout as timeout:  # never write what could not be scrubbed
+            raise ScrubError(f"scrub patterns: {timeout}") from None
 
     def scrub_patterns(interaction: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = _strings(interaction, lambda text: compiled.sub(PATTERN_PLACEHOLDER, text))
+        result: dict[str, Any] = _strings(interaction, replace)
         return result
 
     return scrub_patterns

@@ -7,7 +7,6 @@ holds a `CassetteSettings`.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 DEFAULT_CASSETTE = "default.yaml"
@@ -48,12 +47,12 @@ def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in patterns:
         if not pattern:
             raise CassetteSettingsError("a scrub pattern is empty: it would match everywhere")
+        from emulator import patterns as regexes  # the regex package, once patterns are given
+
         try:
-            re.compile(pattern)
-        except re.error as error:
-            raise CassetteSettingsError(
-                f"scrub pattern {pattern!r} is not a valid regular expression: {error}"
-            ) from None
+            regexes.compiled(pattern)
+        except regexes.PatternError as error:
+            raise CassetteSettingsError(f"scrub pattern {error}") from None
     return patterns
 
 

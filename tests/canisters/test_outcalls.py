@@ -95,7 +95,7 @@ def test_bad_scripts_fail_at_once(icllm: IcllmController) -> None:
         ValueError, match="method 'fetch' is not an outcall method; choose one of: get, head, post"
     ):
         icllm.outcalls.on(method="fetch")
-    with pytest.raises(ValueError, match=r"url_regex .* is not a regular expression"):
+    with pytest.raises(ValueError, match=r"url_regex .* is not a valid regular expression"):
         icllm.outcalls.on(url_regex="(unclosed")
     with pytest.raises(ValueError, match="status 42 is not an HTTP status"):
         icllm.outcalls.on().reply(status=42)
