@@ -79,8 +79,8 @@ def request_size(request: ChatRequest) -> int:
     return size + 200
 
 
-def _cut(text: str | None, keep: int) -> str | None:
-    if text is None or len(text) <= keep:
+def _cut(text: str, keep: int) -> str:
+    if len(text) <= keep:
         return text
     return f"{text[:keep]}... [{len(text) - keep} characters not stored]"
 
@@ -88,14 +88,12 @@ def _cut(text: str | None, keep: int) -> str | None:
 def shortened(request: ChatRequest, keep: int) -> ChatRequest:
     """The request with every text cut to `keep` characters (what history stores of a large one)."""
     messages = tuple(
-        dataclasses.replace(m, content=_cut(m.content, keep))
-        if (m.content or "") and len(m.content or "") > keep
-        else m
+        dataclasses.replace(m, content=_cut(m.content, keep)) if m.content and len(m.content) > keep else m
         for m in request.messages
     )
     tools = tuple(
         dataclasses.replace(t, description=_cut(t.description, keep))
-        if len(t.description or "") > keep
+        if t.description and len(t.description) > keep
         else t
         for t in request.tools
     )
