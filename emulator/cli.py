@@ -259,6 +259,10 @@ SERVE_OPTIONS: list[Option] = [
     ("--caller-deadline", _optional_seconds, None, "seconds before a caller gets SYS_UNKNOWN (ic-llm: 300)"),
     ("--clock", str, ClockKind.REAL.value, "real, or virtual (moved by the Control service)"),
     ("--grace", _seconds, 10.0, "seconds to finish calls in flight on SIGTERM/SIGINT"),
+    ("--control-token", str, None, "the token Control calls must carry (needed with a non-loopback --host)"),
+    ("--idle-timeout", _seconds, 120.0, "seconds before an idle HTTP or gRPC connection is closed"),
+    ("--header-timeout", _seconds, 10.0, "seconds an HTTP request's headers may take to arrive"),
+    ("--body-timeout", _seconds, 30.0, "seconds an HTTP request's body may take to arrive (then 408)"),
     (
         "--cassettes",
         str,
@@ -423,6 +427,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         caller_deadline=args.caller_deadline,
         clock=choice(ClockKind, args.clock, "clock"),
         grace=args.grace,
+        control_token=args.control_token or None,
+        idle_timeout=args.idle_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         cassettes=cassettes_from_args(args),
         upstream=upstream_from_args(args, os.environ if environ is None else environ),
     )

@@ -146,6 +146,14 @@ class EmulatorConfig:
     caller_deadline: float | None = None
     clock: ClockKind = ClockKind.REAL
     grace: float = 10.0
+    # Connection timeouts of both servers, in seconds: an idle connection is closed; a request's
+    # headers must arrive within header_timeout of its first byte, its body within body_timeout.
+    # Required by the Control service (metadata icllm-control-token) when set; an emulator that listens
+    # beyond loopback refuses to start without one.
+    control_token: str | None = None
+    idle_timeout: float = 120.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     history_limit: int = 10_000
     # About how many bytes of requests the history keeps (the oldest records go first).
     history_bytes: int = 64 * 1024 * 1024

@@ -32,16 +32,23 @@ from emulator._proto.icllm.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from emulator.addresses import bracketed
+from emulator.addresses import bracketed, is_loopback_host
 from emulator.config import ConfigError, EmulatorConfig
 from emulator.engine import Engine
 from emulator.grpc_api.canisters import CanistersServicer
 from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
-from emulator.grpc_api.status import MAX_MESSAGE_BYTES, TRANSPORT_MAX_BYTES, guarded, tolerant
+from emulator.grpc_api.status import (
+    MAX_MESSAGE_BYTES,
+    TRANSPORT_MAX_BYTES,
+    guarded,
+    token_checked,
+    tolerant,
+)
 from emulator.ollama.serve import OllamaHttpServer
 
 log = logging.getLogger(__name__)
 
+CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICE_NAMES = (
     canister_pb2.DESCRIPTOR.services_by_name["LlmCanister"].full_name,
@@ -81,8 +88,9 @@ class GenericHandlersOnly:
     an exception, so their handlers answer INVALID_ARGUMENT instead of gRPC's UNKNOWN.
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, control_token: str | None = None) -> None:
         self._server = server
+        self._control_token = control_token
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         """Skipped: generated code registers the same handlers through `add_registered_method_handlers`."""
@@ -92,6 +100,10 @@ class GenericHandlersOnly:
     ) -> None:
         if service in SERVICE_NAMES:
             handlers = {name: tolerant(handler) for name, handler in handlers.items()}
+        if service == CONTROL_SERVICE and self._control_token:
+            handlers = {
+                name: token_checked(handler, self._control_token) for name, handler in handlers.items()
+            }
         elif service == HEALTH_SERVICE:
             handlers = {name: guarded(handler, f"{service}/{name}") for name, handler in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -110,6 +122,18 @@ class EmulatorServer:
         """Listen, load the backend's models, start the workers, report SERVING, write the port file."""
         if self.config.port_file:
             check_port_file(Path(self.config.port_file))  # before anything listens
+        if not is_loopback_host(self.config.host):
+            if not self.config.control_token:
+                raise ConfigError(
+                    f"--host {self.config.host} is reachable beyond this machine, and so would be the "
+                    "Control service (reset, rules, cassettes): give it a token with --control-token "
+                    "TOKEN (or ICLLM_CONTROL_TOKEN), or listen on 127.0.0.1"
+                )
+            log.warning(
+                "listening on %s: the emulator is reachable from other machines; "
+                "Control calls need the token",
+                self.config.host,
+            )
         engine = self.engine = Engine(self.config)
         server = self._server = grpc.aio.server(
             options=[
@@ -117,9 +141,13 @@ class EmulatorServer:
                 ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                # An idle connection is closed (clients reconnect by themselves); a handshake that does
+                # not finish in time (a slowloris client) is dropped.
+                ("grpc.max_connection_idle_ms", int(self.config.idle_timeout * 1000)),
+                ("grpc.server_handshake_timeout_ms", int(self.config.header_timeout * 1000)),
             ]
         )
-        services = GenericHandlersOnly(server)
+        services = GenericHandlersOnly(server, self.config.control_token)
         canister_pb2_grpc.add_LlmCanisterServicer_to_server(LlmCanisterServicer(engine), services)
         worker_pb2_grpc.add_AiWorkerServicer_to_server(AiWorkerServicer(engine), services)
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(engine), services)

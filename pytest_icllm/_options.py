@@ -106,6 +106,10 @@ def _models(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _token(value: Any) -> str | None:
+    return None if value is None or str(value).strip() == "" else str(value).strip()
+
+
 def _url(value: Any) -> str | None:
     if value is None or str(value).strip() == "":
         return None
@@ -262,6 +266,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("url", _url, None, "use a running emulator at HOST:PORT instead of starting one", per_test=False),
     Option(
+        "control_token",
+        _token,
+        None,
+        "the Control token of the emulator at --icllm-url (its --control-token; env ICLLM_CONTROL_TOKEN)",
+        per_test=False,
+    ),
+    Option(
         "upstream",
         _http_url,
         None,
@@ -372,15 +383,14 @@ class Settings:
     scrub_patterns: tuple[str, ...] = ()
     scrubbers: tuple[str, ...] = ()
     assert_no_misses: bool = True
+    control_token: str | None = None
 
     def details(self) -> str:
         """Every other setting, as `icllm settings: name=value, ...` (the header's second line)."""
         shown = {"backend", "clock", "workers", "url", "profile", "seed", "tool_policy", "strict"}
-        rest = [
-            f"{f.name}={_show(getattr(self, f.name))}"
-            for f in dataclasses.fields(self)
-            if f.name not in shown
-        ]
+        secret = {"control_token"}  # shown as set or not, never its value
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in shown}
+        rest = [f"{k}={'(set)' if k in secret and v else _show(v)}" for k, v in values.items()]
         return "icllm settings: " + ", ".join(rest)
 
     def header(self) -> str:

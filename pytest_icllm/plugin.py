@@ -48,6 +48,7 @@ CI_KEY = pytest.StashKey[bool]()
 UPSTREAM_KEY = pytest.StashKey[str | None]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 URL_ENV = "ICLLM_URL"
+TOKEN_ENV = "ICLLM_CONTROL_TOKEN"
 # Set by GitHub Actions, GitLab CI, CircleCI, Travis, Buildkite and most other CI services.
 CI_ENV = "CI"
 
@@ -73,6 +74,8 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         if "url" not in cli and os.environ.get(URL_ENV):
             cli["url"] = parse_option("url", os.environ[URL_ENV], f"environment variable {URL_ENV}")
+        if "control_token" not in cli and os.environ.get(TOKEN_ENV):
+            cli["control_token"] = os.environ[TOKEN_ENV]
         settings = resolve(ini, cli, ci=ci)
         if not settings.url:
             _start_config(settings, api_key)  # a bad session setting stops the run now, not at a test
@@ -159,6 +162,8 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
     if settings.url:
         _check_reachable(settings.url)
         with grpc.insecure_channel(settings.url) as channel:
+            if settings.control_token:
+                channel = grpc.intercept_channel(channel, _with_token(settings.control_token))
             control = control_pb2_grpc.ControlStub(channel)
             yield _Session(EmulatorAddress(settings.url, in_process=False), control, resets_to_session=False)
         return
@@ -170,6 +175,18 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
         yield _Session(address, InProcessControl(emulator), resets_to_session=True, emulator=emulator)
     finally:
         emulator.stop()
+
+
+def _with_token(token: str) -> Any:
+    """An interceptor that adds the Control token to every call of the session's Control stub."""
+    import grpc
+
+    class WithToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc ships no type hints
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = (*(details.metadata or ()), ("icllm-control-token", token))
+            return continuation(details._replace(metadata=metadata), request)
+
+    return WithToken()
 
 
 def _start_config(settings: Settings, api_key: str | None = None) -> EmulatorConfig:

@@ -3,10 +3,14 @@ goes on serving. Every test here failed before its fix."""
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -287,3 +291,148 @@ def test_a_backtracking_outcall_url_regex_is_a_miss() -> None:
 
     why = OutcallMatch(url_regex="^https://(a|a)+$").mismatches(HttpRequest("get", "https://" + NEAR_MISS))
     assert why and "took longer than 50 ms" in why[0]
+
+
+# -- HTTP connections: streams, hang-ups, slow clients, shutdown ----------------------------------
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+    return sock
+
+
+def test_a_large_stream_to_a_client_that_never_reads_holds_up_no_other_request(
+    start_emulator: Callable[..., Stubs],
+) -> None:
+    emu = start_emulator(profile="unlimited")
+    words = " ".join(f"w{n}" for n in range(200_000))  # 1.5 MB, 200,000 stream pieces
+    emu.control.AddRules(
+        cpb.AddRulesRequest(rules=[cpb.Rule(action=cpb.RuleAction(reply=cpb.ReplyAction(content=words)))])
+    )
+    url = emu.emulator.ports.http_url
+    assert url
+    readers = []
+    for _ in range(5):  # clients that ask for the stream and never read it
+        sock = _connect(url)
+        body = b'{"model": "llama3.1:8b", "messages": [{"role": "user", "content": "talk"}]}'
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        readers.append(sock)
+    for _ in range(3):
+        assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
+    assert emu.canister.V1Chat(user_request("and you?"), timeout=10).message.content == words
+    for sock in readers:
+        sock.close()  # hang up mid-stream: the server stops the streams
+    assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
+
+
+def test_a_hang_up_logs_no_error(emu: Stubs, caplog: pytest.LogCaptureFixture) -> None:
+    url = emu.emulator.ports.http_url
+    assert url
+    emu.control.SetHold(cpb.SetHoldRequest(hold=True))
+    sock = _connect(url)
+    body = b'{"model": "llama3.1:8b", "prompt": "wait", "stream": false}'
+    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    for _ in range(200):
+        if emu.control.ListJobs(cpb.ListJobsRequest()).jobs:
+            break
+        threading.Event().wait(0.01)
+    with caplog.at_level(logging.ERROR):
+        sock.close()
+        for _ in range(20):  # the server notices the hang-up, and goes on
+            assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
+        gc.collect()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    (call,) = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
+    assert call.reject.code == 6  # SYS_UNKNOWN: the caller went away
+
+
+def test_slow_clients_are_cut_off(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(header_timeout=0.3, body_timeout=0.3, idle_timeout=1.0)
+    url = emu.emulator.ports.http_url
+    assert url
+    slowloris = _connect(url)
+    slowloris.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the headers
+    assert slowloris.recv(100) == b""  # closed by the server
+    short = _connect(url)
+    short.sendall(b'POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"model"')
+    answer = short.recv(1000)
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.3 s" in answer
+    idle = _connect(url)
+    assert idle.recv(100) == b""  # opened and never used
+    for sock in (slowloris, short, idle):
+        sock.close()
+    assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
+
+
+def test_http_calls_still_waiting_at_the_end_of_the_grace_period_get_a_503() -> None:
+    from emulator.config import EmulatorConfig
+    from emulator.server import ThreadedEmulator
+
+    emulator = ThreadedEmulator(EmulatorConfig(grpc_port=0, ollama_port=0))
+    emulator.start()
+    url = emulator.ports.http_url
+    channel = grpc.insecure_channel(emulator.ports.grpc_target)
+    from emulator._proto.icllm.v1 import control_pb2_grpc
+
+    control = control_pb2_grpc.ControlStub(channel)
+    control.SetHold(cpb.SetHoldRequest(hold=True))
+    answers: list[httpx.Response] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                f"{url}/api/generate",
+                json={"model": "llama3.1:8b", "prompt": "x", "stream": False},
+                timeout=30,
+            )
+        )
+    )
+    caller.start()
+    for _ in range(500):
+        if control.ListJobs(cpb.ListJobsRequest()).jobs:
+            break
+        threading.Event().wait(0.01)
+    channel.close()
+    emulator.stop(grace=0.2)
+    caller.join(30)
+    (answer,) = answers
+    assert answer.status_code == 503
+    assert "shutting down" in answer.json()["error"]
+
+
+# -- the Control service's token ---------------------------------------------------------------------
+
+
+def test_listening_beyond_loopback_needs_a_control_token() -> None:
+    result = serve("--host", "0.0.0.0")
+    assert result.returncode == 2
+    assert "give it a token with --control-token TOKEN" in result.stderr
+
+
+def test_with_a_token_control_answers_only_calls_that_carry_it(
+    start_emulator: Callable[..., Stubs], pytester: pytest.Pytester
+) -> None:
+    emu = start_emulator(control_token="s3cret")
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.control.Reset(cpb.ResetRequest())
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "icllm-control-token" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.control.Reset(cpb.ResetRequest(), metadata=(("icllm-control-token", "guess"),))
+    assert "the one given is wrong" in caught.value.details()
+    emu.control.Reset(cpb.ResetRequest(), metadata=(("icllm-control-token", "s3cret"),))
+    assert emu.canister.V1Chat(user_request()).message.content  # the canister itself needs no token
+    from tests.pytester_support import INI
+
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_remote="""
+        def test_scripted(icllm, icllm_client):
+            icllm.on().reply("with the token")
+            assert icllm_client.prompt("llama3.1:8b", "hi") == "with the token"
+        """
+    )
+    target = emu.emulator.ports.grpc_target
+    result = pytester.runpytest("--icllm-url", target, "--icllm-control-token", "s3cret")
+    result.assert_outcomes(passed=1)
+    assert "s3cret" not in result.stdout.str()  # the report header does not show it

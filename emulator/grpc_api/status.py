@@ -7,6 +7,7 @@ to it too; INTERNAL is kept for faults of the emulator itself.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -98,6 +99,30 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             return MalformedRequest(str(error) or type(error).__name__)
 
     replaced: grpc.RpcMethodHandler = handler._replace(request_deserializer=deserialize)
+    return replaced
+
+
+CONTROL_TOKEN_KEY = "icllm-control-token"
+
+
+def token_checked(handler: grpc.RpcMethodHandler, token: str) -> grpc.RpcMethodHandler:
+    """A Control handler that answers only calls carrying the emulator's control token."""
+    inner = handler.unary_unary
+    if inner is None:
+        return handler
+
+    async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        given = str(dict(context.invocation_metadata() or ()).get(CONTROL_TOKEN_KEY, ""))
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the Control service needs the emulator's control token as metadata {CONTROL_TOKEN_KEY} "
+                "(with pytest: --icllm-control-token or ICLLM_CONTROL_TOKEN)"
+                + (": the one given is wrong" if given else ""),
+            )
+        return await inner(request, context)
+
+    replaced: grpc.RpcMethodHandler = handler._replace(unary_unary=unary_unary)
     return replaced
 
 

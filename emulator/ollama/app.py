@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,18 +150,27 @@ ollama_api = _answering(_ollama_error)
 openai_api = _answering(_openai_error)
 
 
-async def read_json(request: Request) -> JSON:
-    """The body as JSON; a body over 2 MiB is refused (413) as soon as that is known."""
+async def read_json(request: Request, timeout: float = 30.0) -> JSON:
+    """The body as JSON; a body over 2 MiB is refused (413) as soon as that is known, and one that does
+    not arrive within `timeout` seconds (a Content-Length that promises more than is sent) is a 408."""
     declared = (request.headers.get("content-length") or "").strip()
     if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise BadRequest(_too_large(int(declared)), status=413)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BadRequest(_too_large(size, at_least=True), status=413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise BadRequest(_too_large(size, at_least=True), status=413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(
+            f"the request body did not arrive within {timeout:g} s ({size} bytes came"
+            + (f" of the {declared} its Content-Length promised)" if declared else ")"),
+            status=408,
+        ) from None
     body = b"".join(chunks)
     if not body.strip():
         raise BadRequest("missing request body: send a JSON object")
@@ -226,28 +235,46 @@ def _stats(started_ns: int, request: ChatRequest, eval_count: int) -> dict[str, 
     }
 
 
+# A stream is made piece by piece as the client takes it (uvicorn waits while a client's buffer is full),
+# and hands the event loop back every few pieces, so a large answer neither piles up in memory nor
+# holds up the other doors; when the client leaves, Starlette stops the stream.
+_PIECES_PER_TURN = 16
+
+
 def _lines(objects: Iterable[dict[str, JSON]]) -> AsyncIterator[bytes]:
     async def stream() -> AsyncIterator[bytes]:
-        for item in objects:
+        for n, item in enumerate(objects, 1):
             yield json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            if n % _PIECES_PER_TURN == 0:
+                await asyncio.sleep(0)
 
     return stream()
 
 
 def _events(objects: Iterable[dict[str, JSON]]) -> AsyncIterator[bytes]:
     async def stream() -> AsyncIterator[bytes]:
-        for item in objects:
+        for n, item in enumerate(objects, 1):
             yield b"data: " + json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+            if n % _PIECES_PER_TURN == 0:
+                await asyncio.sleep(0)
         yield b"data: [DONE]\n\n"
 
     return stream()
 
 
+def _quietly(task: asyncio.Future[Any]) -> None:
+    """Retrieve a cancelled call's outcome, so that asyncio logs no "never retrieved" error for it."""
+    if not task.cancelled():
+        task.exception()
+
+
 class OllamaApi:
     """The routes, bound to one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, closing: asyncio.Event | None = None) -> None:
         self.engine = engine
+        # Set when the server's grace period ends: calls still waiting are answered 503.
+        self.closing = asyncio.Event() if closing is None else closing
         self._completion_ids = itertools.count(1)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -283,13 +310,21 @@ class OllamaApi:
             )
         )
         gone = asyncio.ensure_future(_until_disconnected(request.receive))
+        closing = asyncio.ensure_future(self.closing.wait())
         try:
-            await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((call, gone, closing), return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
+            closing.cancel()
             if not call.done():
                 call.cancel()  # the canister records the call as cancelled; its job goes on
-        if call.cancelled():
+                call.add_done_callback(_quietly)
+        if not call.done() or call.cancelled():
+            if self.closing.is_set() and not gone.done():
+                raise HttpError(
+                    503,
+                    "the emulator is shutting down and its grace period ended before this call was answered",
+                )
             raise ClientGone()
         try:
             return call.result()
@@ -329,14 +364,17 @@ class OllamaApi:
 
     @ollama_api
     async def show(self, request: Request) -> Response:
-        model = models.resolve(convert.model_named(await read_json(request)), self.engine.config.models)
+        model = models.resolve(
+            convert.model_named(await read_json(request, self.engine.config.body_timeout)),
+            self.engine.config.models,
+        )
         self._known_model(model)
         return JSONResponse(models.show(model))
 
     @ollama_api
     async def pull(self, request: Request) -> Response:
         """Nothing to download: a catalogue model is "pulled" at once, any other is not found."""
-        body = await read_json(request)
+        body = await read_json(request, self.engine.config.body_timeout)
         self._known_model(models.resolve(convert.model_named(body), self.engine.config.models))
         if body.get("stream") is False:
             return JSONResponse({"status": "success"})
@@ -360,7 +398,9 @@ class OllamaApi:
     @ollama_api
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter_ns()
-        parsed, headers = self._accept(convert.parse_chat(await read_json(request)))
+        parsed, headers = self._accept(
+            convert.parse_chat(await read_json(request, self.engine.config.body_timeout))
+        )
         if parsed.request is None:
             return self._load(parsed, headers, {"message": {"role": "assistant", "content": ""}})
         answer = await self._answer(request, parsed)
@@ -376,25 +416,27 @@ class OllamaApi:
         }
         if not parsed.stream:
             return JSONResponse({**head, "message": message, **final}, headers=headers)
-        chunks: list[dict[str, JSON]] = [
-            {**head, "message": {"role": "assistant", "content": piece}, "done": False}
-            for piece in convert.pieces(reply.content)
-        ]
-        if reply.tool_calls:
-            chunks.append(
-                {
+
+        def chunks() -> Iterator[dict[str, JSON]]:
+            for piece in convert.pieces(reply.content):
+                yield {**head, "message": {"role": "assistant", "content": piece}, "done": False}
+            if reply.tool_calls:
+                calls = list(reply.tool_calls)
+                yield {
                     **head,
-                    "message": {"role": "assistant", "content": "", "tool_calls": list(reply.tool_calls)},
+                    "message": {"role": "assistant", "content": "", "tool_calls": calls},
                     "done": False,
                 }
-            )
-        chunks.append({**head, "message": {"role": "assistant", "content": ""}, **final})
-        return StreamingResponse(_lines(chunks), media_type=NDJSON, headers=headers)
+            yield {**head, "message": {"role": "assistant", "content": ""}, **final}
+
+        return StreamingResponse(_lines(chunks()), media_type=NDJSON, headers=headers)
 
     @ollama_api
     async def generate(self, request: Request) -> Response:
         started = time.perf_counter_ns()
-        parsed, headers = self._accept(convert.parse_generate(await read_json(request)))
+        parsed, headers = self._accept(
+            convert.parse_generate(await read_json(request, self.engine.config.body_timeout))
+        )
         if parsed.request is None:
             return self._load(parsed, headers, {"response": ""})
         answer = await self._answer(request, parsed)
@@ -407,11 +449,13 @@ class OllamaApi:
         }
         if not parsed.stream:
             return JSONResponse({**head, "response": reply.content, **final}, headers=headers)
-        chunks: list[dict[str, JSON]] = [
-            {**head, "response": piece, "done": False} for piece in convert.pieces(reply.content)
-        ]
-        chunks.append({**head, "response": "", **final})
-        return StreamingResponse(_lines(chunks), media_type=NDJSON, headers=headers)
+
+        def chunks() -> Iterator[dict[str, JSON]]:
+            for piece in convert.pieces(reply.content):
+                yield {**head, "response": piece, "done": False}
+            yield {**head, "response": "", **final}
+
+        return StreamingResponse(_lines(chunks()), media_type=NDJSON, headers=headers)
 
     def _load(self, parsed: Parsed, headers: dict[str, str], empty: dict[str, JSON]) -> Response:
         """No prompt: Ollama loads (or, with keep_alive 0, unloads) the model and says so."""
@@ -424,7 +468,9 @@ class OllamaApi:
 
     @openai_api
     async def openai_chat(self, request: Request) -> Response:
-        parsed, headers = self._accept(convert.parse_openai_chat(await read_json(request)))
+        parsed, headers = self._accept(
+            convert.parse_openai_chat(await read_json(request, self.engine.config.body_timeout))
+        )
         assert parsed.request is not None
         answer = await self._answer(request, parsed)
         reply = convert.reply(answer, parsed.request, parsed.shaping)
@@ -450,17 +496,26 @@ class OllamaApi:
             choice = {"index": 0, "message": message, "finish_reason": finish}
             return JSONResponse({**head, "choices": [choice], "usage": usage}, headers=headers)
         head["object"] = "chat.completion.chunk"
-        deltas: list[dict[str, JSON]] = [{"content": piece} for piece in convert.pieces(reply.content)]
-        if tool_calls:
-            deltas.append({"tool_calls": tool_calls})
-        if not deltas:
-            deltas.append({"content": ""})
-        deltas[0] = {"role": "assistant", **deltas[0]}
-        chunks = [{**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-        chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-        if parsed.include_usage:
-            chunks.append({**head, "choices": [], "usage": usage})
-        return StreamingResponse(_events(chunks), media_type=SSE, headers=headers)
+
+        def deltas() -> Iterator[dict[str, JSON]]:
+            first = True
+            for piece in convert.pieces(reply.content):
+                yield {"role": "assistant", "content": piece} if first else {"content": piece}
+                first = False
+            if tool_calls:
+                yield {"role": "assistant", "tool_calls": tool_calls} if first else {"tool_calls": tool_calls}
+                first = False
+            if first:
+                yield {"role": "assistant", "content": ""}
+
+        def chunks() -> Iterator[dict[str, JSON]]:
+            for delta in deltas():
+                yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+            if parsed.include_usage:
+                yield {**head, "choices": [], "usage": usage}
+
+        return StreamingResponse(_events(chunks()), media_type=SSE, headers=headers)
 
     # -- the rest ------------------------------------------------------------------------------------
 
@@ -503,9 +558,12 @@ async def _crash(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": f"the emulator failed: {type(error).__name__}: {error}"}, status_code=500)
 
 
-def create_app(engine: Engine) -> ASGIApp:
-    """The ASGI app of the Ollama-compatible API over `engine` (which must already exist)."""
-    api = OllamaApi(engine)
+def create_app(engine: Engine, closing: asyncio.Event | None = None) -> ASGIApp:
+    """The ASGI app of the Ollama-compatible API over `engine` (which must already exist).
+
+    `closing`, once set, answers the calls still waiting with 503 (the server's grace period ended).
+    """
+    api = OllamaApi(engine, closing)
     routes = [
         Route("/", api.root, methods=["GET", "HEAD"]),
         Route("/api/version", api.version, methods=["GET", "HEAD"]),

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from emulator.config import ConfigError
 from emulator.engine import Engine
@@ -22,6 +23,8 @@ from emulator.ollama.app import create_app
 log = logging.getLogger(__name__)
 
 _TICK = 0.1  # uvicorn refreshes its Date header every 10 ticks
+# After the grace period, how long the 503s to calls still waiting may take to go out.
+CLOSING_SECONDS = 1.0
 
 
 class _Uvicorn(uvicorn.Server):
@@ -32,10 +35,11 @@ class _Uvicorn(uvicorn.Server):
     a test suite starts and stops hundreds of emulators, and each pause would add to every one.
     """
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, closing: asyncio.Event) -> None:
         super().__init__(config)
         self.ready = asyncio.Event()
         self._exit = asyncio.Event()
+        self.closing = closing
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -68,6 +72,11 @@ class _Uvicorn(uvicorn.Server):
         deadline = loop.time() + (self.config.timeout_graceful_shutdown or 0.0)
         while (self.server_state.connections or self.server_state.tasks) and loop.time() < deadline:
             await asyncio.sleep(0.005)
+        # The grace period is over: calls still waiting for the canister are answered 503 now.
+        self.closing.set()
+        answered_by = loop.time() + CLOSING_SECONDS
+        while self.server_state.tasks and loop.time() < answered_by:
+            await asyncio.sleep(0.005)
         for task in list(self.server_state.tasks):
             task.cancel()
         for connection in list(self.server_state.connections):
@@ -76,6 +85,46 @@ class _Uvicorn(uvicorn.Server):
                 transport.close()
         for server in self.servers:
             await server.wait_closed()
+
+
+def guarded_protocol(header_timeout: float) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol, closing a connection whose request headers do not arrive in time (a
+    slowloris client, or a connection opened and never used)."""
+
+    class Guarded(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Guarded
 
 
 class OllamaHttpServer:
@@ -88,6 +137,7 @@ class OllamaHttpServer:
         self.port: int | None = None
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     def _listen(self) -> socket.socket:
         """A listening TCP socket, as uvicorn would bind it.
@@ -121,15 +171,17 @@ class OllamaHttpServer:
         sock = self._listen()
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self.engine),
+            create_app(self.engine, self._closing),
             lifespan="off",
             log_config=None,
             access_log=False,
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=0,
+            timeout_keep_alive=max(1, round(self.engine.config.idle_timeout)),
+            http=guarded_protocol(self.engine.config.header_timeout),
         )
-        server = self._server = _Uvicorn(config)
+        server = self._server = _Uvicorn(config, self._closing)
         task = self._task = asyncio.ensure_future(server.serve(sockets=[sock]))
         ready = asyncio.ensure_future(server.ready.wait())
         await asyncio.wait((task, ready), return_when=asyncio.FIRST_COMPLETED)
