@@ -28,7 +28,7 @@ RUST_WASM32 := /usr/lib/rustlib/wasm32-unknown-unknown
 DEBIAN_RUST := rustc libstd-rust-dev-wasm32 lld-14
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run run-llama test canisters rust-wasm32 proto lint bench clean
+.PHONY: run run-llama test canisters rust-wasm32 proto lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,10 @@ lint: $(LLAMA_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The long reliability run: 64 clients for minutes, every answer checked, memory sampled.
+soak: $(STAMP)
+	$(BIN)/python -m bench soak $(ARGS)
 
 bench: $(LLAMA_STAMP) canisters
 	$(BIN)/python -m bench $(ARGS)

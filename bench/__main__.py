@@ -17,7 +17,12 @@ BENCHMARKS = {
     "http": "bench.http_vs_grpc",
     "cassettes": "bench.cassettes",
     "canister": "bench.canister_runtime",
+    "soak": "bench.soak",
 }
+
+
+# Run only by name (`make soak`): minutes long.
+LONG = {"soak"}
 
 
 def main(argv: list[str]) -> int:
@@ -36,6 +41,8 @@ def main(argv: list[str]) -> int:
         return 2
     status = 0
     for name, module in BENCHMARKS.items():
+        if name in LONG:
+            continue
         print(f"\n=== {name} ===", flush=True)
         status |= int(importlib.import_module(module).main([]))
     return status
