@@ -49,7 +49,7 @@ class Price:
         return self.per_call + self.per_token * tokens
 
 
-DEFAULT_PRICES: dict[str, Price] = {"gemma3:27b": Price()}
+DEFAULT_PRICES: dict[str, Price] = {"gemma3:27b": Price(), "z-ai:glm-5.2": Price()}
 
 
 @dataclass(slots=True)

@@ -12,9 +12,9 @@ import itertools
 from collections.abc import Callable
 from typing import Literal
 
-from emulator.billing import Ledger, Receipt
+from emulator.billing import Ledger, Price, Receipt
 from emulator.clock import Clock
-from emulator.config import EmulatorConfig
+from emulator.config import EmulatorConfig, UnknownModels
 from emulator.domain import (
     Answer,
     AssistantMessage,
@@ -82,7 +82,7 @@ class Canister:
         """Reject what the canister would reject; return the warnings for what it lets through."""
         config = self._config()
         limits = config.limits
-        if request.model not in config.models:
+        if request.model not in config.models and config.unknown_models is UnknownModels.REJECT:
             raise Reject(
                 RejectCode.CANISTER_REJECT,
                 f"unknown model {request.model!r}: this LLM canister serves {', '.join(config.models)}",
@@ -129,6 +129,8 @@ class Canister:
         receipt = Receipt(attached=cycles) if receipt is None else receipt
         receipt.attached = cycles
         price = config.prices.get(request.model) if config.charges else None
+        if price is None and config.charges and request.model not in config.models:
+            price = Price()  # --unknown-models paid: a model outside the catalogue is billed
         call_id = f"call-{next(self._ids):06d}"
         record = self.history.open(
             CallRecord(

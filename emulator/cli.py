@@ -231,6 +231,8 @@ SERVE_OPTIONS: list[Option] = [
     BACKEND_OPTION,
     ("--profile", str, "current", "limit profile: current, launch-2025, unlimited"),
     ("--models", _models, DEFAULT_MODELS, "comma-separated model catalogue; the first is the default"),
+    ("--interface", str, "v1", "Candid interface version: v1 (with v1_deposit, paid models) or v0.3.1"),
+    ("--unknown-models", str, "reject", "what a model outside the catalogue gets: reject, or paid"),
     (
         "--prices",
         _prices,
@@ -409,6 +411,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         backend=choice(BackendKind, args.backend, "backend"),
         profile=args.profile,
         models=args.models,
+        interface=args.interface,
+        unknown_models=args.unknown_models,
         **({} if args.prices is None else {"prices": args.prices}),
         model_files=tuple(args.model),
         canisters=tuple(args.canister),

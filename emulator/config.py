@@ -22,7 +22,18 @@ from emulator.domain import Limits
 ANONYMOUS_PRINCIPAL = "2vxsx-fae"
 # A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
 _PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
-DEFAULT_MODELS = ("llama3.1:8b", "qwen3:32b", "llama4-scout", "gemma3:27b")
+# The models of ic-llm 2.0.0's README (2026): free first, then the paid ones (see billing.DEFAULT_PRICES).
+DEFAULT_MODELS = ("llama3.1:8b", "qwen3:32b", "llama4-scout", "qwen2.5:0.5b", "gemma3:27b", "z-ai:glm-5.2")
+INTERFACE_VERSIONS = ("v1", "v0.3.1")
+
+
+class UnknownModels(enum.StrEnum):
+    """What a call naming a model outside the catalogue gets (the real canister's answer is not public)."""
+
+    REJECT = "reject"
+    # Served like a paid model: the 2026 canister's models are free-form strings.
+    PAID = "paid"
+
 
 PROFILES: dict[str, Limits] = {
     # Since the output cap was raised from 200 to 1000 tokens.
@@ -161,6 +172,10 @@ class EmulatorConfig:
     cassettes: CassetteSettings = field(default_factory=CassetteSettings)
     # The proxy backend's server (`--upstream`, ...).
     upstream: UpstreamSettings | None = None
+    # The Candid interface served: v1 (v0_chat, v1_chat, v1_deposit, paid models) or v0.3.1 (the
+    # interface mainnet published until mid-2026: no v1_deposit, every model free).
+    interface: str = "v1"
+    unknown_models: UnknownModels = UnknownModels.REJECT
     # Canister modules installed at start-up (`--canister NAME=PATH`), in this order.
     canisters: tuple[tuple[str, str], ...] = ()
     # Canisters' HTTP outcalls: unscripted ones are unexpected (strict); loopback pass-through.
@@ -172,6 +187,13 @@ class EmulatorConfig:
         object.__setattr__(self, "backend", choice(BackendKind, self.backend, "backend"))
         object.__setattr__(self, "tool_policy", choice(ToolPolicy, self.tool_policy, "tool policy"))
         object.__setattr__(self, "clock", choice(ClockKind, self.clock, "clock"))
+        object.__setattr__(
+            self, "unknown_models", choice(UnknownModels, self.unknown_models, "unknown models")
+        )
+        if self.interface not in INTERFACE_VERSIONS:
+            raise ConfigError(
+                f"interface {self.interface!r} is not valid; choose one of: {', '.join(INTERFACE_VERSIONS)}"
+            )
         object.__setattr__(self, "models", tuple(self.models))
         if self.model_files:
             files = resolve_model_files(self.model_files, self.models[0] if self.models else "")
@@ -184,7 +206,10 @@ class EmulatorConfig:
 
     @property
     def charges(self) -> bool:
-        return self.billing if self.billing is not None else self.profile not in FREE_PROFILES
+        """Whether paid models charge: not before paid models existed (launch-2025, interface v0.3.1)."""
+        if self.billing is not None:
+            return self.billing
+        return self.profile not in FREE_PROFILES and self.interface != "v0.3.1"
 
     @property
     def limits(self) -> Limits:

@@ -202,7 +202,7 @@ class Engine:
         """
         receipt = Receipt(attached=cycles) if receipt is None else receipt
         try:
-            if candid.check_method(method) == candid.DEPOSIT:
+            if candid.check_method(method, self.config.interface) == candid.DEPOSIT:
                 beneficiary = candid.decode_deposit(arg)
                 balance = self.canister.deposit(caller, cycles, beneficiary)
                 receipt.refunded = 0

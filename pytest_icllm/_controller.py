@@ -396,6 +396,15 @@ class IcllmController:
         """Give a caller a prepaid balance, as if it had called `v1_deposit`."""
         self._rpc(self._control.SetBalance, cpb.SetBalanceRequest(principal=principal, cycles=cycles))
 
+    def top_up(self, principal: str, cycles: int) -> int:
+        """Credit a prepaid balance as a top-up on the gateway's website would; returns the new balance."""
+        __tracebackhide__ = True
+        if cycles < 0:
+            raise ValueError(f"a top-up is 0 or more cycles, got {cycles}")
+        balance = self.balance(principal) + cycles
+        self.set_balance(principal, balance)
+        return balance
+
     # -- lifecycle (the plugin calls these) --------------------------------------------------------
 
     def _begin(self, configure: bool = True) -> None:

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+# icp-py-core's .did parser is a PyO3 extension, which can be initialised once per process: imported
+# before any inner pytest run (pytester), it survives each run's restore of `sys.modules`.
+import icp_candid.did_loader  # noqa: F401
 import pytest
 
 from emulator._proto.icllm.v1 import canister_pb2 as pb

@@ -178,7 +178,7 @@ def test_grpc_deposit_for_a_beneficiary_and_balances_in_control(emu: Stubs) -> N
 
 def test_grpc_billing_can_be_switched_off(emu: Stubs) -> None:
     config = emu.control.Configure(cpb.ConfigureRequest(billing=False))
-    assert not config.billing and [p.model for p in config.prices] == ["gemma3:27b"]
+    assert not config.billing and [p.model for p in config.prices] == ["gemma3:27b", "z-ai:glm-5.2"]
     _, call = emu.canister.V1Chat.with_call(
         user_request(model="gemma3:27b"), metadata=(("icllm-cycles", "3"),)
     )

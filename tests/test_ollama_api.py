@@ -162,7 +162,14 @@ async def test_every_response_names_the_limit_profile() -> None:
 @pytest.mark.asyncio
 async def test_tags_lists_the_catalogue_with_ollama_fields(http: Door) -> None:
     models = (await http.client.get("/api/tags")).json()["models"]
-    assert [m["name"] for m in models] == ["llama3.1:8b", "qwen3:32b", "llama4-scout", "gemma3:27b"]
+    assert [m["name"] for m in models] == [
+        "llama3.1:8b",
+        "qwen3:32b",
+        "llama4-scout",
+        "qwen2.5:0.5b",
+        "gemma3:27b",
+        "z-ai:glm-5.2",
+    ]
     for model in models:
         assert set(model) == {"name", "model", "modified_at", "size", "digest", "details"}
         assert set(model["details"]) == {
@@ -180,7 +187,14 @@ async def test_tags_lists_the_catalogue_with_ollama_fields(http: Door) -> None:
 @pytest.mark.asyncio
 async def test_ps_lists_every_model_as_loaded(http: Door) -> None:
     models = (await http.client.get("/api/ps")).json()["models"]
-    assert [m["model"] for m in models] == ["llama3.1:8b", "qwen3:32b", "llama4-scout", "gemma3:27b"]
+    assert [m["model"] for m in models] == [
+        "llama3.1:8b",
+        "qwen3:32b",
+        "llama4-scout",
+        "qwen2.5:0.5b",
+        "gemma3:27b",
+        "z-ai:glm-5.2",
+    ]
     assert {"expires_at", "size_vram", "context_length", "details"} <= set(models[0])
 
 

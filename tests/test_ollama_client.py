@@ -90,13 +90,22 @@ def test_list_show_and_ps(client: ollama.Client) -> None:
         "llama3.1:8b",
         "qwen3:32b",
         "llama4-scout",
+        "qwen2.5:0.5b",
         "gemma3:27b",
+        "z-ai:glm-5.2",
     ]
     shown = client.show("qwen3:32b")
     assert shown.details is not None and shown.details.family == "qwen3"
     assert shown.capabilities is not None and "tools" in shown.capabilities
     loaded = client.ps().models
-    assert [model.model for model in loaded] == ["llama3.1:8b", "qwen3:32b", "llama4-scout", "gemma3:27b"]
+    assert [model.model for model in loaded] == [
+        "llama3.1:8b",
+        "qwen3:32b",
+        "llama4-scout",
+        "qwen2.5:0.5b",
+        "gemma3:27b",
+        "z-ai:glm-5.2",
+    ]
 
 
 def test_unknown_model_raises_the_clients_response_error_with_404(client: ollama.Client) -> None:

@@ -5,7 +5,9 @@
 """
 
 from emulator.candid._door import (
+    DEFAULT_INTERFACE,
     DEPOSIT,
+    INTERFACES,
     LLM_CANISTER_ID,
     candid_interface,
     check_method,
@@ -21,7 +23,9 @@ from emulator.candid._door import (
 from emulator.candid._wire import CandidError
 
 __all__ = [
+    "DEFAULT_INTERFACE",
     "DEPOSIT",
+    "INTERFACES",
     "LLM_CANISTER_ID",
     "CandidError",
     "candid_interface",

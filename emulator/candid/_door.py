@@ -37,12 +37,15 @@ from emulator.domain import (
 )
 
 LLM_CANISTER_ID = "w36hm-eqaaa-aaaal-qr76a-cai"
-DID_FILE = "llm_canister.did"
+# The interface versions the emulator serves (copies of fixtures/llm_canister*.did, each with its source).
+INTERFACES = {"v1": "llm_canister.did", "v0.3.1": "llm_canister_v0.3.1.did"}
+DEFAULT_INTERFACE = "v1"
+DID_FILE = INTERFACES[DEFAULT_INTERFACE]
 
 
-def candid_interface() -> str:
-    """The canister's `.did`, as the emulator serves it (a copy of fixtures/llm_canister.did)."""
-    return resources.files(__package__).joinpath(DID_FILE).read_text(encoding="utf-8")
+def candid_interface(version: str = DEFAULT_INTERFACE) -> str:
+    """The canister's `.did` in this interface version, as the emulator serves it."""
+    return resources.files(__package__).joinpath(INTERFACES[version]).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +55,9 @@ class _Signature:
 
 
 @functools.cache
-def _methods() -> dict[str, _Signature]:
-    """Each method's argument and result types, parsed once from the `.did`."""
-    methods = DIDLoader().load_did_source(candid_interface())["methods"]
+def _methods(version: str = DEFAULT_INTERFACE) -> dict[str, _Signature]:
+    """Each method's argument and result types, parsed once from the `.did` of this version."""
+    methods = DIDLoader().load_did_source(candid_interface(version))["methods"]
     return {
         name: _Signature(tuple(intern(t) for t in method.args), tuple(intern(t) for t in method.rets))
         for name, method in methods.items()
@@ -65,13 +68,16 @@ def _signatures() -> dict[Api, _Signature]:
     return {api: _methods()[api.value] for api in Api}
 
 
-def check_method(method: str) -> str:
-    """The method, if the canister has it; anything else is rejected as the IC rejects an unknown method."""
-    if method not in _methods():
+def check_method(method: str, version: str = DEFAULT_INTERFACE) -> str:
+    """The method, if the canister has it in this interface version; anything else is rejected as the
+    IC rejects a method a canister does not export."""
+    if method not in _methods(version):
         shown = method if len(method) <= 80 else f"{method[:80]}... ({len(method)} characters)"
         raise Reject(
             RejectCode.DESTINATION_INVALID,
-            f"Canister {LLM_CANISTER_ID} has no update method {shown!r}; it has {', '.join(_methods())}",
+            f"Canister {LLM_CANISTER_ID} has no update method {shown!r}; it has "
+            f"{', '.join(_methods(version))}"
+            + ("" if version == DEFAULT_INTERFACE else f" (interface {version})"),
         )
     return method
 

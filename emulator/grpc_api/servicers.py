@@ -76,13 +76,14 @@ class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):
     async def GetCandidInterface(
         self, request: pb.GetCandidInterfaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCandidInterfaceResponse:
-        return pb.GetCandidInterfaceResponse(did=candid.candid_interface())
+        return pb.GetCandidInterfaceResponse(did=candid.candid_interface(self.engine.config.interface))
 
     @rpc
     async def V1Deposit(
         self, request: pb.V1DepositRequest, context: grpc.aio.ServicerContext
     ) -> pb.V1DepositResponse:
         caller, cycles = caller_of(context)
+        candid.check_method(candid.DEPOSIT, self.engine.config.interface)
         beneficiary = (
             principal_of(request.beneficiary, "beneficiary") if request.HasField("beneficiary") else None
         )

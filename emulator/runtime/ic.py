@@ -280,9 +280,9 @@ class CanisterRuntime:
     ) -> Response:
         """Run an incoming call's first message; the response comes when its call context ends."""
         entry = instance.entry_point(method, query)
-        if entry is None:
+        if entry is None:  # the IC's CanisterMethodNotFound (IC0536) is a DESTINATION_INVALID reject
             return Response.rejected(
-                RejectCode.CANISTER_ERROR,
+                RejectCode.DESTINATION_INVALID,
                 _no_method(instance, method, query),
                 METHOD_NOT_FOUND,
                 refund=cycles,

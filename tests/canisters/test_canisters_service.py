@@ -149,7 +149,7 @@ def test_bad_calls_get_clear_statuses_or_rejects(emu: Stubs, motoko_agent: Path)
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
     assert "no canister ryjl3-tyaaa-aaaaa-aaaba-cai is installed" in caught.value.details()
     unknown = canisters.Call(pb.CanisterCallRequest(canister_id=agent, method="nope", arg=b"DIDL\0\0"))
-    assert (unknown.reject.code, unknown.reject.error_code) == (5, "IC0536")
+    assert (unknown.reject.code, unknown.reject.error_code) == (3, "IC0536")
     garbled = canisters.Call(pb.CanisterCallRequest(canister_id=agent, method="prompt", arg=b"not candid"))
     assert garbled.reject.code == 5 and garbled.reject.message
     with pytest.raises(grpc.RpcError) as caught:

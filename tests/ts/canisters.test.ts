@@ -99,7 +99,7 @@ test('a reject of the LLM canister reaches the canister, and an unknown method i
     assert.deepEqual(IDL.decode([IDL.Text], bytes(refused.reply!)), ['rejected (4): no tokens left']);
     const unknown = await ask(agent, 'no_such_method', IDL.encode([], []));
     assert.equal(unknown.outcome, 'reject');
-    assert.equal(unknown.reject!.code, 5);
+    assert.equal(unknown.reject!.code, 3);
     assert.equal(unknown.reject!.error_code, 'IC0536');
 });
 

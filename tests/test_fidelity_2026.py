@@ -1,0 +1,114 @@
+"""The canister as deployed in late 2026: interface versions, the model table, paying and depositing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from emulator import candid
+from emulator._proto.icllm.v1 import canister_pb2 as pb
+from emulator._proto.icllm.v1 import control_pb2 as cpb
+from emulator.config import DEFAULT_MODELS
+from pytest_icllm import IcllmController
+from pytest_icllm._canisters import CanisterIC
+from tests.canisters.conftest import BUILD
+from tests.conftest import Stubs, user_request
+from tests.test_billing import refunded
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+HUNDRED_BILLION = 100_000_000_000
+
+
+def test_both_interface_versions_are_served_as_their_did_files(start_emulator: Callable[..., Stubs]) -> None:
+    for version, name in (("v1", "llm_canister.did"), ("v0.3.1", "llm_canister_v0.3.1.did")):
+        emu = start_emulator(interface=version)
+        did = emu.canister.GetCandidInterface(pb.GetCandidInterfaceRequest()).did
+        assert did == (FIXTURES / name).read_text() == candid.candid_interface(version)
+    v031 = (FIXTURES / "llm_canister_v0.3.1.did").read_text()
+    assert "v1_deposit" not in v031 and "variant { worker; ollama; openrouter" in v031
+
+
+def test_v0_3_1_has_no_v1_deposit_and_no_paid_models(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(interface="v0.3.1")
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.CallCandid(pb.CallCandidRequest(method="v1_deposit", arg=candid.encode_deposit(None)))
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    details = caught.value.details()
+    assert "has no update method 'v1_deposit'; it has v0_chat, v1_chat (interface v0.3.1)" in details
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.V1Deposit(pb.V1DepositRequest(), metadata=(("icllm-cycles", "5"),))
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    _, call = emu.canister.V1Chat.with_call(
+        user_request(model="gemma3:27b"), metadata=(("icllm-cycles", str(HUNDRED_BILLION)),)
+    )
+    assert refunded(call) == HUNDRED_BILLION  # before paid models, every cycle comes back
+
+
+def test_the_2026_model_table() -> None:
+    free = ("llama3.1:8b", "qwen3:32b", "llama4-scout", "qwen2.5:0.5b")
+    assert (*free, "gemma3:27b", "z-ai:glm-5.2") == DEFAULT_MODELS
+
+
+def test_a_free_model_called_with_100b_cycles_gets_every_cycle_back(emu: Stubs) -> None:
+    for model in ("llama3.1:8b", "qwen3:32b", "llama4-scout", "qwen2.5:0.5b"):
+        _, call = emu.canister.V1Chat.with_call(
+            user_request(model=model), metadata=(("icllm-cycles", str(HUNDRED_BILLION)),)
+        )
+        assert refunded(call) == HUNDRED_BILLION
+
+
+def test_paid_models_charge_and_unknown_models_are_a_setting(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator()
+    _, call = emu.canister.V1Chat.with_call(
+        user_request(model="z-ai:glm-5.2"), metadata=(("icllm-cycles", str(HUNDRED_BILLION)),)
+    )
+    assert refunded(call) < HUNDRED_BILLION
+    with pytest.raises(grpc.RpcError) as caught:
+        emu.canister.V1Chat(user_request(model="mistral:7b"))
+    assert "unknown model 'mistral:7b'" in caught.value.details()
+    paid = start_emulator(unknown_models="paid")
+    with pytest.raises(grpc.RpcError) as caught:
+        paid.canister.V1Chat(user_request(model="mistral:7b"))  # a paid model needs cycles
+    assert "cycles" in caught.value.details()
+    _, call = paid.canister.V1Chat.with_call(
+        user_request(model="mistral:7b"), metadata=(("icllm-cycles", str(HUNDRED_BILLION)),)
+    )
+    assert 0 < refunded(call) < HUNDRED_BILLION
+
+
+PROXY = """
+persistent actor Proxy {
+  transient let llm : actor { v1_deposit : (?Principal) -> async Nat } =
+    actor ("w36hm-eqaaa-aaaal-qr76a-cai");
+
+  public func deposit_for(beneficiary : Principal) : async Nat {
+    await (with cycles = 300_000_000_000) llm.v1_deposit(?beneficiary);
+  };
+};
+"""
+
+
+def test_a_proxy_canister_deposits_for_its_beneficiary_and_a_top_up_adds_more(
+    icllm: IcllmController, icllm_canister: CanisterIC
+) -> None:
+    proxy = icllm_canister(BUILD.built_motoko(PROXY))
+    beneficiary = "ryjl3-tyaaa-aaaaa-aaaba-cai"
+    assert proxy.update("deposit_for", beneficiary) == 300_000_000_000
+    assert icllm.balance(beneficiary) == 300_000_000_000
+    assert icllm.balance(proxy.id) == 0
+    assert icllm.top_up(beneficiary, 50) == 300_000_000_050
+    with pytest.raises(ValueError, match="0 or more cycles"):
+        icllm.top_up(beneficiary, -1)
+
+
+def test_interface_and_unknown_models_are_refused_when_not_valid() -> None:
+    from emulator.config import ConfigError, EmulatorConfig
+
+    with pytest.raises(ConfigError, match=r"interface 'v2' is not valid; choose one of: v1, v0\.3\.1"):
+        EmulatorConfig(interface="v2")
+    with pytest.raises(ConfigError, match="reject, paid"):
+        EmulatorConfig(unknown_models="maybe")  # type: ignore[arg-type]  # as from an env var
+    assert cpb  # the Control messages are the same for both versions
