@@ -14,6 +14,11 @@ from emulator.domain import ChatRequest
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
+def tokens(text: str) -> list[str]:
+    """The tokens of `text`, in order."""
+    return _TOKEN.findall(text)
+
+
 def count_tokens(text: str) -> int:
     """How many tokens `text` holds."""
     return sum(1 for _ in _TOKEN.finditer(text))

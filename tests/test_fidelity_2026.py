@@ -112,3 +112,60 @@ def test_interface_and_unknown_models_are_refused_when_not_valid() -> None:
     with pytest.raises(ConfigError, match="reject, paid"):
         EmulatorConfig(unknown_models="maybe")  # type: ignore[arg-type]  # as from an env var
     assert cpb  # the Control messages are the same for both versions
+
+
+# -- what OpenAI's and Ollama's clients expect ------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["/v1/embeddings", "/v1/completions", "/v1/responses"])
+def test_unimplemented_openai_routes_answer_in_openais_error_shape(emu: Stubs, route: str) -> None:
+    import httpx
+
+    response = httpx.post(
+        f"{emu.emulator.ports.http_url}{route}", json={"model": "llama3.1:8b", "input": "x"}
+    )
+    assert response.status_code == 501
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "code"}
+    assert error["code"] == "unsupported_route" and "POST /v1/chat/completions" in error["message"]
+
+
+def _openai(emu: Stubs, **fields: object) -> object:
+    import httpx
+
+    body = {
+        "model": "llama3.1:8b",
+        "messages": [{"role": "user", "content": "What is the weather in Rome?"}],
+        "tools": [
+            {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+        ],
+        **fields,
+    }
+    return httpx.post(f"{emu.emulator.ports.http_url}/v1/chat/completions", json=body)
+
+
+def test_tool_choice_none_gives_no_tool_calls_and_forcing_is_refused(emu: Stubs) -> None:
+    auto = _openai(emu).json()  # type: ignore[attr-defined]
+    assert auto["choices"][0]["message"]["tool_calls"]  # the fake backend calls the offered tool
+    none = _openai(emu, tool_choice="none").json()  # type: ignore[attr-defined]
+    assert "tool_calls" not in none["choices"][0]["message"]
+    assert none["choices"][0]["finish_reason"] == "stop"
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        refused = _openai(emu, tool_choice=choice)
+        assert refused.status_code == 400  # type: ignore[attr-defined]
+        assert "is not supported" in refused.json()["error"]["message"]  # type: ignore[attr-defined]
+
+
+def test_n_above_one_is_a_400_that_says_why(emu: Stubs) -> None:
+    refused = _openai(emu, n=3)
+    assert refused.status_code == 400  # type: ignore[attr-defined]
+    assert "one choice per request" in refused.json()["error"]["message"]  # type: ignore[attr-defined]
+    assert _openai(emu, n=1).status_code == 200  # type: ignore[attr-defined]
+
+
+def test_every_accepted_but_ignored_field_is_named_in_the_header(emu: Stubs) -> None:
+    answer = _openai(
+        emu, temperature=0.2, top_p=0.9, seed=7, user="u1", logit_bias={}, parallel_tool_calls=True
+    )
+    named = answer.headers["x-icllm-ignored-fields"].split(", ")  # type: ignore[attr-defined]
+    assert {"temperature", "top_p", "seed", "user", "logit_bias", "parallel_tool_calls"} <= set(named)

@@ -276,8 +276,10 @@ async def test_chat_streams_ndjson_pieces_that_join_to_the_whole_answer(http: Do
 async def test_generate_streaming_and_not(http: Door) -> None:
     body = {"model": MODEL, "prompt": "Why is the sky blue?", "system": "Be brief."}
     whole = (await http.client.post("/api/generate", json={**body, "stream": False})).json()
-    assert set(whole) == {"model", "created_at", "response", *FINAL_FIELDS}
+    assert set(whole) == {"model", "created_at", "response", "context", *FINAL_FIELDS}
+    assert whole["context"] and all(isinstance(i, int) and 0 <= i < 32_000 for i in whole["context"])
     lines = ndjson(await http.client.post("/api/generate", json=body))
+    assert lines[-1]["context"] == whole["context"]  # Ollama's final object carries it, streamed or not
     assert "".join(line["response"] for line in lines) == whole["response"] != ""
     assert lines[-1]["done"] is True and lines[-1]["prompt_eval_count"] == whole["prompt_eval_count"] == 9
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +36,7 @@ from emulator.engine import Engine
 from emulator.ollama import convert, models
 from emulator.ollama.convert import JSON, BadRequest, Parsed
 from emulator.ollama.metrics import CLIENT_CLOSED, Metrics
-from emulator.tokens import prompt_tokens
+from emulator.tokens import prompt_tokens, tokens
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,13 @@ def _ollama_error(error: HttpError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status)
 
 
-def _openai_error(error: HttpError) -> JSONResponse:
-    kinds = {400: "invalid_request_error", 404: "not_found_error"}
+def _openai_error(error: HttpError, code: str | None = None) -> JSONResponse:
+    kinds = {400: "invalid_request_error", 404: "not_found_error", 501: "invalid_request_error"}
     body: dict[str, JSON] = {
         "message": error.message,
         "type": kinds.get(error.status, "api_error"),
         "param": None,
-        "code": None,
+        "code": code,
         **_reject_fields(error),
     }
     return JSONResponse({"error": body}, status_code=error.status)
@@ -220,6 +221,12 @@ def caller_of(request: Request) -> tuple[str, int]:
 async def _until_disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def context_ids(request: ChatRequest, answer: str) -> list[JSON]:
+    """Token ids of the prompt and the answer (a stable hash of each token into a 32,000-id vocabulary)."""
+    text = "\n".join([*(m.content or "" for m in request.messages), answer])
+    return [zlib.crc32(token.encode()) % 32_000 for token in tokens(text)]
 
 
 def _stats(started_ns: int, request: ChatRequest, eval_count: int) -> dict[str, JSON]:
@@ -445,6 +452,9 @@ class OllamaApi:
         final = {
             "done": True,
             "done_reason": reply.done_reason,
+            # Ollama's encoding of the conversation, to send back as `context` (ids of the prompt's and
+            # the answer's tokens; the emulator keeps no memory, so sending it back changes nothing).
+            "context": context_ids(parsed.request, reply.content),
             **_stats(started, parsed.request, reply.eval_count),
         }
         if not parsed.stream:
@@ -520,10 +530,20 @@ class OllamaApi:
     # -- the rest ------------------------------------------------------------------------------------
 
     async def unsupported(self, request: Request) -> Response:
+        path = request.url.path
+        if path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape, and show its message
+            return _openai_error(
+                HttpError(
+                    501,
+                    f"{request.method} {path} is an OpenAI route the emulator does not implement: the LLM "
+                    "canister only chats (use POST /v1/chat/completions; GET /v1/models lists its models)",
+                ),
+                code="unsupported_route",
+            )
         return _ollama_error(
             HttpError(
                 501,
-                f"{request.method} {request.url.path} is an Ollama route the emulator does not implement: "
+                f"{request.method} {path} is an Ollama route the emulator does not implement: "
                 "the LLM canister only chats (see GET /api/tags for its models)",
             )
         )

@@ -63,6 +63,11 @@ _OPENAI_CHAT_KEYS = frozenset(
     | {"tools", "tool_choice", "parallel_tool_calls", "n", "user", "logprobs", "top_logprobs"}
     | {"logit_bias", "reasoning", "reasoning_effort", "metadata", "store", "service_tier"}
 )
+_OPENAI_IGNORED = frozenset(
+    {"temperature", "top_p", "frequency_penalty", "presence_penalty", "seed", "user", "logprobs"}
+    | {"top_logprobs", "logit_bias", "parallel_tool_calls", "reasoning", "reasoning_effort", "metadata"}
+    | {"store", "service_tier"}
+)
 _OPENAI_MESSAGE_KEYS = frozenset(
     {"role", "content", "name", "tool_calls", "tool_call_id", "reasoning", "refusal"}
 )
@@ -512,6 +517,22 @@ def _openai_format(value: JSON) -> Format:
     raise BadRequest(f"response_format.type is {format_type!r}; valid types: text, json_object, json_schema")
 
 
+def _tool_choice(choice: JSON, tools: tuple[Tool, ...]) -> tuple[Tool, ...]:
+    """OpenAI's `tool_choice`: "auto" (the default) offers the tools, "none" offers none (so no tool is
+    called); the LLM canister cannot be made to call a tool, so "required" and a named function are
+    refused with what would work instead."""
+    if choice is None or choice == "auto":
+        return tools
+    if choice == "none":
+        return ()
+    shown = choice if isinstance(choice, str) else json.dumps(choice)[:80]
+    raise BadRequest(
+        f"tool_choice {shown} is not supported: the LLM canister decides itself whether to call a tool, so "
+        'the emulator takes tool_choice "auto" (or leave it out) and "none" (no tools offered); to '
+        "test a tool call, script one (Control.AddRules, icllm.on(...).call_tool(...))"
+    )
+
+
 def parse_openai_chat(body: JSON) -> Parsed:
     """`POST /v1/chat/completions`."""
     body = _object(body, "the request body")
@@ -523,6 +544,17 @@ def parse_openai_chat(body: JSON) -> Parsed:
     if not messages:
         raise BadRequest("messages must hold at least one message")
     tools = tuple(_tool(t, i) for i, t in enumerate(_list(body, "tools", "")))
+    tools = _tool_choice(body.get("tool_choice"), tools)
+    choices = body.get("n")
+    if choices is not None and (isinstance(choices, bool) or not isinstance(choices, int) or choices < 1):
+        raise BadRequest(f"n must be a whole number of choices, 1 or more, got {choices!r}")
+    if choices is not None and choices > 1:
+        raise BadRequest(
+            f"n is {choices}, but the emulator produces one choice per request (the LLM canister answers "
+            "once); send n=1 or leave it out, and ask again for another answer"
+        )
+    # Accepted, and without effect on the canister's answer: the client hears of them in the header.
+    ignored.extend(key for key in sorted(_OPENAI_IGNORED) if body.get(key) is not None)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise BadRequest(f"max_tokens must be an integer, got {kind(max_tokens)}")
