@@ -51,7 +51,7 @@ from emulator.config import (
     resolve_model_files,
 )
 from emulator.grpc_api.servicers import MAX_POLL_SECONDS
-from emulator.grpc_api.worker_source import GrpcSource
+from emulator.grpc_api.worker_source import GrpcSource, Unreachable
 from emulator.rules import RuleError
 from emulator.server import EmulatorServer
 from emulator.workers import Worker
@@ -79,6 +79,24 @@ def _port_or_off(text: str) -> int | None:
     if not text.strip().isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 0-65535 (0: any free port) or off")
     return int(text)
+
+
+def _whole(text: str) -> int:
+    """A whole number (argparse alone would say only "invalid int value")."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (like 0, 1 or 42)") from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (like 60 or 0.5)")
+    return seconds
 
 
 def _seconds(text: str) -> float:
@@ -185,7 +203,7 @@ BACKEND_OPTION: Option = (
     BackendKind.FAKE.value,
     f"answers from: {', '.join(b.value for b in BackendKind)}",
 )
-SEED_OPTION: Option = ("--seed", int, 0, "seed of the fake backend's answers")
+SEED_OPTION: Option = ("--seed", _whole, 0, "seed of the fake backend's answers")
 TOOL_POLICY_OPTION: Option = (
     "--tool-policy",
     str,
@@ -220,7 +238,7 @@ UPSTREAM_OPTIONS: list[Option] = [
 
 SERVE_OPTIONS: list[Option] = [
     ("--host", str, "127.0.0.1", "address to listen on (loopback by default)"),
-    ("--grpc-port", int, 50051, "gRPC port; 0 picks a free one (see --port-file)"),
+    ("--grpc-port", _whole, 50051, "gRPC port; 0 picks a free one (see --port-file)"),
     (
         "--ollama-port",
         _port_or_off,
@@ -253,11 +271,11 @@ SERVE_OPTIONS: list[Option] = [
     ("--strict-requests", _bool, False, "reject requests the real canister only warns about"),
     ("--strict-outcalls", _bool, False, "mark canisters' unscripted HTTP outcalls as unexpected"),
     ("--outcalls-loopback", _bool, False, "send canisters' unscripted outcalls to loopback URLs for real"),
-    ("--history-bytes", int, 64 * 1024 * 1024, "about how many bytes of requests the call history keeps"),
-    ("--workers", int, 1, "built-in AI workers (0: only external workers answer)"),
-    ("--queue-capacity", int, 0, "prompts waiting or in progress before SYS_TRANSIENT; 0 is unbounded"),
-    ("--max-attempts", int, 3, "leases per prompt before the caller is rejected"),
-    ("--lease-seconds", float, 60.0, "how long a worker's lease lasts without renewal"),
+    ("--history-bytes", _whole, 64 * 1024 * 1024, "about how many bytes of requests the call history keeps"),
+    ("--workers", _whole, 1, "built-in AI workers (0: only external workers answer)"),
+    ("--queue-capacity", _whole, 0, "prompts waiting or in progress before SYS_TRANSIENT; 0 is unbounded"),
+    ("--max-attempts", _whole, 3, "leases per prompt before the caller is rejected"),
+    ("--lease-seconds", _positive_seconds, 60.0, "how long a worker's lease lasts without renewal"),
     ("--caller-deadline", _optional_seconds, None, "seconds before a caller gets SYS_UNKNOWN (ic-llm: 300)"),
     ("--clock", str, ClockKind.REAL.value, "real, or virtual (moved by the Control service)"),
     ("--grace", _seconds, 10.0, "seconds to finish calls in flight on SIGTERM/SIGINT"),
@@ -504,13 +522,17 @@ async def run_worker(args: argparse.Namespace, environ: Mapping[str, str] | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with grpc.aio.insecure_channel(args.connect) as channel:
-        source = GrpcSource(channel, models=models, poll_seconds=args.poll_seconds)
+        source = GrpcSource(channel, models=models, poll_seconds=args.poll_seconds, target=args.connect)
         task = asyncio.create_task(Worker(worker_id, source, backend, RealClock()).run())
         log.info("worker %s serving %s for the emulator at %s", worker_id, backend.name, args.connect)
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        outcome = await asyncio.gather(task, return_exceptions=True)
     await backend.aclose()
+    if isinstance(outcome[0], Unreachable):
+        raise ConfigError(str(outcome[0]))
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

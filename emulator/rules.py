@@ -181,7 +181,8 @@ _MATCH_KEYS = {"model", "contains", "regex", "role", "tool"}
 def load_rules(path: Path) -> list[Rule]:
     """Rules from a YAML or JSON file (JSON is YAML too); errors name the file and the rule."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open(encoding="utf-8") as handle:  # read from the file, so YAML's errors name it
+            document = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError) as error:
         raise RuleError(f"cannot read rules from {path}: {error}") from None
     if isinstance(document, Mapping):

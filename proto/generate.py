@@ -39,6 +39,10 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    # The .proto files ship beside the stubs, so a harness in another language finds the contract in
+    # the installed package (importlib.resources: emulator/_proto/icllm/v1/*.proto).
+    for proto in sorted((PROTO_ROOT / "icllm" / "v1").glob("*.proto")):
+        (out_dir / "icllm" / "v1" / proto.name).write_text(proto.read_text())
     written = []
     for path in sorted(out_dir.rglob("*.py*")):
         text = _IMPORT.sub(rf"\1 {PACKAGE}.icllm.v1", path.read_text())

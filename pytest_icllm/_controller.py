@@ -479,8 +479,7 @@ class IcllmController:
             if unused:
                 problems.append(
                     "scripted answers that no call used (turn this check off with "
-                    "@pytest.mark.icllm(assert_all_used=False)):\n"
-                    + "\n".join(f"  {a.id}: {a.description}" for a in unused)
+                    "@pytest.mark.icllm(assert_all_used=False)):\n" + "\n".join(self._why_unused(unused))
                 )
         if self.settings.strict and self.settings.assert_all_expected:
             unexpected = [call for call in self.calls if call.unexpected]
@@ -492,6 +491,25 @@ class IcllmController:
                 )
         problems += self.outcalls._problems(self.settings.assert_all_used, self.settings.assert_all_expected)
         return problems
+
+    def _why_unused(self, unused: list[ScriptedAnswer]) -> list[str]:
+        """Each unused answer, and why each call of the test missed it (as strict mode explains)."""
+        from emulator.grpc_api.servicers import rule_from_pb
+
+        rules = {s.rule.id: s.rule for s in self._rpc(self._control.ListRules, cpb.ListRulesRequest()).rules}
+        calls = self.calls
+        lines = []
+        for answer in unused:
+            lines.append(f"  {answer.id}: {answer.description}")
+            if answer.id not in rules:
+                continue
+            match = rule_from_pb(rules[answer.id], 0).match
+            if not calls:
+                lines.append("    no call reached the emulator")
+            for call in calls:
+                why = match.mismatches(call.request) or ["matched, but an earlier rule answered it"]
+                lines.append(f"    {call.describe()}: {'; '.join(why)}")
+        return lines
 
     def _rpc(self, method: Any, request: Any) -> Any:
         try:

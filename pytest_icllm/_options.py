@@ -79,9 +79,13 @@ def _positive(value: Any) -> int:
 
 
 def _duration(value: Any) -> float:
-    seconds = _seconds(value)
+    """A number of seconds above 0, and never 'none' (a lease must end)."""
+    try:
+        seconds = None if isinstance(value, bool) else _seconds(value)
+    except OptionError:
+        seconds = None
     if seconds is None:
-        raise OptionError(f"{value!r} is not a number of seconds above 0")
+        raise OptionError(f"{value!r} is not a number of seconds above 0 (like 60 or 0.5)")
     return seconds
 
 

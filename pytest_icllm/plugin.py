@@ -108,6 +108,22 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return lines
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """An `icllm` marker is checked on every test, also one that does not take the `icllm` fixture."""
+    if "icllm" in getattr(item, "fixturenames", ()) or item.get_closest_marker("icllm") is None:
+        return  # the fixture checks its markers itself, with every layer
+    session = item.config.stash.get(SETTINGS_KEY, None)
+    if session is None:
+        return
+    try:
+        markers = [
+            _marker_layer(node, mark) for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
+        ]
+        resolve({}, _session_layer(session), {}, markers, ci=item.config.stash.get(CI_KEY, False))
+    except OptionError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report, so teardown checks can stand back when the test itself failed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,3 +171,92 @@ def test_every_accepted_but_ignored_field_is_named_in_the_header(emu: Stubs) -> 
     )
     named = answer.headers["x-icllm-ignored-fields"].split(", ")  # type: ignore[attr-defined]
     assert {"temperature", "top_p", "seed", "user", "logit_bias", "parallel_tool_calls"} <= set(named)
+
+
+# -- messages that say what would be valid -------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "emulator", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_numbers_are_refused_with_what_would_do() -> None:
+    seed = _cli("serve", "--seed", "x")
+    assert (
+        seed.returncode == 2 and "argument --seed: 'x' is not a whole number (like 0, 1 or 42)" in seed.stderr
+    )
+    lease = _cli("serve", "--lease-seconds", "abc")
+    assert "'abc' is not a number of seconds above 0" in lease.stderr
+
+
+def test_a_yaml_error_in_a_rule_file_names_the_file(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - match: {contains: [unclosed\n")
+    result = _cli("serve", "--grpc-port", "0", "--ollama-port", "off", "--rules", str(rules))
+    assert result.returncode == 2
+    assert f'in "{rules}"' in result.stderr and "<unicode string>" not in result.stderr
+
+
+def test_a_worker_that_finds_no_emulator_gives_up_saying_where_it_looked() -> None:
+    result = _cli("worker", "--connect", "127.0.0.1:1", "--poll-seconds", "1")
+    assert result.returncode == 2
+    assert "no emulator answers at 127.0.0.1:1" in result.stderr
+
+
+def test_the_protos_ship_in_the_package() -> None:
+    from importlib import resources
+
+    files = resources.files("emulator._proto.icllm.v1")
+    for name in ("canister.proto", "control.proto", "worker.proto", "canisters.proto"):
+        assert (
+            files.joinpath(name).read_text()
+            == (FIXTURES.parent / "proto" / "icllm" / "v1" / name).read_text()
+        )
+
+
+def test_fake_answers_keep_apostrophes_when_they_echo_the_prompt() -> None:
+    from emulator.backends import ToolPolicy
+    from emulator.backends.fake import fake_answer
+    from emulator.domain import ChatRequest, UserMessage
+
+    request = ChatRequest("llama3.1:8b", (UserMessage("What's the speed of light?"),))
+    answers = [
+        fake_answer(request, seed=seed, max_output_tokens=50, tool_policy=ToolPolicy.AUTO).message.content
+        or ""
+        for seed in range(20)
+    ]
+    assert any(a.startswith('Regarding "What\'s the speed of light"') for a in answers)
+    assert not any("What s" in a for a in answers)
+
+
+def test_plugin_messages(pytester: pytest.Pytester) -> None:
+    from tests.pytester_support import INI
+
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_messages="""
+        import pytest
+
+        @pytest.mark.icllm(lease_secnds=5)
+        def test_misspelt_marker_without_the_fixture():
+            pass
+
+        @pytest.mark.icllm(lease_seconds=0)
+        def test_zero_lease(icllm):
+            pass
+
+        def test_unused_rule(icllm, icllm_client):
+            icllm.on(contains="weather").reply("sunny")
+            icllm_client.prompt("llama3.1:8b", "tell me a joke")
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=3)  # two refused at setup, one checked at teardown
+    text = result.stdout.str()
+    assert "lease_secnds" in text
+    assert "0 is not a number of seconds above 0 (like 60 or 0.5)" in text and "(or 'none')" not in text
+    result.stdout.fnmatch_lines(
+        ["*rule-1: *weather*", "*call-000001 v1_chat*: no message contains 'weather'"]
+    )

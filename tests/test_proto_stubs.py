@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GENERATE = REPO / "proto" / "generate.py"
 COMMITTED = REPO / "emulator" / "_proto" / "icllm" / "v1"
-STUB_SUFFIXES = (".py", ".pyi")
+STUB_SUFFIXES = (".py", ".pyi", ".proto")
 
 
 def stubs(directory: Path) -> dict[str, bytes]:

@@ -51,7 +51,7 @@ _MIN_SENTENCE_WORDS = 4
 _MAX_SENTENCE_WORDS = 14
 _TOOL_RESULT_SNIPPET_TOKENS = 20
 _ECHO_WORDS = 8
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"\w+(?:['\u2019]\w+)*")  # "What's" stays one word when the prompt is echoed
 
 
 def _message_json(message: Message) -> dict[str, Any]:

@@ -20,17 +20,34 @@ log = logging.getLogger(__name__)
 _LEASE_GONE = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 
 
+# Polls in a row that find no emulator (about a second apart) before the worker gives up.
+MAX_FAILED_POLLS = 10
+
+
+class Unreachable(RuntimeError):
+    """The emulator a worker polls does not answer; the message says where it looked."""
+
+
 class GrpcSource:
     """Long-polls the emulator; lease deadlines are turned into this machine's clock."""
 
     renews = True
 
     def __init__(
-        self, channel: grpc.aio.Channel, *, models: tuple[str, ...] = (), poll_seconds: float = 10.0
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        models: tuple[str, ...] = (),
+        poll_seconds: float = 10.0,
+        give_up_after: int = MAX_FAILED_POLLS,
+        target: str = "the emulator",
     ):
         self.stub = worker_pb2_grpc.AiWorkerStub(channel)
         self.models = models
         self.poll_seconds = poll_seconds
+        self.give_up_after = give_up_after
+        self.target = target
+        self._failures = 0
 
     async def lease(self, worker_id: str) -> Lease | None:
         try:
@@ -38,9 +55,16 @@ class GrpcSource:
                 wpb.PollRequest(worker_id=worker_id, wait_seconds=self.poll_seconds, models=self.models)
             )
         except grpc.aio.AioRpcError as error:
+            self._failures += 1
+            if error.code() is grpc.StatusCode.UNAVAILABLE and self._failures >= self.give_up_after:
+                raise Unreachable(
+                    f"no emulator answers at {self.target} ({self._failures} polls in a row failed: "
+                    f"{error.details()}); start one there (icllm-emulator serve) or fix --connect"
+                ) from None
             log.warning("poll failed (%s: %s); retrying in 1 s", error.code().name, error.details())
             await asyncio.sleep(1.0)
             return None
+        self._failures = 0
         if not reply.HasField("job"):
             return None
         job = reply.job
