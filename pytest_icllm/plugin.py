@@ -117,7 +117,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     try:
         markers = [
-            _marker_layer(node, mark) for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
+            _marker_layer(node, mark)  # type: ignore[arg-type]  # a test's own nodes: items and collectors
+            for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
         ]
         resolve({}, _session_layer(session), {}, markers, ci=item.config.stash.get(CI_KEY, False))
     except OptionError as error:
