@@ -258,6 +258,7 @@ SERVE_OPTIONS: list[Option] = [
         "paid models: MODEL=PER_CALL[/PER_TOKEN],... in cycles, or none (all free); default gemma3:27b",
     ),
     ("--model", parse_model_files, [], MODEL_HELP),
+    ("--llama-instances", _whole, 1, "llama backend: instances of each model, for callers in parallel"),
     (
         "--canister",
         _canisters,
@@ -434,6 +435,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         **({} if args.prices is None else {"prices": args.prices}),
         model_files=tuple(args.model),
         canisters=tuple(args.canister),
+        llama_instances=args.llama_instances,
         strict_outcalls=args.strict_outcalls,
         history_bytes=args.history_bytes,
         outcalls_loopback=args.outcalls_loopback,

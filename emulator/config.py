@@ -176,6 +176,8 @@ class EmulatorConfig:
     # interface mainnet published until mid-2026: no v1_deposit, every model free).
     interface: str = "v1"
     unknown_models: UnknownModels = UnknownModels.REJECT
+    # llama backend: model instances per model, for callers in parallel (each costs a context's memory).
+    llama_instances: int = 1
     # Canister modules installed at start-up (`--canister NAME=PATH`), in this order.
     canisters: tuple[tuple[str, str], ...] = ()
     # Canisters' HTTP outcalls: unscripted ones are unexpected (strict); loopback pass-through.

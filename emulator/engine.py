@@ -38,7 +38,9 @@ def make_backend(config: EmulatorConfig) -> Backend:
         # Imported here: it imports llama_cpp, an optional extra (a ConfigError says how to install it).
         from emulator.backends.llama import LlamaBackend, LlamaSettings
 
-        return LlamaBackend(config.model_files, LlamaSettings(seed=config.seed))
+        return LlamaBackend(
+            config.model_files, LlamaSettings(seed=config.seed, instances=config.llama_instances)
+        )
     if config.backend is BackendKind.PROXY and config.upstream is not None:
         from emulator.backends.proxy import ProxyBackend  # imports httpx
 

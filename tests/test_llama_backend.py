@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -26,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emulator import engine as engine_module
 from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.backends.llama import Completion, LlamaBackend, _Model, template_for
+from emulator.backends.llama import Completion, LlamaBackend, LlamaSettings, _Model, template_for
 from emulator.backends.llama_chat import LLAMA_31_TEMPLATE, ChatTemplate
 from emulator.backends.smollm2 import REQUIREMENT, smollm2_path
 from emulator.config import BackendKind, ConfigError, EmulatorConfig
@@ -500,3 +501,41 @@ def test_a_start_up_load_failure_stops_the_server(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"llama\.cpp cannot load"):
         emulator.start()
+
+
+@pytest.mark.asyncio
+async def test_two_instances_answer_two_callers_at_once_with_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from emulator.backends import llama as llama_module
+
+    running = 0
+    most = 0
+    complete = llama_module._Model.complete
+
+    def counted(self: Any, *args: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            return complete(self, *args)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(llama_module._Model, "complete", counted)
+    one = LlamaBackend([(MODEL, str(TINY))])
+    two = LlamaBackend([(MODEL, str(TINY))], LlamaSettings(instances=2))
+    try:
+        await one.load()
+        await two.load()
+        questions = [ask(f"question {n}") for n in range(6)]
+        alone = [await one.generate(q, 64) for q in questions]
+        most = 0
+        together = await asyncio.gather(*(two.generate(q, 64) for q in questions))
+        assert most == 2  # two generations ran at the same time
+        assert [a.message for a in together] == [a.message for a in alone]  # instances are alike
+    finally:
+        await one.aclose()
+        await two.aclose()
+    with pytest.raises(ConfigError, match="llama instances must be 1 or more"):
+        LlamaBackend([(MODEL, str(TINY))], LlamaSettings(instances=0))

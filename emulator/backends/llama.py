@@ -76,6 +76,9 @@ class LlamaSettings:
     seed: int = 0
     temperature: float = 0.0
     repeat_penalty: float = 1.1
+    # Model instances per model: one `Llama` answers one request at a time, so N callers in parallel
+    # need N instances (each its own context and KV cache; the weights are memory-mapped, shared).
+    instances: int = 1
 
     def llama_kwargs(self) -> dict[str, Any]:
         """The constructor arguments of `llama_cpp.Llama` these settings stand for."""
@@ -252,14 +255,31 @@ class LlamaBackend:
             self.models[name] = _Model(name, check_model_file(name, path), self.settings)
         if not self.models:
             raise ConfigError("the llama backend needs a GGUF file: give --model NAME=PATH (or a bare PATH)")
+        if self.settings.instances < 1:
+            raise ConfigError(f"llama instances must be 1 or more per model, got {self.settings.instances}")
         self._cancels: set[threading.Event] = set()
         self._loaded = asyncio.Lock()
+        # Every instance of each model (the first is `models[name]`), and the idle ones, by model.
+        self._instances: dict[str, list[_Model]] = {
+            name: [model]
+            + [_Model(name, model.path, self.settings) for _ in range(self.settings.instances - 1)]
+            for name, model in self.models.items()
+        }
+        self._idle: dict[str, asyncio.Queue[_Model]] | None = None
 
     async def load(self) -> None:
-        """Load every model, each in its own thread, so the event loop keeps serving meanwhile."""
+        """Load every instance of every model, each in its own thread, so the event loop keeps serving."""
         async with self._loaded:
-            for model in self.models.values():
-                await asyncio.get_running_loop().run_in_executor(model.executor, model.load)
+            loop = asyncio.get_running_loop()
+            for instances in self._instances.values():
+                await asyncio.gather(*(loop.run_in_executor(m.executor, m.load) for m in instances))
+            if self._idle is None:
+                self._idle = {}
+                for name, instances in self._instances.items():
+                    queue: asyncio.Queue[_Model] = asyncio.Queue()
+                    for instance in instances:
+                        queue.put_nowait(instance)
+                    self._idle[name] = queue
 
     async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
         model = self.models.get(request.model)
@@ -269,9 +289,9 @@ class LlamaBackend:
                 f"model {request.model!r} has no GGUF file in this emulator (models with one: "
                 f"{', '.join(self.models)}); start it with --model {request.model}=PATH to serve it",
             )
-        if model.template is None:
+        if model.template is None or self._idle is None:
             await self.load()
-        assert model.template is not None
+        assert model.template is not None and self._idle is not None
         if max_output_tokens == 0:
             return Answer(AssistantMessage(content=""), output_tokens=0, truncated=True)
         try:
@@ -280,15 +300,18 @@ class LlamaBackend:
             raise Reject(RejectCode.CANISTER_REJECT, f"model {request.model!r}: {error}") from None
         cancel = threading.Event()
         self._cancels.add(cancel)
+        idle = self._idle[request.model]
+        instance = await idle.get()  # an instance of its own for this call (they are alike)
         try:
             completion = await asyncio.wrap_future(
-                model.executor.submit(model.complete, prompt, max_output_tokens, cancel)
+                instance.executor.submit(instance.complete, prompt, max_output_tokens, cancel)
             )
         except asyncio.CancelledError:
             cancel.set()  # stops the generation at its next token; nobody waits for it any more
             raise
         finally:
             self._cancels.discard(cancel)
+            idle.put_nowait(instance)
         id_seed = hashlib.sha256(canonical_request(request).encode("utf-8")).hexdigest()
         return Answer(
             parse_tool_calls(completion.text, request.tools, id_seed),
@@ -300,5 +323,6 @@ class LlamaBackend:
         """Stop generations in progress at their next token, then free the models."""
         for cancel in list(self._cancels):
             cancel.set()
-        for model in self.models.values():
-            await asyncio.to_thread(model.close)
+        for instances in self._instances.values():
+            for model in instances:
+                await asyncio.to_thread(model.close)
