@@ -221,9 +221,30 @@ class CanisterRuntime:
         timer = self._timers.pop(instance.principal, None)
         if timer is not None:
             timer[1].cancel()
+        self._end_calls(
+            instance,
+            Response.rejected(
+                RejectCode.DESTINATION_INVALID,
+                f"Canister {instance.id} was removed before it answered",
+                CANISTER_NOT_FOUND,
+            ),
+        )
+
+    @staticmethod
+    def _end_calls(instance: CanisterInstance, response: Response) -> None:
+        """Every call still waiting on this canister ends with `response` (none waits for good)."""
+        for context in list(instance.open_contexts):
+            context.respond(response)
 
     def clear(self) -> None:
         """Remove every canister and stop everything in flight (between tests)."""
+        for instance in self.canisters.values():
+            self._end_calls(
+                instance,
+                Response.rejected(
+                    RejectCode.SYS_TRANSIENT, "the emulator was reset before the canister answered", "IC0201"
+                ),
+            )
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
@@ -290,6 +311,8 @@ class CanisterRuntime:
         export, as_query = entry
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         context = CallContext(caller, method, 0 if as_query else cycles, deadline_ns, future)
+        instance.open_contexts.add(context)
+        future.add_done_callback(lambda _: instance.open_contexts.discard(context))
         message = Message(
             MessageKind.QUERY if as_query else MessageKind.UPDATE,
             context,

@@ -84,6 +84,8 @@ class CanisterInstance:
         self.stable = bytearray()
         self._journal: list[tuple[int, bytes]] = []
         self.logs: list[LogLine] = []
+        # Calls made to this canister that have not ended yet (a removal or a reset ends them).
+        self.open_contexts: set[CallContext] = set()
         self._message_time = 0
         # The heap as it was before the running message: one buffer, reused (a fresh 8 MB copy per
         # message would also pay a page fault per 4 KiB page; `make bench ARGS=canister`).

@@ -227,3 +227,28 @@ def test_serve_refuses_a_canister_it_cannot_install(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "'agent' is not NAME=PATH" in result.stderr
+
+
+def test_calls_still_waiting_end_when_the_canister_is_removed_or_the_emulator_reset(
+    emu: Stubs, rust_agent: Path
+) -> None:
+    canisters = stub(emu)
+    interface = Interface(rust_agent.with_suffix(".did").read_text())
+    for end in ("remove", "reset"):
+        agent = canisters.Install(pb.InstallRequest(wasm=rust_agent.read_bytes())).canister_id
+        emu.control.SetHold(cpb.SetHoldRequest(hold=True))
+        waiting = canisters.Call.future(
+            pb.CanisterCallRequest(canister_id=agent, method="ask", arg=interface.encode_call("ask", ("x",)))
+        )
+        for _ in range(500):
+            if emu.control.ListJobs(cpb.ListJobsRequest()).jobs:
+                break
+            time.sleep(0.01)
+        if end == "remove":
+            canisters.Remove(pb.RemoveRequest(canister_id=agent))
+        else:
+            emu.control.Reset(cpb.ResetRequest())
+        outcome = waiting.result(timeout=10)
+        assert outcome.WhichOneof("outcome") == "reject"
+        assert outcome.reject.code == (3 if end == "remove" else 2)
+        emu.control.Reset(cpb.ResetRequest())
