@@ -9,7 +9,7 @@ def bracketed(host: str) -> str:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether a --host keeps the emulator on this machine (127.0.0.0/8, ::1, localhost)."""
+    """Whether a host is this machine (127.0.0.0/8, ::1, localhost): for --host and loopback outcalls."""
     import ipaddress
 
     if host.strip("[]") == "localhost":

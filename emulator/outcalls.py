@@ -9,12 +9,12 @@ rules (cycles, size limits, the transform) are applied by the runtime's manageme
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from emulator import patterns
+from emulator.addresses import is_loopback_host
 from emulator.domain import Reject, RejectCode
 
 MAX_RESPONSE_CEILING = 2_000_000
@@ -230,13 +230,7 @@ def check_url(url: str) -> str | None:
 
 
 def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 async def _pass_through(request: HttpRequest) -> HttpResponse:

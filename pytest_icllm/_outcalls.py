@@ -9,10 +9,8 @@ from typing import Any
 
 from emulator._proto.icllm.v1 import control_pb2 as cpb
 from emulator.domain import RejectCode
-from emulator.outcalls import METHODS, OutcallMatch, OutcallRuleError
+from emulator.outcalls import OutcallMatch, OutcallRuleError
 from emulator.rules import RuleError, parse_reject_code
-
-Rpc = Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -225,4 +223,4 @@ class OutcallsController:
         return problems
 
 
-__all__ = ["METHODS", "Outcall", "OutcallExpectation", "OutcallsController", "Rpc"]
+__all__ = ["Outcall", "OutcallExpectation", "OutcallsController"]

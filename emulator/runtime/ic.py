@@ -33,6 +33,7 @@ from emulator.runtime.errors import (
     ModuleError,
     RuntimeUsageError,
     UnknownCanister,
+    error_code_for,
 )
 from emulator.runtime.instance import CanisterInstance
 from emulator.runtime.management import Management
@@ -242,7 +243,9 @@ class CanisterRuntime:
             self._end_calls(
                 instance,
                 Response.rejected(
-                    RejectCode.SYS_TRANSIENT, "the emulator was reset before the canister answered", "IC0201"
+                    RejectCode.SYS_TRANSIENT,
+                    "the emulator was reset before the canister answered",
+                    error_code_for(RejectCode.SYS_TRANSIENT),
                 ),
             )
         for task in list(self._tasks):
@@ -400,7 +403,7 @@ class CanisterRuntime:
                     RejectCode.SYS_UNKNOWN,
                     f"Timeout expired: the bounded-wait call to {principal_text(call.callee)} method "
                     f"{call.method!r} got no response within {call.timeout} s; its outcome is unknown",
-                    "IC0604",
+                    error_code_for(RejectCode.SYS_UNKNOWN),
                 )
         self._callback(instance, call, response)
 

@@ -15,6 +15,7 @@ import hashlib
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from icp_candid.candid import LEB128
 from icp_principal import Principal
 
 from emulator.domain import Reject, RejectCode
@@ -72,15 +73,7 @@ def http_request_cost(request_bytes: int, max_response_bytes: int | None) -> int
 
 
 def blob_reply(data: bytes) -> bytes:
-    size = len(data)
-    leb = bytearray()
-    while True:
-        byte = size & 0x7F
-        size >>= 7
-        leb.append(byte | (0x80 if size else 0))
-        if not size:
-            break
-    return _BLOB_PREFIX + bytes(leb) + data
+    return _BLOB_PREFIX + bytes(LEB128.encode_u(len(data))) + data
 
 
 class Management:

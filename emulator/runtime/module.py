@@ -20,6 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
+from icp_candid.candid import LEB128
 
 from emulator.runtime.errors import ModuleError
 
@@ -59,13 +60,12 @@ def _leb(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _uleb(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+    return bytes(LEB128.encode_u(value))
+
+
+def _encoded(section: int, content: bytes) -> bytes:
+    """A section's bytes: its id, its size, its content."""
+    return bytes([section]) + _uleb(len(content)) + content
 
 
 def _name(data: bytes, pos: int) -> tuple[str, int]:
@@ -245,19 +245,16 @@ def prepare(wasm: bytes, info: ModuleInfo) -> bytes:
         end = body + size
         if section == _SECTION_EXPORT:
             count, p = _leb(wasm, body)
-            content = _uleb(count + len(extra)) + wasm[p:end] + b"".join(extra)
-            out += bytes([section]) + _uleb(len(content)) + content
+            out += _encoded(section, _uleb(count + len(extra)) + wasm[p:end] + b"".join(extra))
             done = True
         else:
             if not done and section in _AFTER_EXPORT:
-                content = _uleb(len(extra)) + b"".join(extra)
-                out += bytes([_SECTION_EXPORT]) + _uleb(len(content)) + content
+                out += _encoded(_SECTION_EXPORT, _uleb(len(extra)) + b"".join(extra))
                 done = True
             out += wasm[pos:end]
         pos = end
     if not done:
-        content = _uleb(len(extra)) + b"".join(extra)
-        out += bytes([_SECTION_EXPORT]) + _uleb(len(content)) + content
+        out += _encoded(_SECTION_EXPORT, _uleb(len(extra)) + b"".join(extra))
     return bytes(out)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
-from emulator.runtime.errors import CanisterTrap, ModuleError
+from emulator.runtime.errors import OUT_OF_CYCLES, WASM_TRAP, CanisterTrap, ModuleError
 from emulator.runtime.messages import Call, Message, MessageKind
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class SystemApi:
         if addr + size > length:
             raise CanisterTrap(
                 f"{what}: {size} bytes at address {addr} are outside the canister's memory of {length} bytes",
-                "IC0502",
+                WASM_TRAP,
             )
         base = ctypes.cast(memory.data_ptr(self._caller), ctypes.c_void_p).value
         assert base is not None
@@ -476,7 +476,7 @@ class SystemApi:
         if amount > self.instance.balance:
             raise CanisterTrap(
                 f"ic0.{what}: {amount} cycles asked for, the canister has {self.instance.balance}",
-                "IC0207",
+                OUT_OF_CYCLES,
             )
         self.instance.balance -= amount
         call.cycles += amount
