@@ -28,7 +28,7 @@ RUST_WASM32 := /usr/lib/rustlib/wasm32-unknown-unknown
 DEBIAN_RUST := rustc libstd-rust-dev-wasm32 lld-14
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run run-llama test canisters rust-wasm32 proto lint bench soak clean
+.PHONY: run run-llama test canisters rust-wasm32 proto lint bench soak dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +54,7 @@ run: $(STAMP)
 
 # Real inference: SmolLM2 serves the default model (llama3.1:8b).
 run-llama: $(LLAMA_STAMP)
-	model=$$($(BIN)/python -m emulator.backends.smollm2) && \
+	model=$$($(BIN)/python -m icllm_emulator.backends.smollm2) && \
 	$(BIN)/icllm-emulator serve --backend llama --model "$$model" $(ARGS)
 
 $(NPM_STAMP): $(CANISTERS)/package-lock.json
@@ -81,6 +81,7 @@ proto: $(STAMP)
 	$(BIN)/python proto/generate.py emulator/_proto
 
 lint: $(LLAMA_STAMP)
+	mkdir -p build/typecheck && ln -sfn ../../emulator build/typecheck/icllm_emulator
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -91,6 +92,10 @@ soak: $(STAMP)
 
 bench: $(LLAMA_STAMP) canisters
 	$(BIN)/python -m bench $(ARGS)
+
+# A wheel to install in another project: pip install dist/pytest_icllm-*.whl
+dist: $(STAMP)
+	$(BIN)/pip wheel --quiet --no-deps . -w dist
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -26,15 +26,15 @@ from typing import Any
 
 import grpc
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import canister_pb2_grpc
-from emulator.candid import encode_chat_request
-from emulator.config import EmulatorConfig
-from emulator.domain import Api, ChatRequest, UserMessage
-from emulator.runtime import CanisterRuntime, InstallSettings
-from emulator.runtime import module as modules
-from emulator.runtime.values import Interface
-from emulator.server import ThreadedEmulator
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc
+from icllm_emulator.candid import encode_chat_request
+from icllm_emulator.config import EmulatorConfig
+from icllm_emulator.domain import Api, ChatRequest, UserMessage
+from icllm_emulator.runtime import CanisterRuntime, InstallSettings
+from icllm_emulator.runtime import module as modules
+from icllm_emulator.runtime.values import Interface
+from icllm_emulator.server import ThreadedEmulator
 
 TARGET_RATIO = 2.0
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "canisters" / "build.py"
@@ -135,7 +135,7 @@ def installs(repeat: int) -> int:
         async def none(*_: Any) -> Any:
             raise AssertionError("no LLM calls during install")
 
-        from emulator.clock import RealClock
+        from icllm_emulator.clock import RealClock
 
         cold, disk, memory = [], [], []
         for _ in range(repeat):

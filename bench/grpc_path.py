@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from bench.servers import METHOD_PATH, Running, cpu_seconds
-from emulator._proto.icllm.v1 import canister_pb2
+from icllm_emulator._proto.icllm.v1 import canister_pb2
 
 MODEL = "llama3.1:8b"
 CALL_TIMEOUT = 10.0

@@ -47,8 +47,8 @@ GRPC = "grpc"
 
 def http_emulator_main(report: Queue[tuple[str, Any]], profile_path: str | None = None) -> None:
     """The emulator serving its Ollama API on a free port; reports that port once it listens."""
-    from emulator.config import EmulatorConfig
-    from emulator.server import EmulatorServer
+    from icllm_emulator.config import EmulatorConfig
+    from icllm_emulator.server import EmulatorServer
 
     async def main() -> None:
         server = EmulatorServer(EmulatorConfig(host=HOST, grpc_port=0, ollama_port=0, workers=1))

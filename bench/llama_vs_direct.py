@@ -37,8 +37,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from emulator._proto.icllm.v1 import canister_pb2, canister_pb2_grpc, control_pb2, control_pb2_grpc
-from emulator.backends.smollm2 import REQUIREMENT, smollm2_path
+from icllm_emulator._proto.icllm.v1 import canister_pb2, canister_pb2_grpc, control_pb2, control_pb2_grpc
+from icllm_emulator.backends.smollm2 import REQUIREMENT, smollm2_path
 
 TARGET_THROUGHPUT_RATIO = 0.95
 TARGET_PAIR_RATIO = 0.9
@@ -79,7 +79,7 @@ def _direct_child(connection: Connection, model_path: str, tokens: int) -> None:
     """Serve commands over `connection`: ("run", n) -> (tokens, seconds, text); ("pair",) -> aggregate."""
     import llama_cpp  # the baseline is llama-cpp-python itself, called the plain way
 
-    from emulator.backends.llama import LlamaSettings
+    from icllm_emulator.backends.llama import LlamaSettings
 
     settings = LlamaSettings()
     messages = [{"role": "user", "content": PROMPT}]
@@ -154,7 +154,7 @@ def emulator_process(model_path: Path, folder: Path, *extra: str) -> Iterator[Em
     """`icllm-emulator serve --backend llama` in its own process, timed from spawn to SERVING."""
     port_file = folder / f"ports-{time.monotonic_ns()}.json"
     command = [
-        sys.executable, "-m", "emulator", "serve", "--grpc-port", "0", "--ollama-port", "0",
+        sys.executable, "-m", "icllm_emulator", "serve", "--grpc-port", "0", "--ollama-port", "0",
         "--port-file", str(port_file), "--log-level", "WARNING",
         "--backend", "llama", "--model", f"{MODEL}={model_path}", *extra,
     ]  # fmt: skip

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.config import EmulatorConfig
-from emulator.server import ThreadedEmulator
+from icllm_emulator.config import EmulatorConfig
+from icllm_emulator.server import ThreadedEmulator
 
 TARGET_OVERHEAD_MS = 2.0
 TARGET_STARTUP_S = 0.3

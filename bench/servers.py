@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeAlias
 
 import grpc
 
-from emulator._proto.icllm.v1 import canister_pb2
+from icllm_emulator._proto.icllm.v1 import canister_pb2
 
 HOST = "127.0.0.1"
 METHOD_PATH = "/icllm.v1.LlmCanister/V1Chat"
@@ -68,7 +68,7 @@ class _Ports(Protocol):
 
 
 class _Server(Protocol):
-    """The part of emulator.server.EmulatorServer that the benchmark uses."""
+    """The part of icllm_emulator.server.EmulatorServer that the benchmark uses."""
 
     async def start(self) -> _Ports: ...
 
@@ -79,8 +79,8 @@ def emulator_main(report: Queue[tuple[str, Any]], profile_path: str | None = Non
     """The emulator's whole path: EmulatorServer with one built-in worker and the fake backend."""
     # Loaded here, so that only the child process pays for the emulator (and Faker) import, and through
     # importlib, so that `mypy bench` checks this package without re-checking the emulator's modules.
-    config_module = importlib.import_module("emulator.config")
-    server_module = importlib.import_module("emulator.server")
+    config_module = importlib.import_module("icllm_emulator.config")
+    server_module = importlib.import_module("icllm_emulator.server")
 
     async def main() -> None:
         config = config_module.EmulatorConfig(host=HOST, grpc_port=0, ollama_port=None, workers=1)

@@ -25,13 +25,13 @@ from pathlib import Path
 import grpc
 import httpx
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.backends import ToolPolicy
-from emulator.backends.fake import fake_answer
-from emulator.candid import decode_reply, encode_chat_request
-from emulator.domain import Api, ChatRequest, UserMessage
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.fake import fake_answer
+from icllm_emulator.candid import decode_reply, encode_chat_request
+from icllm_emulator.domain import Api, ChatRequest, UserMessage
 
 CAP = 1000
 DOORS = ("grpc", "http", "candid")
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         port_file = Path(scratch) / "ports.json"
-        command = [sys.executable, "-m", "emulator", "serve", "--grpc-port", "0", "--ollama-port", "0"]
+        command = [sys.executable, "-m", "icllm_emulator", "serve", "--grpc-port", "0", "--ollama-port", "0"]
         # A small history keeps the emulator's memory about the traffic, not about what it remembers.
         command += ["--port-file", str(port_file), "--history-bytes", str(8 * 1024 * 1024)]
         with subprocess.Popen(

@@ -1,5 +1,5 @@
 import sys
 
-from emulator.cli import main
+from icllm_emulator.cli import main
 
 sys.exit(main())

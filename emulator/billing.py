@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emulator.domain import Reject, RejectCode
+from icllm_emulator.domain import Reject, RejectCode
 
 # ic-llm 2.x attached this to every call; the 2026 canister asks at least this much of a paid call.
 MIN_ATTACHED = 100_000_000_000

@@ -12,10 +12,10 @@ import itertools
 from collections.abc import Callable
 from typing import Literal
 
-from emulator.billing import Ledger, Price, Receipt
-from emulator.clock import Clock
-from emulator.config import EmulatorConfig, UnknownModels
-from emulator.domain import (
+from icllm_emulator.billing import Ledger, Price, Receipt
+from icllm_emulator.clock import Clock
+from icllm_emulator.config import EmulatorConfig, UnknownModels
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
@@ -23,10 +23,10 @@ from emulator.domain import (
     RejectCode,
     ToolMessage,
 )
-from emulator.history import CallRecord, History
-from emulator.queue import PromptQueue
-from emulator.rules import RuleBook
-from emulator.tokens import prompt_tokens
+from icllm_emulator.history import CallRecord, History
+from icllm_emulator.queue import PromptQueue
+from icllm_emulator.rules import RuleBook
+from icllm_emulator.tokens import prompt_tokens
 
 # What a paid call may cost is reserved up front; with no output cap, this many answer tokens.
 UNCAPPED_RESERVE_TOKENS = 4096

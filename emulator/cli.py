@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 
-from emulator.backends import Backend, ToolPolicy
-from emulator.backends.fake import FakeBackend
-from emulator.backends.upstream import (
+from icllm_emulator.backends import Backend, ToolPolicy
+from icllm_emulator.backends.fake import FakeBackend
+from icllm_emulator.backends.upstream import (
     DEFAULT_KEY_ENV,
     DEFAULT_UPSTREAM_TIMEOUT,
     UpstreamApi,
@@ -30,9 +30,9 @@ from emulator.backends.upstream import (
     UpstreamSettings,
     parse_model_map,
 )
-from emulator.billing import Price
-from emulator.cassettes.commands import add_cassette_commands, run_cassette_command
-from emulator.cassettes.settings import (
+from icllm_emulator.billing import Price
+from icllm_emulator.cassettes.commands import add_cassette_commands, run_cassette_command
+from icllm_emulator.cassettes.settings import (
     BUILTIN_MATCHERS,
     DEFAULT_CASSETTE,
     DEFAULT_MATCH_ON,
@@ -40,8 +40,8 @@ from emulator.cassettes.settings import (
     CassetteSettingsError,
     RecordMode,
 )
-from emulator.clock import ClockKind, RealClock
-from emulator.config import (
+from icllm_emulator.clock import ClockKind, RealClock
+from icllm_emulator.config import (
     DEFAULT_MODELS,
     BackendKind,
     ConfigError,
@@ -50,11 +50,11 @@ from emulator.config import (
     parse_model_files,
     resolve_model_files,
 )
-from emulator.grpc_api.servicers import MAX_POLL_SECONDS
-from emulator.grpc_api.worker_source import GrpcSource, Unreachable
-from emulator.rules import RuleError
-from emulator.server import EmulatorServer
-from emulator.workers import Worker
+from icllm_emulator.grpc_api.servicers import MAX_POLL_SECONDS
+from icllm_emulator.grpc_api.worker_source import GrpcSource, Unreachable
+from icllm_emulator.rules import RuleError
+from icllm_emulator.server import EmulatorServer
+from icllm_emulator.workers import Worker
 
 log = logging.getLogger("icllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -494,12 +494,12 @@ def worker_backend(
             "add --backend proxy"
         )
     if upstream is not None:
-        from emulator.backends.proxy import ProxyBackend  # imports httpx
+        from icllm_emulator.backends.proxy import ProxyBackend  # imports httpx
 
         return ProxyBackend(upstream), tuple(args.models)
     if kind is BackendKind.LLAMA:
         # Imported here: it imports llama_cpp, an optional extra (a ConfigError says how to install it).
-        from emulator.backends.llama import LlamaBackend, LlamaSettings
+        from icllm_emulator.backends.llama import LlamaBackend, LlamaSettings
 
         files = resolve_model_files(args.model, args.models[0] if args.models else DEFAULT_MODELS[0])
         llama = LlamaBackend(files, LlamaSettings(seed=args.seed))

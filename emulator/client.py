@@ -23,10 +23,10 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message as ProtoMessage
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import canister_pb2_grpc
-from emulator.candid import decode_reply, encode_chat_request
-from emulator.domain import (
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc
+from icllm_emulator.candid import decode_reply, encode_chat_request
+from icllm_emulator.domain import (
     Api,
     AssistantMessage,
     ChatRequest,
@@ -42,8 +42,8 @@ from emulator.domain import (
     ToolMessage,
     UserMessage,
 )
-from emulator.grpc_api import convert
-from emulator.grpc_api.status import CALLER_KEY, CYCLES_KEY, REJECT_CODE_KEY
+from icllm_emulator.grpc_api import convert
+from icllm_emulator.grpc_api.status import CALLER_KEY, CYCLES_KEY, REJECT_CODE_KEY
 
 __all__ = [
     "CLIENT_MAX_MESSAGE_BYTES",

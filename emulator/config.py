@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from emulator.backends import ToolPolicy
-from emulator.backends.upstream import UpstreamSettings
-from emulator.billing import DEFAULT_PRICES, Price
-from emulator.cassettes.settings import CassetteSettings, RecordMode
-from emulator.clock import ClockKind
-from emulator.domain import Limits
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.upstream import UpstreamSettings
+from icllm_emulator.billing import DEFAULT_PRICES, Price
+from icllm_emulator.cassettes.settings import CassetteSettings, RecordMode
+from icllm_emulator.clock import ClockKind
+from icllm_emulator.domain import Limits
 
 ANONYMOUS_PRINCIPAL = "2vxsx-fae"
 # A textual principal: base32 groups of five separated by dashes (the last group may be shorter).

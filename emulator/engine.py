@@ -11,24 +11,24 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from emulator import candid
-from emulator.backends import Backend
-from emulator.backends.fake import FakeBackend
-from emulator.backends.replay import CassetteBackend
-from emulator.billing import Receipt
-from emulator.canister import Canister
-from emulator.clock import VirtualClock, make_clock
-from emulator.config import BackendKind, ConfigError, EmulatorConfig
-from emulator.domain import Reject
-from emulator.history import History
-from emulator.outcalls import OutcallBook
-from emulator.queue import PromptQueue
-from emulator.rules import RuleBook, load_rules
-from emulator.runtime.errors import CanisterReject
-from emulator.workers import QueueSource, Worker, instant_outcome
+from icllm_emulator import candid
+from icllm_emulator.backends import Backend
+from icllm_emulator.backends.fake import FakeBackend
+from icllm_emulator.backends.replay import CassetteBackend
+from icllm_emulator.billing import Receipt
+from icllm_emulator.canister import Canister
+from icllm_emulator.clock import VirtualClock, make_clock
+from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig
+from icllm_emulator.domain import Reject
+from icllm_emulator.history import History
+from icllm_emulator.outcalls import OutcallBook
+from icllm_emulator.queue import PromptQueue
+from icllm_emulator.rules import RuleBook, load_rules
+from icllm_emulator.runtime.errors import CanisterReject
+from icllm_emulator.workers import QueueSource, Worker, instant_outcome
 
 if TYPE_CHECKING:
-    from emulator.runtime import CanisterRuntime, InstallSettings
+    from icllm_emulator.runtime import CanisterRuntime, InstallSettings
 
 
 def make_backend(config: EmulatorConfig) -> Backend:
@@ -36,13 +36,13 @@ def make_backend(config: EmulatorConfig) -> Backend:
         return FakeBackend(seed=config.seed, tool_policy=config.tool_policy)
     if config.backend is BackendKind.LLAMA:
         # Imported here: it imports llama_cpp, an optional extra (a ConfigError says how to install it).
-        from emulator.backends.llama import LlamaBackend, LlamaSettings
+        from icllm_emulator.backends.llama import LlamaBackend, LlamaSettings
 
         return LlamaBackend(
             config.model_files, LlamaSettings(seed=config.seed, instances=config.llama_instances)
         )
     if config.backend is BackendKind.PROXY and config.upstream is not None:
-        from emulator.backends.proxy import ProxyBackend  # imports httpx
+        from icllm_emulator.backends.proxy import ProxyBackend  # imports httpx
 
         return ProxyBackend(config.upstream)
     raise ConfigError(f"backend {config.backend!r} is not available")
@@ -83,7 +83,7 @@ class Engine:
     def runtime(self) -> CanisterRuntime:
         """The canister runtime: canister modules installed beside the LLM canister, calling it in-process."""
         if self._runtime is None:
-            from emulator.runtime import CanisterRuntime, llm
+            from icllm_emulator.runtime import CanisterRuntime, llm
 
             self._runtime = CanisterRuntime(
                 self.clock, llm.in_process(self.call_candid), seed=self.config.seed, outcalls=self.outcalls
@@ -116,7 +116,7 @@ class Engine:
 
     @staticmethod
     def _startup_settings(name: str) -> InstallSettings:
-        from emulator.runtime import InstallSettings  # wasmtime is imported once canisters are used
+        from icllm_emulator.runtime import InstallSettings  # wasmtime is imported once canisters are used
 
         return InstallSettings(name=name)
 

@@ -13,9 +13,9 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from emulator.billing import Receipt
-from emulator.domain import Answer, Api, AssistantMessage, ChatRequest, Reject
-from emulator.queue import Job, JobState, PromptQueue
+from icllm_emulator.billing import Receipt
+from icllm_emulator.domain import Answer, Api, AssistantMessage, ChatRequest, Reject
+from icllm_emulator.queue import Job, JobState, PromptQueue
 
 
 @dataclass(eq=False)

@@ -13,9 +13,9 @@ import itertools
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from emulator import patterns
-from emulator.addresses import is_loopback_host
-from emulator.domain import Reject, RejectCode
+from icllm_emulator import patterns
+from icllm_emulator.addresses import is_loopback_host
+from icllm_emulator.domain import Reject, RejectCode
 
 MAX_RESPONSE_CEILING = 2_000_000
 MAX_URL_LENGTH = 8192

@@ -14,9 +14,9 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emulator.clock import Clock
-from emulator.domain import Answer, ChatRequest, Reject, RejectCode
-from emulator.rules import Rule
+from icllm_emulator.clock import Clock
+from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
+from icllm_emulator.rules import Rule
 
 Outcome = Answer | Reject
 

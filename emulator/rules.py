@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from emulator import patterns
-from emulator.domain import (
+from icllm_emulator import patterns
+from icllm_emulator.domain import (
     AssistantMessage,
     ChatRequest,
     FunctionCall,

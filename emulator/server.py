@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from emulator._proto.icllm.v1 import (
+from icllm_emulator._proto.icllm.v1 import (
     canister_pb2,
     canister_pb2_grpc,
     canisters_pb2,
@@ -32,19 +32,19 @@ from emulator._proto.icllm.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from emulator.addresses import bracketed, is_loopback_host
-from emulator.config import ConfigError, EmulatorConfig
-from emulator.engine import Engine
-from emulator.grpc_api.canisters import CanistersServicer
-from emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
-from emulator.grpc_api.status import (
+from icllm_emulator.addresses import bracketed, is_loopback_host
+from icllm_emulator.config import ConfigError, EmulatorConfig
+from icllm_emulator.engine import Engine
+from icllm_emulator.grpc_api.canisters import CanistersServicer
+from icllm_emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
+from icllm_emulator.grpc_api.status import (
     MAX_MESSAGE_BYTES,
     TRANSPORT_MAX_BYTES,
     guarded,
     token_checked,
     tolerant,
 )
-from emulator.ollama.serve import OllamaHttpServer
+from icllm_emulator.ollama.serve import OllamaHttpServer
 
 log = logging.getLogger(__name__)
 

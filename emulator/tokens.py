@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from emulator.domain import ChatRequest
+from icllm_emulator.domain import ChatRequest
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

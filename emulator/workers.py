@@ -13,12 +13,12 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from emulator.backends import Backend
-from emulator.clock import Clock
-from emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
-from emulator.queue import Job, LeaseLost, PromptQueue, UnknownJob
-from emulator.rules import Hang, Reply, Rule
-from emulator.tokens import count_tokens, truncate_tokens
+from icllm_emulator.backends import Backend
+from icllm_emulator.clock import Clock
+from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
+from icllm_emulator.queue import Job, LeaseLost, PromptQueue, UnknownJob
+from icllm_emulator.rules import Hang, Reply, Rule
+from icllm_emulator.tokens import count_tokens, truncate_tokens
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
-PACKAGE = "emulator._proto"
+PACKAGE = "icllm_emulator._proto"
 _IMPORT = re.compile(r"^(from|import) icllm\.v1", re.MULTILINE)
 
 

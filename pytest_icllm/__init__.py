@@ -12,8 +12,8 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from emulator.client import EmulatorError, LlmReject
-    from emulator.runtime.errors import CanisterReject
+    from icllm_emulator.client import EmulatorError, LlmReject
+    from icllm_emulator.runtime.errors import CanisterReject
     from pytest_icllm._canisters import Canister
     from pytest_icllm._controller import IcllmController
 
@@ -21,11 +21,11 @@ __version__ = version("pytest-icllm")
 __all__ = ["Canister", "CanisterReject", "EmulatorError", "IcllmController", "LlmReject", "__version__"]
 
 _LAZY = {
-    "EmulatorError": "emulator.client",
-    "LlmReject": "emulator.client",
+    "EmulatorError": "icllm_emulator.client",
+    "LlmReject": "icllm_emulator.client",
     "IcllmController": "pytest_icllm._controller",
     "Canister": "pytest_icllm._canisters",
-    "CanisterReject": "emulator.runtime.errors",
+    "CanisterReject": "icllm_emulator.runtime.errors",
 }
 
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
-from emulator.runtime.errors import ModuleError
-from emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
-from emulator.runtime.instance import CanisterInstance
-from emulator.runtime.values import Interface
+from icllm_emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
+from icllm_emulator.runtime.errors import ModuleError
+from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
+from icllm_emulator.runtime.instance import CanisterInstance
+from icllm_emulator.runtime.values import Interface
 
 T = TypeVar("T")
 # How long a call from a test waits for its canister before the test fails (a held LLM answer that is
@@ -236,7 +236,7 @@ class CanisterIC:
             )
 
         async def install() -> tuple[CanisterInstance, Interface | None]:
-            from emulator.runtime.module import inspect, unpack
+            from icllm_emulator.runtime.module import inspect, unpack
 
             raw = unpack(data, source)
             interface = given

@@ -17,13 +17,13 @@ from typing import Any
 
 import grpc
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator._proto.icllm.v1 import control_pb2_grpc
-from emulator.client import EmulatorError, LlmReject, translate_error
-from emulator.domain import AssistantMessage, ChatRequest, Message, RejectCode, Role
-from emulator.grpc_api import convert
-from emulator.rules import Match, RuleError, parse_reject_code, parse_role
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
+from icllm_emulator.client import EmulatorError, LlmReject, translate_error
+from icllm_emulator.domain import AssistantMessage, ChatRequest, Message, RejectCode, Role
+from icllm_emulator.grpc_api import convert
+from icllm_emulator.rules import Match, RuleError, parse_reject_code, parse_role
 from pytest_icllm._inprocess import InProcessControl
 from pytest_icllm._options import Settings
 from pytest_icllm._outcalls import OutcallsController
@@ -494,7 +494,7 @@ class IcllmController:
 
     def _why_unused(self, unused: list[ScriptedAnswer]) -> list[str]:
         """Each unused answer, and why each call of the test missed it (as strict mode explains)."""
-        from emulator.grpc_api.servicers import rule_from_pb
+        from icllm_emulator.grpc_api.servicers import rule_from_pb
 
         rules = {s.rule.id: s.rule for s in self._rpc(self._control.ListRules, cpb.ListRulesRequest()).rules}
         calls = self.calls

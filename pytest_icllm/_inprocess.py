@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 import grpc
 
-from emulator.grpc_api.servicers import ControlServicer
-from emulator.server import ThreadedEmulator
+from icllm_emulator.grpc_api.servicers import ControlServicer
+from icllm_emulator.server import ThreadedEmulator
 
 
 class Aborted(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type hints

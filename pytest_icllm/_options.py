@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from emulator.backends import ToolPolicy
-from emulator.backends.upstream import UpstreamApi, UpstreamError, parse_model_map
-from emulator.cassettes.settings import (
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.upstream import UpstreamApi, UpstreamError, parse_model_map
+from icllm_emulator.cassettes.settings import (
     BUILTIN_MATCHERS,
     DEFAULT_MATCH_ON,
     CassetteSettingsError,
@@ -30,8 +30,8 @@ from emulator.cassettes.settings import (
     check_patterns,
     check_scrubbers,
 )
-from emulator.clock import ClockKind
-from emulator.config import DEFAULT_MODELS, PROFILES, BackendKind, parse_model_files
+from icllm_emulator.clock import ClockKind
+from icllm_emulator.config import DEFAULT_MODELS, PROFILES, BackendKind, parse_model_files
 
 
 class OptionError(ValueError):
@@ -189,8 +189,8 @@ def _words(value: Any, separators: str = ",") -> tuple[str, ...]:
 
 def _matchers(value: Any) -> tuple[str, ...]:
     names = tuple(str(name) for name in _words(value))
-    # Matchers registered at run time (emulator.cassettes.matching.register_matcher) count once loaded.
-    matching = sys.modules.get("emulator.cassettes.matching")
+    # Matchers registered at run time (icllm_emulator.cassettes.matching.register_matcher) count once loaded.
+    matching = sys.modules.get("icllm_emulator.cassettes.matching")
     known = tuple(getattr(matching, "MATCHERS", {})) or BUILTIN_MATCHERS
     unknown = [name for name in names if name not in known]
     if unknown or not names:

@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.domain import RejectCode
-from emulator.outcalls import OutcallMatch, OutcallRuleError
-from emulator.rules import RuleError, parse_reject_code
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.domain import RejectCode
+from icllm_emulator.outcalls import OutcallMatch, OutcallRuleError
+from icllm_emulator.rules import RuleError, parse_reject_code
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from emulator.backends import ToolPolicy
-from emulator.backends.upstream import DEFAULT_KEY_ENV, UpstreamError, UpstreamSettings, upstream_api
-from emulator.cassettes.settings import CassetteSettings
-from emulator.clock import ClockKind
-from emulator.config import BackendKind, ConfigError, EmulatorConfig
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.upstream import DEFAULT_KEY_ENV, UpstreamError, UpstreamSettings, upstream_api
+from icllm_emulator.cassettes.settings import CassetteSettings
+from icllm_emulator.clock import ClockKind
+from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig
 from pytest_icllm._options import (
     OPTIONS,
     PER_TEST,
@@ -35,10 +35,10 @@ from pytest_icllm._options import (
 )
 
 if TYPE_CHECKING:
-    from emulator._proto.icllm.v1 import control_pb2_grpc
-    from emulator.client import AsyncLlmClient, LlmClient
-    from emulator.runtime import CanisterRuntime
-    from emulator.server import ThreadedEmulator
+    from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
+    from icllm_emulator.client import AsyncLlmClient, LlmClient
+    from icllm_emulator.runtime import CanisterRuntime
+    from icllm_emulator.server import ThreadedEmulator
     from pytest_icllm._canisters import CanisterIC
     from pytest_icllm._controller import CassetteUse, IcllmController
     from pytest_icllm._inprocess import InProcessControl
@@ -151,7 +151,7 @@ class EmulatorAddress:
                 f"the emulator at {self.grpc_target} was given by --icllm-url, so its HTTP address is "
                 "unknown here; set OLLAMA_HOST to it yourself"
             )
-        from emulator.ollama import ollama_env
+        from icllm_emulator.ollama import ollama_env
 
         return ollama_env(self.http_url)
 
@@ -171,8 +171,8 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
     """The emulator this session uses and the way to its Control service; stopped at the end."""
     import grpc
 
-    from emulator._proto.icllm.v1 import control_pb2_grpc
-    from emulator.server import ThreadedEmulator
+    from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
+    from icllm_emulator.server import ThreadedEmulator
     from pytest_icllm._inprocess import InProcessControl
 
     settings = pytestconfig.stash[SETTINGS_KEY]
@@ -335,9 +335,9 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
         loop.run(clear())
         return
-    from emulator.clock import RealClock
-    from emulator.runtime import CanisterRuntime as Runtime
-    from emulator.runtime.llm import OverGrpc
+    from icllm_emulator.clock import RealClock
+    from icllm_emulator.runtime import CanisterRuntime as Runtime
+    from icllm_emulator.runtime.llm import OverGrpc
 
     private = PrivateLoop()
     target = _icllm_session.address.grpc_target
@@ -372,7 +372,7 @@ EMULATOR_SETTINGS = tuple(
 
 def _use_cassette(controller: IcllmController) -> None:
     """Load the test's cassette; a broken file or a bad setting fails the test's setup, readably."""
-    from emulator.client import EmulatorError
+    from icllm_emulator.client import EmulatorError
 
     try:
         controller._use_cassette()
@@ -480,7 +480,7 @@ def _marker_location(node: pytest.Item | pytest.Collector) -> str:
 @pytest.fixture(scope="session")
 def _icllm_session_client(icllm_server: EmulatorAddress) -> Iterator[LlmClient]:
     """One blocking client (one gRPC channel) for the whole session, handed out by `icllm_client`."""
-    from emulator.client import LlmClient
+    from icllm_emulator.client import LlmClient
 
     with LlmClient(icllm_server.grpc_target) as client:
         yield client
@@ -503,7 +503,7 @@ else:
         icllm: IcllmController, icllm_server: EmulatorAddress
     ) -> AsyncIterator[AsyncLlmClient]:
         """An asyncio client bound to the emulator, which `icllm` has reset (needs pytest-asyncio)."""
-        from emulator.client import AsyncLlmClient
+        from icllm_emulator.client import AsyncLlmClient
 
         async with AsyncLlmClient(icllm_server.grpc_target) as client:
             yield client

@@ -13,11 +13,11 @@ import grpc
 import icp_candid.did_loader  # noqa: F401
 import pytest
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
-from emulator.cassettes.settings import CassetteSettings
-from emulator.config import EmulatorConfig
-from emulator.server import ThreadedEmulator
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
+from icllm_emulator.cassettes.settings import CassetteSettings
+from icllm_emulator.config import EmulatorConfig
+from icllm_emulator.server import ThreadedEmulator
 
 # The plugin is tested as users meet it: generated test files run by an inner pytest.
 pytest_plugins = ["pytester"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import icp_candid.did_loader  # noqa: F401
 import pytest
 
-import emulator.client
-import emulator.runtime.values
-import emulator.server  # noqa: F401
+import icllm_emulator.client
+import icllm_emulator.runtime.values
+import icllm_emulator.server  # noqa: F401
 import pytest_icllm._canisters
 import pytest_icllm._controller
 import pytest_icllm._inprocess  # noqa: F401

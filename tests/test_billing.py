@@ -10,14 +10,14 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.billing import MAX_CYCLES, MIN_ATTACHED, Price, Receipt
-from emulator.client import LlmClient, LlmReject
-from emulator.config import EmulatorConfig
-from emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
-from emulator.engine import Engine
-from emulator.rules import Match, Reply, Rule
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.billing import MAX_CYCLES, MIN_ATTACHED, Price, Receipt
+from icllm_emulator.client import LlmClient, LlmReject
+from icllm_emulator.config import EmulatorConfig
+from icllm_emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
+from icllm_emulator.engine import Engine
+from icllm_emulator.rules import Match, Reply, Rule
 from tests.conftest import Stubs, reject_code, user_request
 
 ALICE = "aaaaa-aa"
@@ -202,7 +202,7 @@ def test_pytest_controller_sets_balances_and_shows_charges(pytester: pytest.Pyte
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(
         """
-        from emulator.client import LlmClient
+        from icllm_emulator.client import LlmClient
 
         def test_paid_call_draws_on_a_balance_set_by_the_test(icllm, icllm_server):
             icllm.set_balance("aaaaa-aa", 10**12)

@@ -19,10 +19,10 @@ from icp_candid import DIDLoader
 from icp_candid.candid import LEB128, idl_hash
 from icp_candid.candid import decode as reference_decode
 
-from emulator import candid
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.client import (
+from icllm_emulator import candid
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.client import (
     AsyncLlmClient,
     LlmClient,
     LlmReject,
@@ -32,7 +32,7 @@ from emulator.client import (
     parameter,
     tool,
 )
-from emulator.domain import (
+from icllm_emulator.domain import (
     Api,
     AssistantMessage,
     ChatRequest,

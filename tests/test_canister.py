@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from emulator.backends import Backend
-from emulator.backends.fake import FakeBackend
-from emulator.billing import MIN_ATTACHED
-from emulator.clock import ClockKind
-from emulator.config import DEFAULT_MODELS, PROFILES, EmulatorConfig
-from emulator.domain import (
+from icllm_emulator.backends import Backend
+from icllm_emulator.backends.fake import FakeBackend
+from icllm_emulator.billing import MIN_ATTACHED
+from icllm_emulator.clock import ClockKind
+from icllm_emulator.config import DEFAULT_MODELS, PROFILES, EmulatorConfig
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
@@ -30,10 +30,10 @@ from emulator.domain import (
     ToolMessage,
     UserMessage,
 )
-from emulator.engine import Engine
-from emulator.history import CallRecord
-from emulator.rules import Hang, Match, Reply, Rule
-from emulator.tokens import count_tokens
+from icllm_emulator.engine import Engine
+from icllm_emulator.history import CallRecord
+from icllm_emulator.rules import Hang, Match, Reply, Rule
+from icllm_emulator.tokens import count_tokens
 
 MODEL = "llama3.1:8b"
 CALLER = "2vxsx-fae"

@@ -21,18 +21,18 @@ import grpc
 import pytest
 import yaml
 
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.backends.fake import FakeBackend
-from emulator.backends.replay import CassetteBackend, CassetteSpec
-from emulator.cassettes import format as cassette_format
-from emulator.cassettes.format import CassetteError, load_cassette
-from emulator.cassettes.matching import MATCHERS, register_matcher
-from emulator.cassettes.scrub import is_principal
-from emulator.cassettes.settings import CassetteSettings, RecordMode
-from emulator.cli import main
-from emulator.client import LlmClient, LlmReject, ParameterType, parameter, tool, user
-from emulator.config import ConfigError
-from emulator.domain import (
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.backends.fake import FakeBackend
+from icllm_emulator.backends.replay import CassetteBackend, CassetteSpec
+from icllm_emulator.cassettes import format as cassette_format
+from icllm_emulator.cassettes.format import CassetteError, load_cassette
+from icllm_emulator.cassettes.matching import MATCHERS, register_matcher
+from icllm_emulator.cassettes.scrub import is_principal
+from icllm_emulator.cassettes.settings import CassetteSettings, RecordMode
+from icllm_emulator.cli import main
+from icllm_emulator.client import LlmClient, LlmReject, ParameterType, parameter, tool, user
+from icllm_emulator.config import ConfigError
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
@@ -888,7 +888,7 @@ def test_serve_records_with_any_backend_and_the_replay_backend_replays_it(
         with pytest.raises(LlmReject, match="no recorded answer matches this request"):
             client.prompt(MODEL, "Weather today?")
         with grpc.insecure_channel(target) as channel:
-            from emulator._proto.icllm.v1 import control_pb2_grpc
+            from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
 
             control = control_pb2_grpc.ControlStub(channel)
             loaded = control.UseCassette(cpb.UseCassetteRequest(path="tests/other.yaml"), timeout=30)

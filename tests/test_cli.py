@@ -1,6 +1,6 @@
 """`icllm-emulator` as a real process: start-up, options and env vars, shutdown, external workers.
 
-Every process is started with `python -m emulator` from this interpreter and talked to over gRPC on
+Every process is started with `python -m icllm_emulator` from this interpreter and talked to over gRPC on
 loopback; the `spawn` fixture terminates (and, failing that, kills) and reaps each one at teardown.
 """
 
@@ -22,10 +22,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.cli import SERVE_OPTIONS, WORKER_OPTIONS, env_name
-from emulator.client import LlmClient, user
+from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.cli import SERVE_OPTIONS, WORKER_OPTIONS, env_name
+from icllm_emulator.client import LlmClient, user
 from tests.conftest import Stubs, user_request
 
 MODEL = "llama3.1:8b"
@@ -37,7 +37,7 @@ CALL_TIMEOUT = 60.0
 
 @dataclass
 class Child:
-    """A running `python -m emulator ...`; its stderr goes to a file, read once it has exited."""
+    """A running `python -m icllm_emulator ...`; its stderr goes to a file, read once it has exited."""
 
     process: subprocess.Popen[bytes]
     stderr_path: Path
@@ -63,7 +63,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def emulator_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "emulator", *args]
+    return [sys.executable, "-m", "icllm_emulator", *args]
 
 
 @pytest.fixture

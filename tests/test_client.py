@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from emulator.client import (
+from icllm_emulator.client import (
     AsyncLlmClient,
     EmulatorError,
     LlmClient,
@@ -21,9 +21,9 @@ from emulator.client import (
     tool_result,
     user,
 )
-from emulator.config import DEFAULT_MODELS, EmulatorConfig
-from emulator.domain import Parameters, Property, RejectCode, Tool
-from emulator.server import ThreadedEmulator
+from icllm_emulator.config import DEFAULT_MODELS, EmulatorConfig
+from icllm_emulator.domain import Parameters, Property, RejectCode, Tool
+from icllm_emulator.server import ThreadedEmulator
 
 MODEL = "llama3.1:8b"
 UNITS = ("celsius", "fahrenheit")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from emulator.backends import Backend, ToolPolicy
-from emulator.backends.fake import FakeBackend, fake_answer
-from emulator.domain import (
+from icllm_emulator.backends import Backend, ToolPolicy
+from icllm_emulator.backends.fake import FakeBackend, fake_answer
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
@@ -29,7 +29,7 @@ from emulator.domain import (
     ToolMessage,
     UserMessage,
 )
-from emulator.tokens import count_tokens
+from icllm_emulator.tokens import count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama3.1:8b"
@@ -95,8 +95,8 @@ def test_same_request_gives_the_same_answer() -> None:
 
 def test_same_request_gives_the_same_answer_in_a_fresh_process() -> None:
     code = (
-        "from emulator.backends import ToolPolicy\n"
-        "from emulator.backends.fake import fake_answer\n"
+        "from icllm_emulator.backends import ToolPolicy\n"
+        "from icllm_emulator.backends.fake import fake_answer\n"
         "from tests.test_fake_backend import _sample_requests\n"
         "for r in _sample_requests():\n"
         "    print(repr(fake_answer(r, seed=3, max_output_tokens=None, tool_policy=ToolPolicy.AUTO)))\n"

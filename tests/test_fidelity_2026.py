@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from emulator import candid
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.config import DEFAULT_MODELS
+from icllm_emulator import candid
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.config import DEFAULT_MODELS
 from pytest_icllm import IcllmController
 from pytest_icllm._canisters import CanisterIC
 from tests.canisters.conftest import BUILD
@@ -107,7 +107,7 @@ def test_a_proxy_canister_deposits_for_its_beneficiary_and_a_top_up_adds_more(
 
 
 def test_interface_and_unknown_models_are_refused_when_not_valid() -> None:
-    from emulator.config import ConfigError, EmulatorConfig
+    from icllm_emulator.config import ConfigError, EmulatorConfig
 
     with pytest.raises(ConfigError, match=r"interface 'v2' is not valid; choose one of: v1, v0\.3\.1"):
         EmulatorConfig(interface="v2")
@@ -178,7 +178,7 @@ def test_every_accepted_but_ignored_field_is_named_in_the_header(emu: Stubs) -> 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "emulator", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "icllm_emulator", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -208,7 +208,7 @@ def test_a_worker_that_finds_no_emulator_gives_up_saying_where_it_looked() -> No
 def test_the_protos_ship_in_the_package() -> None:
     from importlib import resources
 
-    files = resources.files("emulator._proto.icllm.v1")
+    files = resources.files("icllm_emulator._proto.icllm.v1")
     for name in ("canister.proto", "control.proto", "worker.proto", "canisters.proto"):
         assert (
             files.joinpath(name).read_text()
@@ -217,9 +217,9 @@ def test_the_protos_ship_in_the_package() -> None:
 
 
 def test_fake_answers_keep_apostrophes_when_they_echo_the_prompt() -> None:
-    from emulator.backends import ToolPolicy
-    from emulator.backends.fake import fake_answer
-    from emulator.domain import ChatRequest, UserMessage
+    from icllm_emulator.backends import ToolPolicy
+    from icllm_emulator.backends.fake import fake_answer
+    from icllm_emulator.domain import ChatRequest, UserMessage
 
     request = ChatRequest("llama3.1:8b", (UserMessage("What's the speed of light?"),))
     answers = [

@@ -25,13 +25,13 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from emulator import engine as engine_module
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.backends.llama import Completion, LlamaBackend, LlamaSettings, _Model, template_for
-from emulator.backends.llama_chat import LLAMA_31_TEMPLATE, ChatTemplate
-from emulator.backends.smollm2 import REQUIREMENT, smollm2_path
-from emulator.config import BackendKind, ConfigError, EmulatorConfig
-from emulator.domain import (
+from icllm_emulator import engine as engine_module
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.backends.llama import Completion, LlamaBackend, LlamaSettings, _Model, template_for
+from icllm_emulator.backends.llama_chat import LLAMA_31_TEMPLATE, ChatTemplate
+from icllm_emulator.backends.smollm2 import REQUIREMENT, smollm2_path
+from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig
+from icllm_emulator.domain import (
     Answer,
     ChatRequest,
     Limits,
@@ -42,7 +42,7 @@ from emulator.domain import (
     Tool,
     UserMessage,
 )
-from emulator.server import ThreadedEmulator
+from icllm_emulator.server import ThreadedEmulator
 from tests.conftest import Stubs, reject_code, user_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def test_the_committed_tiny_model_is_exactly_what_its_script_writes(tmp_path: Pa
 async def test_loading_logs_the_file_its_size_and_the_seconds_it_took(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="emulator.backends.llama")
+    caplog.set_level(logging.INFO, logger="icllm_emulator.backends.llama")
     backend = LlamaBackend([(MODEL, str(TINY))])
     try:
         await backend.load()
@@ -223,8 +223,8 @@ async def test_the_same_request_gets_the_same_answer_whatever_came_before(tiny: 
 
 ANSWER_IN_A_CHILD = """
 import asyncio, dataclasses, json, sys
-from emulator.backends.llama import LlamaBackend
-from emulator.domain import ChatRequest, UserMessage
+from icllm_emulator.backends.llama import LlamaBackend
+from icllm_emulator.domain import ChatRequest, UserMessage
 
 async def main():
     backend = LlamaBackend([("llama3.1:8b", sys.argv[1])])
@@ -507,7 +507,7 @@ def test_a_start_up_load_failure_stops_the_server(tmp_path: Path) -> None:
 async def test_two_instances_answer_two_callers_at_once_with_the_same_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from emulator.backends import llama as llama_module
+    from icllm_emulator.backends import llama as llama_module
 
     running = 0
     most = 0

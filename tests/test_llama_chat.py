@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from emulator.backends.llama_chat import (
+from icllm_emulator.backends.llama_chat import (
     LLAMA_31_TEMPLATE,
     ChatTemplate,
     TemplateError,
     parse_tool_calls,
     tool_schema,
 )
-from emulator.domain import (
+from icllm_emulator.domain import (
     AssistantMessage,
     ChatRequest,
     FunctionCall,

@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.cli import build_parser
-from emulator.client import LlmClient
-from emulator.config import BackendKind, ConfigError, EmulatorConfig, parse_model_files
-from emulator.domain import Limits
+from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.cli import build_parser
+from icllm_emulator.client import LlmClient
+from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig, parse_model_files
+from icllm_emulator.domain import Limits
 from tests.conftest import Stubs, user_request
 from tests.test_cli import (
     CALL_TIMEOUT,
@@ -133,7 +133,7 @@ def write(path: Path, data: bytes) -> Path:
 def test_without_llama_cpp_the_llama_backend_says_how_to_install_it(tmp_path: Path) -> None:
     # As if the extra were not installed: importing llama_cpp fails.
     code = (
-        "import sys; sys.modules['llama_cpp'] = None; from emulator.cli import main; "
+        "import sys; sys.modules['llama_cpp'] = None; from icllm_emulator.cli import main; "
         "sys.exit(main(['serve', '--grpc-port', '0', '--ollama-port', '0', '--backend', 'llama', "
         f"'--model', {str(TINY)!r}]))"
     )

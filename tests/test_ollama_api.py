@@ -24,15 +24,15 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.config import ConfigError, EmulatorConfig
-from emulator.domain import AssistantMessage, Limits, Reject, RejectCode, ToolMessage
-from emulator.engine import Engine
-from emulator.ollama import ollama_env
-from emulator.ollama.app import MAX_BODY_BYTES, create_app
-from emulator.rules import Match, Reply, Rule, rule_from_dict
-from emulator.server import ThreadedEmulator
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.config import ConfigError, EmulatorConfig
+from icllm_emulator.domain import AssistantMessage, Limits, Reject, RejectCode, ToolMessage
+from icllm_emulator.engine import Engine
+from icllm_emulator.ollama import ollama_env
+from icllm_emulator.ollama.app import MAX_BODY_BYTES, create_app
+from icllm_emulator.rules import Match, Reply, Rule, rule_from_dict
+from icllm_emulator.server import ThreadedEmulator
 from tests.conftest import Stubs
 
 MODEL = "llama3.1:8b"
@@ -857,7 +857,7 @@ def test_http_port_in_use_fails_with_exit_code_2(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "emulator", "serve", "--grpc-port", "0", "--ollama-port", str(port)],
+            [sys.executable, "-m", "icllm_emulator", "serve", "--grpc-port", "0", "--ollama-port", str(port)],
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -896,7 +896,7 @@ def test_port_file_names_the_http_url_or_null_when_off(tmp_path: Path) -> None:
 def test_bad_ollama_port_values_are_refused() -> None:
     with pytest.raises(ConfigError, match="Ollama HTTP port must be 0-65535"):
         EmulatorConfig(ollama_port=70000)
-    from emulator.cli import build_parser, config_from_args
+    from icllm_emulator.cli import build_parser, config_from_args
 
     args = build_parser({"ICLLM_OLLAMA_PORT": "off"}).parse_args(["serve"])
     assert config_from_args(args).ollama_port is None

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 import ollama
 import pytest
 
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.ollama import ollama_env
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.ollama import ollama_env
 from tests.conftest import Stubs
 
 MODEL = "llama3.1:8b"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import emulator.client
+import icllm_emulator.client
 import pytest_icllm
 from tests.pytester_support import INI, pt, run
 
@@ -27,8 +27,8 @@ def test_package_root_exports_only_the_controller_the_exceptions_and_the_version
         "__version__",
     ]
     assert pytest_icllm.__version__ == importlib.metadata.version("pytest-icllm")
-    assert pytest_icllm.LlmReject is emulator.client.LlmReject
-    assert pytest_icllm.EmulatorError is emulator.client.EmulatorError
+    assert pytest_icllm.LlmReject is icllm_emulator.client.LlmReject
+    assert pytest_icllm.EmulatorError is icllm_emulator.client.EmulatorError
     assert pytest_icllm.IcllmController.__module__ == "pytest_icllm._controller"
     with pytest.raises(AttributeError, match="module 'pytest_icllm' has no attribute 'Call'"):
         _ = pytest_icllm.Call
@@ -95,7 +95,7 @@ def test_replies_with_text_and_tool_calls_whose_arguments_travel_as_text(pt: pyt
     result = run(
         pt,
         """
-        from emulator.client import ParameterType, parameter, tool, user
+        from icllm_emulator.client import ParameterType, parameter, tool, user
 
         WEATHER = tool("get_weather").with_parameter(parameter("city", ParameterType.STRING).is_required())
 
@@ -130,7 +130,7 @@ def test_every_ic_reject_code_reaches_the_caller_as_llm_reject(pt: pytest.Pytest
         pt,
         """
         import pytest
-        from emulator.client import RejectCode
+        from icllm_emulator.client import RejectCode
         from pytest_icllm import LlmReject
 
         @pytest.mark.parametrize("code", list(RejectCode))
@@ -282,7 +282,7 @@ def test_caller_deadline_gives_sys_unknown_while_the_job_goes_on(pt: pytest.Pyte
         pt,
         """
         import pytest
-        from emulator.client import RejectCode
+        from icllm_emulator.client import RejectCode
         from conftest import Caller, wait_for_job
 
         @pytest.mark.icllm(caller_deadline=300)
@@ -307,7 +307,7 @@ def test_hang_loses_each_lease_then_rejects_after_max_attempts(pt: pytest.Pytest
         pt,
         """
         import pytest
-        from emulator.client import RejectCode
+        from icllm_emulator.client import RejectCode
         from conftest import Caller, wait_for_job
 
         def test_default_attempts(icllm, icllm_client):
@@ -340,7 +340,7 @@ def test_advance_on_a_real_clock_says_how_to_get_a_virtual_one(pt: pytest.Pytest
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "E       emulator.client.EmulatorError: gRPC call failed with FAILED_PRECONDITION: "
+            "E       icllm_emulator.client.EmulatorError: gRPC call failed with FAILED_PRECONDITION: "
             "the clock is real: start the emulator with --clock virtual to advance it; with pytest, run with "
             "--icllm-clock virtual (or the ini key icllm_clock = virtual)"
         ]
@@ -627,7 +627,7 @@ def test_teardown_checks_never_hide_the_tests_own_failure(pt: pytest.Pytester) -
         [
             '>       assert icllm_client.prompt("llama3.1:8b", "hi") == "the agent\'s own expectation"',
             '>       icllm_client.prompt("llama3.1:8b", "unexpected")',
-            "E           emulator.client.LlmReject: CANISTER_REJECT (4): "
+            "E           icllm_emulator.client.LlmReject: CANISTER_REJECT (4): "
             "no scripted rule matches this request (strict mode)*",
         ]
     )
@@ -829,9 +829,9 @@ def test_per_test_settings_reach_the_emulator(pt: pytest.Pytester) -> None:
         pt,
         """
         import pytest
-        from emulator.backends.fake import FakeBackend
-        from emulator.client import ParameterType, parameter, tool, tool_result, user
-        from emulator.domain import ChatRequest, UserMessage
+        from icllm_emulator.backends.fake import FakeBackend
+        from icllm_emulator.client import ParameterType, parameter, tool, tool_result, user
+        from icllm_emulator.domain import ChatRequest, UserMessage
         from pytest_icllm import LlmReject
         from conftest import Caller, wait_for_job
 

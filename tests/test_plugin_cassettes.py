@@ -18,9 +18,9 @@ __all__ = ["pt"]  # a fixture
 
 AGENT = """
 import pytest
-from emulator.backends import ToolPolicy
-from emulator.backends.fake import fake_answer
-from emulator.domain import ChatRequest, UserMessage
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.fake import fake_answer
+from icllm_emulator.domain import ChatRequest, UserMessage
 
 pytestmark = pytest.mark.icllm(cassette=True)
 
@@ -71,7 +71,8 @@ def test_a_miss_fails_the_test_with_the_closest_recording_and_a_diff(pt: pytest.
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "E  *emulator.client.LlmReject: CANISTER_REJECT (4): no recorded answer matches this request "
+            "E  *icllm_emulator.client.LlmReject: CANISTER_REJECT (4): "
+            "no recorded answer matches this request "
             f"(cassette {cassette(pt)}, record mode none, matching on method, model, messages, tools):",
             "E  *v1_chat 'llama3.1:8b', 1 message(s), last user: 'Weather in Geneva?'",
             "E  *closest recorded requests:",

@@ -156,7 +156,7 @@ def test_asyncio_tests_use_the_async_client_and_wait_held(pt: pytest.Pytester) -
         import asyncio
 
         import pytest
-        from emulator.client import RejectCode, user
+        from icllm_emulator.client import RejectCode, user
         from pytest_icllm import LlmReject
 
         M = "llama3.1:8b"

@@ -17,14 +17,14 @@ import pytest
 import respx
 import yaml
 
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.backends import ToolPolicy
-from emulator.backends.fake import fake_answer
-from emulator.backends.proxy import ProxyBackend
-from emulator.backends.upstream import UpstreamApi, UpstreamError, UpstreamSettings
-from emulator.cli import build_parser, config_from_args
-from emulator.client import LlmClient, LlmReject, ParameterType, parameter, tool, tool_result, user
-from emulator.domain import (
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.fake import fake_answer
+from icllm_emulator.backends.proxy import ProxyBackend
+from icllm_emulator.backends.upstream import UpstreamApi, UpstreamError, UpstreamSettings
+from icllm_emulator.cli import build_parser, config_from_args
+from icllm_emulator.client import LlmClient, LlmReject, ParameterType, parameter, tool, tool_result, user
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
@@ -40,7 +40,7 @@ from emulator.domain import (
     ToolMessage,
     UserMessage,
 )
-from emulator.ollama.convert import parse_chat, parse_openai_chat
+from icllm_emulator.ollama.convert import parse_chat, parse_openai_chat
 from tests.conftest import Stubs
 from tests.pytester_support import pt
 from tests.test_cli import Child, run_cli, spawn, wait_for_port_file

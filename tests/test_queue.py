@@ -7,9 +7,9 @@ import functools
 
 import pytest
 
-from emulator.clock import VirtualClock
-from emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
-from emulator.queue import Job, JobState, LeaseLost, Outcome, PromptQueue, UnknownJob
+from icllm_emulator.clock import VirtualClock
+from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
+from icllm_emulator.queue import Job, JobState, LeaseLost, Outcome, PromptQueue, UnknownJob
 
 MODEL = "llama3.1:8b"
 CALLER = "2vxsx-fae"

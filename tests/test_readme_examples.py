@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from pytest_icllm import _options
 from pytest_icllm._options import OPTIONS
 from tests.conftest import Stubs, user_request
@@ -254,7 +254,7 @@ def test_canisters_from_any_language_example_runs(tmp_path: Path) -> None:
 
 
 def test_readme_grpc_table_lists_every_method_of_every_service() -> None:
-    from emulator._proto.icllm.v1 import canister_pb2, canisters_pb2, control_pb2, worker_pb2
+    from icllm_emulator._proto.icllm.v1 import canister_pb2, canisters_pb2, control_pb2, worker_pb2
 
     rows = {
         line.split("|")[1].strip().strip("`"): line.split("|")[2]

@@ -32,14 +32,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator._proto.icllm.v1 import canister_pb2, canisters_pb2, control_pb2, worker_pb2
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.backends import ToolPolicy
-from emulator.backends.fake import fake_answer
-from emulator.candid import decode_reply, encode_chat_request
-from emulator.domain import Api, ChatRequest, UserMessage
-from emulator.grpc_api.status import REJECT_CODE_KEY
+from icllm_emulator._proto.icllm.v1 import canister_pb2, canisters_pb2, control_pb2, worker_pb2
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.fake import fake_answer
+from icllm_emulator.candid import decode_reply, encode_chat_request
+from icllm_emulator.domain import Api, ChatRequest, UserMessage
+from icllm_emulator.grpc_api.status import REJECT_CODE_KEY
 from tests.conftest import Stubs, user_request
 
 CAP = 1000  # the current profile's output cap
@@ -78,7 +78,7 @@ def test_hundreds_of_concurrent_calls_lose_duplicate_and_cross_nothing(emu: Stub
         return text, str(response.json()["message"]["content"])
 
     async def main() -> list[tuple[str, str]]:
-        from emulator._proto.icllm.v1 import canister_pb2_grpc
+        from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc
 
         async with grpc.aio.insecure_channel(target) as channel, httpx.AsyncClient(timeout=60) as client:
             stub = canister_pb2_grpc.LlmCanisterStub(channel)
@@ -103,7 +103,7 @@ DYING_WORKER = textwrap.dedent(
     """
     import sys, threading
     import grpc
-    from emulator._proto.icllm.v1 import worker_pb2 as wpb, worker_pb2_grpc
+    from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb, worker_pb2_grpc
     with grpc.insecure_channel(sys.argv[1]) as channel:
         job = worker_pb2_grpc.AiWorkerStub(channel).Poll(wpb.PollRequest(worker_id="doomed", wait_seconds=30))
         print(job.job.id, flush=True)
@@ -128,7 +128,7 @@ def test_an_external_worker_killed_while_it_holds_a_lease_loses_the_job_to_anoth
             doomed.kill()  # SIGKILL: no goodbye, the lease just runs out
     assert leased == "call-000001"
     with subprocess.Popen(
-        [sys.executable, "-m", "emulator", "worker", "--connect", target, "--poll-seconds", "1"],
+        [sys.executable, "-m", "icllm_emulator", "worker", "--connect", target, "--poll-seconds", "1"],
         stderr=subprocess.DEVNULL,
     ) as rescuer:
         try:

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.cassettes.settings import CassetteSettings
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.cassettes.settings import CassetteSettings
 from tests.conftest import Stubs, user_request
 
 # -- cassette paths over Control --------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_a_huge_method_name_is_shortened_in_the_reject(emu: Stubs) -> None:
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "emulator", "serve", "--grpc-port", "0", "--ollama-port", "off", *args],
+        [sys.executable, "-m", "icllm_emulator", "serve", "--grpc-port", "0", "--ollama-port", "off", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -287,7 +287,7 @@ def test_a_backtracking_scrub_pattern_fails_the_write_not_the_emulator(
 
 
 def test_a_backtracking_outcall_url_regex_is_a_miss() -> None:
-    from emulator.outcalls import HttpRequest, OutcallMatch
+    from icllm_emulator.outcalls import HttpRequest, OutcallMatch
 
     why = OutcallMatch(url_regex="^https://(a|a)+$").mismatches(HttpRequest("get", "https://" + NEAR_MISS))
     assert why and "took longer than 50 ms" in why[0]
@@ -368,14 +368,14 @@ def test_slow_clients_are_cut_off(start_emulator: Callable[..., Stubs]) -> None:
 
 
 def test_http_calls_still_waiting_at_the_end_of_the_grace_period_get_a_503() -> None:
-    from emulator.config import EmulatorConfig
-    from emulator.server import ThreadedEmulator
+    from icllm_emulator.config import EmulatorConfig
+    from icllm_emulator.server import ThreadedEmulator
 
     emulator = ThreadedEmulator(EmulatorConfig(grpc_port=0, ollama_port=0))
     emulator.start()
     url = emulator.ports.http_url
     channel = grpc.insecure_channel(emulator.ports.grpc_target)
-    from emulator._proto.icllm.v1 import control_pb2_grpc
+    from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
 
     control = control_pb2_grpc.ControlStub(channel)
     control.SetHold(cpb.SetHoldRequest(hold=True))

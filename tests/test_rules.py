@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.domain import (
+from icllm_emulator.domain import (
     AssistantMessage,
     ChatRequest,
     FunctionCall,
@@ -21,7 +21,7 @@ from emulator.domain import (
     ToolCallArgument,
     UserMessage,
 )
-from emulator.rules import Hang, Match, Reply, Rule, RuleBook, RuleError, load_rules
+from icllm_emulator.rules import Hang, Match, Reply, Rule, RuleBook, RuleError, load_rules
 
 MODEL = "llama3.1:8b"
 

@@ -7,13 +7,13 @@ import contextlib
 
 import pytest
 
-from emulator.clock import ClockKind, RealClock, VirtualClock
-from emulator.config import EmulatorConfig
-from emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
-from emulator.engine import Engine
-from emulator.history import _percentile
-from emulator.rules import Match, Reply, Rule
-from emulator.tokens import count_tokens, truncate_tokens
+from icllm_emulator.clock import ClockKind, RealClock, VirtualClock
+from icllm_emulator.config import EmulatorConfig
+from icllm_emulator.domain import AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
+from icllm_emulator.engine import Engine
+from icllm_emulator.history import _percentile
+from icllm_emulator.rules import Match, Reply, Rule
+from icllm_emulator.tokens import count_tokens, truncate_tokens
 
 # -- tokens ----------------------------------------------------------------------------------------
 

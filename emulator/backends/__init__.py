@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Protocol
 
-from emulator.domain import Answer, ChatRequest
+from icllm_emulator.domain import Answer, ChatRequest
 
 
 class ToolPolicy(enum.StrEnum):

@@ -21,8 +21,8 @@ from typing import Any
 from faker import Faker
 from faker.providers.lorem.en_US import Provider as LoremProvider
 
-from emulator.backends import ToolPolicy
-from emulator.domain import (
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
@@ -35,7 +35,7 @@ from emulator.domain import (
     ToolMessage,
     UserMessage,
 )
-from emulator.tokens import count_tokens, truncate_tokens
+from icllm_emulator.tokens import count_tokens, truncate_tokens
 
 __all__ = ["FakeBackend", "canonical_request", "fake_answer"]
 

@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.backends.fake import canonical_request
-from emulator.backends.llama_chat import LLAMA_31_TEMPLATE, ChatTemplate, TemplateError, parse_tool_calls
-from emulator.config import ConfigError
-from emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
+from icllm_emulator.backends.fake import canonical_request
+from icllm_emulator.backends.llama_chat import (
+    LLAMA_31_TEMPLATE,
+    ChatTemplate,
+    TemplateError,
+    parse_tool_calls,
+)
+from icllm_emulator.config import ConfigError
+from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
 
 INSTALL_HINT = (
     "the llama backend needs llama-cpp-python: pip install 'pytest-icllm[llama]' "

@@ -23,7 +23,7 @@ import jinja2.ext
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from emulator.domain import (
+from icllm_emulator.domain import (
     AssistantMessage,
     ChatRequest,
     FunctionCall,

@@ -5,7 +5,7 @@ canister's prompts, through the emulator's queue, limits and history, and `--rec
 answers in cassettes. Requests go out as Ollama's `POST /api/chat` with `"stream": false`, or as
 OpenAI's `POST /v1/chat/completions`; the canister's tools and tool calls are translated both ways
 (arguments travel as text on the canister's side, as JSON on the server's side). The answers come back
-through the same parsers the emulator's own HTTP door uses (`emulator.ollama.convert`).
+through the same parsers the emulator's own HTTP door uses (`icllm_emulator.ollama.convert`).
 
 Failures reach the caller as rejects that say what happened: the server unreachable, too slow (the
 timeout is bounded: `--upstream-timeout`), or answering 5xx are `SYS_TRANSIENT` (a retry may work); a
@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 
-from emulator.backends.fake import canonical_request
-from emulator.backends.upstream import UpstreamApi, UpstreamSettings
-from emulator.domain import (
+from icllm_emulator.backends.fake import canonical_request
+from icllm_emulator.backends.upstream import UpstreamApi, UpstreamSettings
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
@@ -37,7 +37,7 @@ from emulator.domain import (
     ToolCall,
     ToolMessage,
 )
-from emulator.ollama.convert import (
+from icllm_emulator.ollama.convert import (
     BadRequest,
     _CallIds,
     _ollama_message,
@@ -45,7 +45,7 @@ from emulator.ollama.convert import (
     argument_value,
     declared_types,
 )
-from emulator.tokens import count_tokens
+from icllm_emulator.tokens import count_tokens
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulator.backends import Backend
-from emulator.cassettes.format import SUFFIXES, CassetteError
-from emulator.cassettes.matching import MatchError, Matching
-from emulator.cassettes.scrub import ScrubError, Step, default_steps, load_scrubber
-from emulator.cassettes.settings import CassetteSettings, CassetteSettingsError, RecordMode, record_mode
-from emulator.cassettes.store import ActiveCassette, CassetteStats
-from emulator.config import ConfigError
-from emulator.domain import Answer, ChatRequest, Reject, RejectCode
+from icllm_emulator.backends import Backend
+from icllm_emulator.cassettes.format import SUFFIXES, CassetteError
+from icllm_emulator.cassettes.matching import MatchError, Matching
+from icllm_emulator.cassettes.scrub import ScrubError, Step, default_steps, load_scrubber
+from icllm_emulator.cassettes.settings import CassetteSettings, CassetteSettingsError, RecordMode, record_mode
+from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
+from icllm_emulator.config import ConfigError
+from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
 
 log = logging.getLogger(__name__)
 

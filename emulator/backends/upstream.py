@@ -1,6 +1,6 @@
 """The settings of the proxy backend's upstream server, checked when they are made.
 
-Kept apart from `emulator.backends.proxy` (which imports httpx) because `emulator.config` holds them.
+Kept apart from `icllm_emulator.backends.proxy` (which imports httpx): `icllm_emulator.config` holds them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from emulator.addresses import bracketed
+from icllm_emulator.addresses import bracketed
 
 DEFAULT_UPSTREAM_TIMEOUT = 120.0
 # The environment variable the API key is read from, unless --upstream-key-env names another.

@@ -4,7 +4,7 @@
 `encode_chat_request` and `decode_reply` are the other side, for callers that build Candid in Python.
 """
 
-from emulator.candid._door import (
+from icllm_emulator.candid._door import (
     DEFAULT_INTERFACE,
     DEPOSIT,
     INTERFACES,
@@ -20,7 +20,7 @@ from emulator.candid._door import (
     encode_reply,
     method_api,
 )
-from emulator.candid._wire import CandidError
+from icllm_emulator.candid._wire import CandidError
 
 __all__ = [
     "DEFAULT_INTERFACE",

@@ -17,8 +17,8 @@ from typing import Any
 from icp_candid import DIDLoader
 from icp_principal import Principal
 
-from emulator.candid._wire import CandidError, decode_args, encode_args, intern
-from emulator.domain import (
+from icllm_emulator.candid._wire import CandidError, decode_args, encode_args, intern
+from icllm_emulator.domain import (
     Api,
     AssistantMessage,
     ChatRequest,

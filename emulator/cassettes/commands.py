@@ -14,9 +14,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from emulator.cassettes.format import CassetteError, CassetteFile, Interaction, cassette_files, load_cassette
-from emulator.cassettes.matching import canonical
-from emulator.domain import Answer, AssistantMessage, Message, Reject, ToolCall, ToolMessage
+from icllm_emulator.cassettes.format import (
+    CassetteError,
+    CassetteFile,
+    Interaction,
+    cassette_files,
+    load_cassette,
+)
+from icllm_emulator.cassettes.matching import canonical
+from icllm_emulator.domain import Answer, AssistantMessage, Message, Reject, ToolCall, ToolMessage
 
 OK, BROKEN, MISSING = 0, 1, 2
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from emulator.domain import (
+from icllm_emulator.domain import (
     Answer,
     Api,
     AssistantMessage,

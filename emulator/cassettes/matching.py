@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from emulator.cassettes.format import Interaction
+from icllm_emulator.cassettes.format import Interaction
 
 Matcher = Callable[[Mapping[str, Any]], Any]
 

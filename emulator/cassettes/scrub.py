@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from emulator import patterns as patterns_module
+from icllm_emulator import patterns as patterns_module
 
 Step = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 

@@ -1,6 +1,6 @@
 """Record modes and the settings of a cassette, checked when they are made.
 
-This module stays free of heavy imports: `emulator.config` (which the pytest plugin imports at start-up)
+This module stays free of heavy imports: `icllm_emulator.config` (which the pytest plugin imports at start-up)
 holds a `CassetteSettings`.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 DEFAULT_CASSETTE = "default.yaml"
 # The parts of a request that must be equal for a recorded answer to be replayed.
 DEFAULT_MATCH_ON = ("method", "model", "messages", "tools")
-# Every matcher the emulator knows; `emulator.cassettes.matching.register_matcher` adds more at run time.
+# Every matcher the emulator knows; `matching.register_matcher` adds more at run time.
 BUILTIN_MATCHERS = ("method", "model", "messages", "tools", "last_message", "system", "max_output_tokens")
 
 
@@ -47,7 +47,7 @@ def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in patterns:
         if not pattern:
             raise CassetteSettingsError("a scrub pattern is empty: it would match everywhere")
-        from emulator import patterns as regexes  # the regex package, once patterns are given
+        from icllm_emulator import patterns as regexes  # the regex package, once patterns are given
 
         try:
             regexes.compiled(pattern)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.cassettes.format import (
+from icllm_emulator.cassettes.format import (
     CassetteError,
     Fragment,
     Interaction,
@@ -32,12 +32,18 @@ from emulator.cassettes.format import (
     request_doc,
     write_atomically,
 )
-from emulator.cassettes.matching import Index, Matching, Recording, explain_miss
-from emulator.cassettes.scrub import Step, has_placeholders, restore_principals, run_steps, scrub_request
-from emulator.cassettes.scrub import __name__ as scrub_module
-from emulator.cassettes.settings import RecordMode
-from emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
-from emulator.tokens import count_tokens, truncate_tokens
+from icllm_emulator.cassettes.matching import Index, Matching, Recording, explain_miss
+from icllm_emulator.cassettes.scrub import (
+    Step,
+    has_placeholders,
+    restore_principals,
+    run_steps,
+    scrub_request,
+)
+from icllm_emulator.cassettes.scrub import __name__ as scrub_module
+from icllm_emulator.cassettes.settings import RecordMode
+from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
+from icllm_emulator.tokens import count_tokens, truncate_tokens
 
 log = logging.getLogger(__name__)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import grpc
 
-from emulator._proto.icllm.v1 import canisters_pb2 as pb
-from emulator._proto.icllm.v1 import canisters_pb2_grpc
-from emulator.billing import checked_cycles
-from emulator.engine import Engine
-from emulator.grpc_api.convert import BadRequest
-from emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
-from emulator.runtime import CanisterReject, InstallSettings
-from emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
+from icllm_emulator._proto.icllm.v1 import canisters_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc
+from icllm_emulator.billing import checked_cycles
+from icllm_emulator.engine import Engine
+from icllm_emulator.grpc_api.convert import BadRequest
+from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
+from icllm_emulator.runtime import CanisterReject, InstallSettings
+from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
 
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
 # one can be gzipped (the IC's limit is 100 MiB decompressed) or installed at start-up with --canister.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator.domain import (
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator.domain import (
     Api,
     AssistantMessage,
     ChatRequest,

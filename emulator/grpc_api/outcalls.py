@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.domain import Reject
-from emulator.outcalls import HttpResponse, OutcallMatch, OutcallRecord, OutcallRule
-from emulator.rules import parse_reject_code
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.domain import Reject
+from icllm_emulator.outcalls import HttpResponse, OutcallMatch, OutcallRecord, OutcallRule
+from icllm_emulator.rules import parse_reject_code
 
 
 def _headers(headers: tuple[tuple[str, str], ...]) -> list[cpb.HttpHeader]:

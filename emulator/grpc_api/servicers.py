@@ -8,31 +8,31 @@ from typing import Any
 
 import grpc
 
-from emulator import candid
-from emulator._proto.icllm.v1 import canister_pb2 as pb
-from emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator._proto.icllm.v1 import worker_pb2 as wpb
-from emulator.backends import ToolPolicy
-from emulator.backends.replay import CassetteSpec
-from emulator.billing import Price, Receipt
-from emulator.cassettes.settings import (
+from icllm_emulator import candid
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb
+from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.backends.replay import CassetteSpec
+from icllm_emulator.billing import Price, Receipt
+from icllm_emulator.cassettes.settings import (
     CassetteSettingsError,
     RecordMode,
     check_patterns,
     check_scrubbers,
     record_mode,
 )
-from emulator.clock import check_advance
-from emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
-from emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode
-from emulator.engine import Engine
-from emulator.grpc_api import convert, outcalls
-from emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
-from emulator.history import CallRecord
-from emulator.queue import Job
-from emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
-from emulator.workers import lease_of
+from icllm_emulator.clock import check_advance
+from icllm_emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
+from icllm_emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode
+from icllm_emulator.engine import Engine
+from icllm_emulator.grpc_api import convert, outcalls
+from icllm_emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
+from icllm_emulator.history import CallRecord
+from icllm_emulator.queue import Job
+from icllm_emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
+from icllm_emulator.workers import lease_of
 
 MAX_POLL_SECONDS = 60.0
 

@@ -16,14 +16,14 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from emulator.billing import checked_cycles
-from emulator.config import ANONYMOUS_PRINCIPAL, ConfigError, checked_principal
-from emulator.domain import Reject, RejectCode
-from emulator.grpc_api.convert import BadRequest
-from emulator.outcalls import OutcallRuleError
-from emulator.queue import LeaseLost, UnknownJob
-from emulator.rules import RuleError
-from emulator.runtime.errors import ModuleError, RuntimeUsageError, UnknownCanister
+from icllm_emulator.billing import checked_cycles
+from icllm_emulator.config import ANONYMOUS_PRINCIPAL, ConfigError, checked_principal
+from icllm_emulator.domain import Reject, RejectCode
+from icllm_emulator.grpc_api.convert import BadRequest
+from icllm_emulator.outcalls import OutcallRuleError
+from icllm_emulator.queue import LeaseLost, UnknownJob
+from icllm_emulator.rules import RuleError
+from icllm_emulator.runtime.errors import ModuleError, RuntimeUsageError, UnknownCanister
 
 REJECT_CODE_KEY = "icllm-reject-code"
 CALLER_KEY = "icllm-caller"

@@ -8,12 +8,12 @@ import time
 
 import grpc
 
-from emulator._proto.icllm.v1 import worker_pb2 as wpb
-from emulator._proto.icllm.v1 import worker_pb2_grpc
-from emulator.domain import Answer, Reject
-from emulator.grpc_api import convert
-from emulator.queue import LeaseLost
-from emulator.workers import Lease
+from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb
+from icllm_emulator._proto.icllm.v1 import worker_pb2_grpc
+from icllm_emulator.domain import Answer, Reject
+from icllm_emulator.grpc_api import convert
+from icllm_emulator.queue import LeaseLost
+from icllm_emulator.workers import Lease
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,12 @@
 
 A locally deployed LLM canister (dfx, icp-cli, PocketIC in live mode) calls Ollama on
 `localhost:11434`; pointed at the emulator instead, its prompts go through the same canister core,
-queue, rules and history as gRPC calls. The app lives in `emulator.ollama.app`, the wire
-translation in `emulator.ollama.convert`, the uvicorn wiring in `emulator.ollama.serve`.
+queue, rules and history as gRPC calls. The app lives in `icllm_emulator.ollama.app`, the wire
+translation in `icllm_emulator.ollama.convert`, the uvicorn wiring in `icllm_emulator.ollama.serve`.
 """
 
 from __future__ import annotations
 
-from emulator.ollama.env import ollama_env
+from icllm_emulator.ollama.env import ollama_env
 
 __all__ = ["ollama_env"]

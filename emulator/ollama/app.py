@@ -3,7 +3,7 @@
 Every prompt goes through `engine.canister.chat`, so an HTTP caller meets the same model catalogue,
 limits, queue, scripted rules, billing and history as a gRPC caller. The routes only translate
 (`convert`), describe the catalogue (`models`) and map rejects to HTTP statuses (`REJECT_STATUS`).
-Build the app with `create_app(engine)`; `emulator.ollama.serve` puts uvicorn around it, and tests
+Build the app with `create_app(engine)`; `icllm_emulator.ollama.serve` puts uvicorn around it, and tests
 can call it in-process through `httpx.ASGITransport`.
 """
 
@@ -29,14 +29,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emulator.billing import checked_cycles
-from emulator.config import ANONYMOUS_PRINCIPAL, checked_principal
-from emulator.domain import Answer, ChatRequest, Reject, RejectCode
-from emulator.engine import Engine
-from emulator.ollama import convert, models
-from emulator.ollama.convert import JSON, BadRequest, Parsed
-from emulator.ollama.metrics import CLIENT_CLOSED, Metrics
-from emulator.tokens import prompt_tokens, tokens
+from icllm_emulator.billing import checked_cycles
+from icllm_emulator.config import ANONYMOUS_PRINCIPAL, checked_principal
+from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
+from icllm_emulator.engine import Engine
+from icllm_emulator.ollama import convert, models
+from icllm_emulator.ollama.convert import JSON, BadRequest, Parsed
+from icllm_emulator.ollama.metrics import CLIENT_CLOSED, Metrics
+from icllm_emulator.tokens import prompt_tokens, tokens
 
 log = logging.getLogger(__name__)
 

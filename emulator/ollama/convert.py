@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from emulator.domain import (
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from emulator.addresses import bracketed
+from icllm_emulator.addresses import bracketed
 
 
 def ollama_env(http_url: str) -> dict[str, str]:

@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emulator.domain import RejectCode
-from emulator.engine import Engine
+from icllm_emulator.domain import RejectCode
+from icllm_emulator.engine import Engine
 
 # Seconds: from a cached answer (sub-millisecond) to a caller deadline of 300 s.
 LATENCY_BUCKETS = (

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from emulator.config import ConfigError
-from emulator.engine import Engine
-from emulator.ollama.app import create_app
+from icllm_emulator.config import ConfigError
+from icllm_emulator.engine import Engine
+from icllm_emulator.ollama.app import create_app
 
 log = logging.getLogger(__name__)
 

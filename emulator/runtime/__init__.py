@@ -5,9 +5,9 @@ calls to the LLM canister go through the same function as gRPC `CallCandid`. It 
 pytest: the plugin's `icllm_canister` fixture is one front door onto it.
 """
 
-from emulator.runtime.errors import CanisterReject, ModuleError, RuntimeUsageError, UnknownCanister
-from emulator.runtime.ic import LLM_CANISTER_ID, LLM_ENV_VAR, CanisterRuntime, InstallSettings
-from emulator.runtime.messages import Response
+from icllm_emulator.runtime.errors import CanisterReject, ModuleError, RuntimeUsageError, UnknownCanister
+from icllm_emulator.runtime.ic import LLM_CANISTER_ID, LLM_ENV_VAR, CanisterRuntime, InstallSettings
+from icllm_emulator.runtime.messages import Response
 
 __all__ = [
     "LLM_CANISTER_ID",

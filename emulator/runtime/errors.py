@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emulator.domain import RejectCode
+from icllm_emulator.domain import RejectCode
 
 # The IC's error codes for the rejects the runtime produces (as the replica reports them to an
 # ingress caller; a calling canister sees only the reject code and message).

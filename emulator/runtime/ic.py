@@ -20,11 +20,11 @@ from typing import Any
 import wasmtime
 from icp_principal import Principal
 
-from emulator.clock import Clock
-from emulator.domain import RejectCode
-from emulator.outcalls import OutcallBook
-from emulator.runtime import module as modules
-from emulator.runtime.errors import (
+from icllm_emulator.clock import Clock
+from icllm_emulator.domain import RejectCode
+from icllm_emulator.outcalls import OutcallBook
+from icllm_emulator.runtime import module as modules
+from icllm_emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
     DID_NOT_REPLY,
     EXPLICIT_REJECT,
@@ -35,9 +35,9 @@ from emulator.runtime.errors import (
     UnknownCanister,
     error_code_for,
 )
-from emulator.runtime.instance import CanisterInstance
-from emulator.runtime.management import Management
-from emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
+from icllm_emulator.runtime.instance import CanisterInstance
+from icllm_emulator.runtime.management import Management
+from icllm_emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
 
 log = logging.getLogger("icllm.canister")
 

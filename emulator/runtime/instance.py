@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from emulator.runtime.errors import INSTRUCTION_LIMIT, WASM_TRAP, CanisterTrap, ModuleError
-from emulator.runtime.messages import CallContext, Message, MessageKind
-from emulator.runtime.module import GLOBAL_EXPORT, ModuleInfo, explain
-from emulator.runtime.system_api import MAX_STABLE_PAGES, PAGE, U64, SystemApi
+from icllm_emulator.runtime.errors import INSTRUCTION_LIMIT, WASM_TRAP, CanisterTrap, ModuleError
+from icllm_emulator.runtime.messages import CallContext, Message, MessageKind
+from icllm_emulator.runtime.module import GLOBAL_EXPORT, ModuleInfo, explain
+from icllm_emulator.runtime.system_api import MAX_STABLE_PAGES, PAGE, U64, SystemApi
 
 if TYPE_CHECKING:
-    from emulator.runtime.ic import CanisterRuntime
+    from icllm_emulator.runtime.ic import CanisterRuntime
 
 log = logging.getLogger("icllm.canister")
 

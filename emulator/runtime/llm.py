@@ -12,11 +12,11 @@ from typing import Any
 
 import grpc
 
-from emulator.billing import Receipt
-from emulator.domain import Reject, RejectCode
-from emulator.runtime.errors import error_code_for
-from emulator.runtime.ic import LlmCall
-from emulator.runtime.messages import Response
+from icllm_emulator.billing import Receipt
+from icllm_emulator.domain import Reject, RejectCode
+from icllm_emulator.runtime.errors import error_code_for
+from icllm_emulator.runtime.ic import LlmCall
+from icllm_emulator.runtime.messages import Response
 
 CallCandid = Callable[..., Awaitable[bytes]]
 
@@ -41,15 +41,15 @@ class OverGrpc:
     """Calls go to `LlmCanister.CallCandid` of an emulator process (the plugin's --icllm-url)."""
 
     def __init__(self, target: str) -> None:
-        from emulator._proto.icllm.v1 import canister_pb2_grpc
+        from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc
 
         self.target = target
         self._channel = grpc.aio.insecure_channel(target)
         self._stub: Any = canister_pb2_grpc.LlmCanisterStub(self._channel)
 
     async def __call__(self, method: str, arg: bytes, caller: str, cycles: int) -> Response:
-        from emulator._proto.icllm.v1 import canister_pb2 as pb
-        from emulator.grpc_api.status import CALLER_KEY, CYCLES_KEY, REFUNDED_KEY, REJECT_CODE_KEY
+        from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+        from icllm_emulator.grpc_api.status import CALLER_KEY, CYCLES_KEY, REFUNDED_KEY, REJECT_CODE_KEY
 
         call = self._stub.CallCandid(
             pb.CallCandidRequest(method=method, arg=arg),

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 from icp_candid.candid import LEB128
 from icp_principal import Principal
 
-from emulator.domain import Reject, RejectCode
-from emulator.outcalls import MAX_RESPONSE_CEILING, HttpRequest, HttpResponse, check_url
-from emulator.runtime.errors import EXPLICIT_REJECT, RuntimeUsageError, error_code_for
-from emulator.runtime.messages import Call, Response
-from emulator.runtime.values import Interface
+from icllm_emulator.domain import Reject, RejectCode
+from icllm_emulator.outcalls import MAX_RESPONSE_CEILING, HttpRequest, HttpResponse, check_url
+from icllm_emulator.runtime.errors import EXPLICIT_REJECT, RuntimeUsageError, error_code_for
+from icllm_emulator.runtime.messages import Call, Response
+from icllm_emulator.runtime.values import Interface
 
 if TYPE_CHECKING:
-    from emulator.runtime.ic import CanisterRuntime
-    from emulator.runtime.instance import CanisterInstance
+    from icllm_emulator.runtime.ic import CanisterRuntime
+    from icllm_emulator.runtime.instance import CanisterInstance
 
 # `(blob)` in Candid: a type table of one `vec nat8`, one argument of that type, then the bytes.
 _BLOB_PREFIX = b"DIDL\x01\x6d\x7b\x01\x00"

@@ -6,7 +6,7 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 
-from emulator.domain import RejectCode
+from icllm_emulator.domain import RejectCode
 
 
 class MessageKind(enum.StrEnum):

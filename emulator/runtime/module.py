@@ -22,7 +22,7 @@ from pathlib import Path
 import wasmtime
 from icp_candid.candid import LEB128
 
-from emulator.runtime.errors import ModuleError
+from icllm_emulator.runtime.errors import ModuleError
 
 WASM_MAGIC = b"\0asm\x01\0\0\0"
 GZIP_MAGIC = b"\x1f\x8b"

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
-from emulator.runtime.errors import OUT_OF_CYCLES, WASM_TRAP, CanisterTrap, ModuleError
-from emulator.runtime.messages import Call, Message, MessageKind
+from icllm_emulator.runtime.errors import OUT_OF_CYCLES, WASM_TRAP, CanisterTrap, ModuleError
+from icllm_emulator.runtime.messages import Call, Message, MessageKind
 
 if TYPE_CHECKING:
-    from emulator.runtime.instance import CanisterInstance
+    from icllm_emulator.runtime.instance import CanisterInstance
 
 log = logging.getLogger("icllm.canister")
 
@@ -495,7 +495,7 @@ class SystemApi:
         self._u128_out("cost_create_canister", dst, 500_000_000_000)
 
     def ic0_cost_http_request(self, request_size: int, max_response_bytes: int, dst: int) -> None:
-        from emulator.runtime.management import http_request_cost
+        from icllm_emulator.runtime.management import http_request_cost
 
         self._u128_out("cost_http_request", dst, http_request_cost(request_size, max_response_bytes))
 

@@ -18,8 +18,8 @@ import icp_candid.candid as c
 from icp_candid import DIDLoader
 from icp_principal import Principal
 
-from emulator.candid._wire import CandidError, decode_args, encode_args
-from emulator.runtime.errors import RuntimeUsageError
+from icllm_emulator.candid._wire import CandidError, decode_args, encode_args
+from icllm_emulator.runtime.errors import RuntimeUsageError
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ import grpc
 import pytest
 import wasmtime
 
-from emulator._proto.icllm.v1 import canisters_pb2 as pb
-from emulator._proto.icllm.v1 import canisters_pb2_grpc
-from emulator._proto.icllm.v1 import control_pb2 as cpb
-from emulator.runtime.values import Interface
+from icllm_emulator._proto.icllm.v1 import canisters_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.runtime.values import Interface
 from tests.conftest import Stubs
 
 
@@ -170,7 +170,7 @@ def test_serve_installs_canisters_at_start_up_and_lists_them_in_the_port_file(
             [
                 sys.executable,
                 "-m",
-                "emulator",
+                "icllm_emulator",
                 "serve",
                 "--grpc-port",
                 "0",
@@ -205,7 +205,7 @@ def test_serve_refuses_a_canister_it_cannot_install(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "emulator",
+            "icllm_emulator",
             "serve",
             "--grpc-port",
             "0",
@@ -221,7 +221,7 @@ def test_serve_refuses_a_canister_it_cannot_install(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"--canister agent={bad}: " in result.stderr and "is not a WebAssembly module" in result.stderr
     result = subprocess.run(
-        [sys.executable, "-m", "emulator", "serve", "--canister", "agent"],
+        [sys.executable, "-m", "icllm_emulator", "serve", "--canister", "agent"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from emulator.clock import VirtualClock
-from emulator.runtime import CanisterRuntime, Response
-from emulator.runtime import module as modules
+from icllm_emulator.clock import VirtualClock
+from icllm_emulator.runtime import CanisterRuntime, Response
+from icllm_emulator.runtime import module as modules
 from tests.conftest import Stubs
 from tests.pytester_support import pt, run
 

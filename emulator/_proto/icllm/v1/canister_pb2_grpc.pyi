@@ -14,7 +14,7 @@ cycles that came back (all of them for a free model or a reject).
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from emulator._proto.icllm.v1 import canister_pb2 as _canister_pb2
+from icllm_emulator._proto.icllm.v1 import canister_pb2 as _canister_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

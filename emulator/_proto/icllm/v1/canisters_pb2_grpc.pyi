@@ -12,7 +12,7 @@ is not Wasm or too large (INVALID_ARGUMENT), an unknown canister (NOT_FOUND), a 
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from emulator._proto.icllm.v1 import canisters_pb2 as _canisters_pb2
+from icllm_emulator._proto.icllm.v1 import canisters_pb2 as _canisters_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

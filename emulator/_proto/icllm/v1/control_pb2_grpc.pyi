@@ -5,7 +5,7 @@ The control plane for tests: never part of the emulated canister's interface."""
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from emulator._proto.icllm.v1 import control_pb2 as _control_pb2
+from icllm_emulator._proto.icllm.v1 import control_pb2 as _control_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -7,7 +7,7 @@ Built-in workers follow the same lease rules; an external process (`icllm-emulat
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from emulator._proto.icllm.v1 import worker_pb2 as _worker_pb2
+from icllm_emulator._proto.icllm.v1 import worker_pb2 as _worker_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
