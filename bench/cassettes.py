@@ -25,14 +25,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from icllm_emulator.backends import ToolPolicy
 from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.backends.replay import CassetteBackend, CassetteSpec
 from icllm_emulator.cassettes.format import FAST_READER
 from icllm_emulator.cassettes.matching import Matching
 from icllm_emulator.cassettes.settings import DEFAULT_MATCH_ON, CassetteSettings, RecordMode
 from icllm_emulator.cassettes.store import ActiveCassette
-from icllm_emulator.domain import ChatRequest, Parameters, Property, SystemMessage, Tool, UserMessage
+from icllm_emulator.domain import (
+    ChatRequest,
+    Parameters,
+    Property,
+    SystemMessage,
+    Tool,
+    ToolPolicy,
+    UserMessage,
+)
 
 CAP = 1000
 TARGET_LOAD_S = 0.5

@@ -28,10 +28,9 @@ import httpx
 from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
-from icllm_emulator.backends import ToolPolicy
 from icllm_emulator.backends.fake import fake_answer
 from icllm_emulator.candid import decode_reply, encode_chat_request
-from icllm_emulator.domain import Api, ChatRequest, UserMessage
+from icllm_emulator.domain import Api, ChatRequest, ToolPolicy, UserMessage
 
 CAP = 1000
 DOORS = ("grpc", "http", "candid")

@@ -14,7 +14,7 @@ from typing import Literal
 
 from icllm_emulator.billing import Ledger, Price, Receipt
 from icllm_emulator.clock import Clock
-from icllm_emulator.config import EmulatorConfig, UnknownModels
+from icllm_emulator.config import EmulatorConfig
 from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
@@ -26,6 +26,7 @@ from icllm_emulator.domain import (
 from icllm_emulator.history import CallRecord, History
 from icllm_emulator.queue import PromptQueue
 from icllm_emulator.rules import RuleBook
+from icllm_emulator.settings import UnknownModels
 from icllm_emulator.tokens import prompt_tokens
 
 # What a paid call may cost is reserved up front; with no output cap, this many answer tokens.

@@ -1,6 +1,8 @@
-"""The emulator's settings: limit profiles, the model catalogue, queue and worker settings.
+"""The emulator's configuration: one frozen value that describes a running emulator.
 
-One frozen value describes a running emulator; the Control service replaces it with an edited copy.
+The settings themselves (names, parsers, defaults, help) are declared in `settings.py`;
+`config_from_settings` turns checked settings into this value, and the Control service replaces it
+with an edited copy.
 """
 
 from __future__ import annotations
@@ -8,40 +10,31 @@ from __future__ import annotations
 import enum
 import os
 import re
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from icllm_emulator.backends import ToolPolicy
-from icllm_emulator.backends.upstream import UpstreamSettings
 from icllm_emulator.billing import DEFAULT_PRICES, Price
-from icllm_emulator.cassettes.settings import CassetteSettings, RecordMode
+from icllm_emulator.cassettes.settings import CassetteSettings, CassetteSettingsError, RecordMode
 from icllm_emulator.clock import ClockKind
-from icllm_emulator.domain import Limits
+from icllm_emulator.domain import Limits, ToolPolicy
+from icllm_emulator.settings import (
+    DEFAULT_MODELS,
+    INTERFACE_VERSIONS,
+    PER_TEST_CASSETTE,
+    PROFILES,
+    SERVE,
+    BackendKind,
+    SettingError,
+    UnknownModels,
+    defaults,
+)
+from icllm_emulator.upstream import UpstreamError, UpstreamSettings
 
 ANONYMOUS_PRINCIPAL = "2vxsx-fae"
 # A textual principal: base32 groups of five separated by dashes (the last group may be shorter).
 _PRINCIPAL = re.compile(r"^[a-z2-7]{5}(-[a-z2-7]{1,5})*$")
-# The models of ic-llm 2.0.0's README (2026): free first, then the paid ones (see billing.DEFAULT_PRICES).
-DEFAULT_MODELS = ("llama3.1:8b", "qwen3:32b", "llama4-scout", "qwen2.5:0.5b", "gemma3:27b", "z-ai:glm-5.2")
-INTERFACE_VERSIONS = ("v1", "v0.3.1")
-
-
-class UnknownModels(enum.StrEnum):
-    """What a call naming a model outside the catalogue gets (the real canister's answer is not public)."""
-
-    REJECT = "reject"
-    # Served like a paid model: the 2026 canister's models are free-form strings.
-    PAID = "paid"
-
-
-PROFILES: dict[str, Limits] = {
-    # Since the output cap was raised from 200 to 1000 tokens.
-    "current": Limits(max_messages=10, max_prompt_bytes=10 * 1024, max_output_tokens=1000),
-    # The canister as launched in February 2025.
-    "launch-2025": Limits(max_messages=10, max_prompt_bytes=10 * 1024, max_output_tokens=200),
-    "unlimited": Limits(max_messages=None, max_prompt_bytes=None, max_output_tokens=None),
-}
 CUSTOM_PROFILE = "custom"
 # Built-in workers are asyncio tasks; more than this is a typo, not a load test.
 MAX_WORKERS = 1024
@@ -50,17 +43,8 @@ FREE_PROFILES = frozenset({"launch-2025"})
 E = TypeVar("E", bound=enum.StrEnum)
 
 
-class BackendKind(enum.StrEnum):
-    FAKE = "fake"
-    LLAMA = "llama"
-    # Answers only from cassettes (emulator/backends/replay.py).
-    REPLAY = "replay"
-    # Forwards to an upstream Ollama- or OpenAI-compatible server (emulator/backends/proxy.py).
-    PROXY = "proxy"
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names what would be valid."""
+class ConfigError(SettingError):
+    """Settings that cannot work (together); the message names what would be valid."""
 
 
 def checked_principal(text: str, what: str, error: Callable[[str], Exception]) -> str:
@@ -81,26 +65,6 @@ def choice(kind: type[E], value: str, what: str) -> E:
     except ValueError:
         valid = ", ".join(member.value for member in kind)
         raise ConfigError(f"{what} {value!r} is not valid; choose one of: {valid}") from None
-
-
-MODEL_FILE_SEPARATOR = ";"
-
-
-def parse_model_files(text: str) -> list[tuple[str, str]]:
-    """`NAME=PATH` or a bare `PATH` (name ""), several separated by `;` (as in the env var ICLLM_MODEL).
-
-    A `NAME` holds no `/`, so a path that contains `=` is still read as a path.
-    """
-    files: list[tuple[str, str]] = []
-    for spec in text.split(MODEL_FILE_SEPARATOR):
-        spec = spec.strip()
-        if not spec:
-            continue
-        name, equals, path = spec.partition("=")
-        if not equals or "/" in name or os.sep in name:
-            name, path = "", spec
-        files.append((name.strip(), path.strip()))
-    return files
 
 
 def resolve_model_files(files: Iterable[tuple[str, str]], default_model: str) -> tuple[tuple[str, str], ...]:
@@ -289,3 +253,83 @@ class EmulatorConfig:
         ):
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be 0 or more (or absent for no limit), got {value}")
+
+
+def upstream_settings(values: Mapping[str, Any], environ: Mapping[str, str]) -> UpstreamSettings | None:
+    """The proxy backend's server; its API key comes from the environment only (never a setting)."""
+    if values.get("upstream") is None:
+        return None
+    try:
+        return UpstreamSettings(
+            url=values["upstream"],
+            api=values["upstream_api"],
+            timeout=values["upstream_timeout"],
+            api_key=environ.get(values["upstream_key_env"]) or None,
+            models=values["upstream_models"],
+        )
+    except UpstreamError as error:
+        raise ConfigError(str(error)) from None
+
+
+def cassette_settings(values: Mapping[str, Any]) -> CassetteSettings:
+    """Record and replay, from the cassette settings (`cassettes`, `cassette`, `record_mode`...)."""
+    if values["cassette"] == PER_TEST_CASSETTE:
+        raise ConfigError("--cassette true names a test's own cassette, which only pytest has: give a file")
+    try:
+        return CassetteSettings(
+            directory=values["cassettes"],
+            **({} if values["cassette"] is None else {"cassette": values["cassette"]}),
+            record_mode=values["record_mode"],
+            match_on=values["match_on"],
+            allow_playback_repeats=values["allow_playback_repeats"],
+            scrub_patterns=tuple(values["scrub_patterns"]),
+            scrubbers=tuple(values["scrubbers"]),
+            paths_anywhere=values["cassette_paths_anywhere"],
+            scrubber_imports=values["allow_scrubber_imports"],
+        )
+    except CassetteSettingsError as error:
+        raise ConfigError(str(error)) from None
+
+
+def config_from_settings(
+    values: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> EmulatorConfig:
+    """The configuration of an emulator, from checked `serve` settings (missing ones at their default)."""
+    given = ChainMap(dict(values) if not isinstance(values, dict) else values, defaults(SERVE))
+    environ = os.environ if environ is None else environ
+    return EmulatorConfig(
+        host=given["host"],
+        grpc_port=given["grpc_port"],
+        ollama_port=given["ollama_port"],
+        port_file=given["port_file"],
+        backend=given["backend"],
+        profile=given["profile"],
+        models=given["models"],
+        interface=given["interface"],
+        unknown_models=given["unknown_models"],
+        **({} if given["prices"] is None else {"prices": given["prices"]}),
+        model_files=tuple(given["model"]),
+        canisters=tuple(given["canister"]),
+        llama_instances=given["llama_instances"],
+        strict_outcalls=given["strict_outcalls"],
+        history_bytes=given["history_bytes"],
+        outcalls_loopback=given["outcalls_loopback"],
+        seed=given["seed"],
+        tool_policy=given["tool_policy"],
+        rules_file=given["rules"],
+        strict_rules=given["strict_rules"],
+        strict_requests=given["strict_requests"],
+        workers=given["workers"],
+        queue_capacity=given["queue_capacity"],
+        max_attempts=given["max_attempts"],
+        lease_seconds=given["lease_seconds"],
+        caller_deadline=given["caller_deadline"],
+        clock=given["clock"],
+        grace=given["grace"],
+        control_token=given["control_token"],
+        idle_timeout=given["idle_timeout"],
+        header_timeout=given["header_timeout"],
+        body_timeout=given["body_timeout"],
+        cassettes=cassette_settings(given),
+        upstream=upstream_settings(given, environ),
+    )

@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 
+class ToolPolicy(enum.StrEnum):
+    """Whether a backend that invents answers may call the tools a request offers."""
+
+    NEVER = "never"
+    AUTO = "auto"
+
+
 class RejectCode(enum.IntEnum):
     """The Internet Computer's reject codes, as a calling canister sees them."""
 

@@ -18,13 +18,14 @@ from icllm_emulator.backends.replay import CassetteBackend
 from icllm_emulator.billing import Receipt
 from icllm_emulator.canister import Canister
 from icllm_emulator.clock import VirtualClock, make_clock
-from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig
+from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.domain import Reject
 from icllm_emulator.history import History
 from icllm_emulator.outcalls import OutcallBook
 from icllm_emulator.queue import PromptQueue
 from icllm_emulator.rules import RuleBook, load_rules
 from icllm_emulator.runtime.errors import CanisterReject
+from icllm_emulator.settings import BackendKind
 from icllm_emulator.workers import QueueSource, Worker, instant_outcome
 
 if TYPE_CHECKING:

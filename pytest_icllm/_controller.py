@@ -25,7 +25,7 @@ from icllm_emulator.domain import AssistantMessage, ChatRequest, Message, Reject
 from icllm_emulator.grpc_api import convert
 from icllm_emulator.rules import Match, RuleError, parse_reject_code, parse_role
 from pytest_icllm._inprocess import InProcessControl
-from pytest_icllm._options import Settings
+from pytest_icllm._options import CONFIGURED, Settings
 from pytest_icllm._outcalls import OutcallsController
 
 
@@ -412,22 +412,16 @@ class IcllmController:
         self._rpc(self._control.Reset, cpb.ResetRequest())
         if not configure:
             return
-        s = self.settings
-        request = cpb.ConfigureRequest(
-            profile=s.profile,
-            models=list(s.models),
-            seed=s.seed,
-            tool_policy=s.tool_policy,
-            strict_rules=s.strict,
-            strict_requests=s.strict_requests,
-            queue_capacity=s.queue_capacity,
-            max_attempts=s.max_attempts,
-            lease_seconds=s.lease_seconds,
-        )
-        if s.caller_deadline is None:
-            request.clear_caller_deadline = True
-        else:
-            request.caller_deadline_seconds = s.caller_deadline
+        # Every per-test setting that Control.Configure changes, by its field there (settings.SETTINGS).
+        request = cpb.ConfigureRequest()
+        for option in CONFIGURED:
+            value = getattr(self.settings, option.name)
+            if value is None and option.name == "caller_deadline":
+                request.clear_caller_deadline = True
+            elif isinstance(value, tuple):
+                getattr(request, str(option.configure)).extend(value)
+            else:
+                setattr(request, str(option.configure), value)
         self._rpc(self._control.Configure, request)
 
     def _use_cassette(self) -> None:
@@ -481,7 +475,7 @@ class IcllmController:
                     "scripted answers that no call used (turn this check off with "
                     "@pytest.mark.icllm(assert_all_used=False)):\n" + "\n".join(self._why_unused(unused))
                 )
-        if self.settings.strict and self.settings.assert_all_expected:
+        if self.settings.strict_rules and self.settings.assert_all_expected:
             unexpected = [call for call in self.calls if call.unexpected]
             if unexpected:
                 problems.append(

@@ -19,20 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from icllm_emulator.backends import ToolPolicy
-from icllm_emulator.backends.upstream import DEFAULT_KEY_ENV, UpstreamError, UpstreamSettings, upstream_api
-from icllm_emulator.cassettes.settings import CassetteSettings
-from icllm_emulator.clock import ClockKind
-from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig
-from pytest_icllm._options import (
-    OPTIONS,
-    PER_TEST,
-    PER_TEST_CASSETTE,
-    OptionError,
-    Settings,
-    parse_option,
-    resolve,
-)
+from icllm_emulator.config import EmulatorConfig, config_from_settings
+from icllm_emulator.settings import PER_TEST_CASSETTE, SettingError
+from pytest_icllm._options import CONFIGURED, OPTIONS, PER_TEST, STARTUP, Settings, parse_option, resolve
 
 if TYPE_CHECKING:
     from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
@@ -61,7 +50,13 @@ MARKER_HELP = (
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("icllm", "emulated Internet Computer LLM canister")
     for option in OPTIONS:
-        group.addoption(option.flag, dest=f"icllm_{option.name}", default=None, help=option.help)
+        group.addoption(
+            option.pytest_flag,
+            dest=f"icllm_{option.name}",
+            default=None,
+            action="append" if option.repeatable else "store",
+            help=option.help + (" (repeatable)" if option.repeatable else ""),
+        )
         parser.addini(option.ini, option.help, default=None)
 
 
@@ -70,16 +65,16 @@ def pytest_configure(config: pytest.Config) -> None:
     ini = {o.name: config.getini(o.ini) for o in OPTIONS if config.getini(o.ini) not in (None, "", [])}
     cli = {o.name: v for o in OPTIONS if (v := config.getoption(f"icllm_{o.name}")) is not None}
     ci = os.environ.get(CI_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    api_key = os.environ.get(DEFAULT_KEY_ENV) or None
     try:
         if "url" not in cli and os.environ.get(URL_ENV):
             cli["url"] = parse_option("url", os.environ[URL_ENV], f"environment variable {URL_ENV}")
         if "control_token" not in cli and os.environ.get(TOKEN_ENV):
             cli["control_token"] = os.environ[TOKEN_ENV]
         settings = resolve(ini, cli, ci=ci)
+        api_key = os.environ.get(settings.upstream_key_env) or None
         if not settings.url:
             _start_config(settings, api_key)  # a bad session setting stops the run now, not at a test
-    except (OptionError, ConfigError, UpstreamError) as error:
+    except SettingError as error:
         raise pytest.UsageError(f"pytest-icllm: {error}") from None
     # The controller process sees `--dist`; a worker process has `workerinput` (not an env var, which a
     # pytest run started inside a worker would inherit).
@@ -121,7 +116,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
         ]
         resolve({}, _session_layer(session), {}, markers, ci=item.config.stash.get(CI_KEY, False))
-    except OptionError as error:
+    except SettingError as error:
         pytest.fail(str(error), pytrace=False)
 
 
@@ -208,35 +203,18 @@ def _with_token(token: str) -> Any:
 
 def _start_config(settings: Settings, api_key: str | None = None) -> EmulatorConfig:
     """The in-process emulator starts with the session's settings, so a reset brings them back."""
-    upstream = None
-    if settings.upstream:
-        upstream = UpstreamSettings(
-            url=settings.upstream,
-            api=upstream_api(settings.upstream_api),
-            timeout=settings.upstream_timeout,
-            api_key=api_key,
-            models=settings.upstream_models,
-        )
-    return EmulatorConfig(
-        grpc_port=0,
-        ollama_port=0,  # a free port: never Ollama's own 11434, which a real Ollama may hold
-        backend=BackendKind(settings.backend),
-        clock=ClockKind(settings.clock),
-        workers=settings.workers,
-        model_files=settings.model,
-        profile=settings.profile,
-        models=settings.models,
-        seed=settings.seed,
-        tool_policy=ToolPolicy(settings.tool_policy),
-        strict_rules=settings.strict,
-        strict_requests=settings.strict_requests,
-        caller_deadline=settings.caller_deadline,
-        queue_capacity=settings.queue_capacity,
-        max_attempts=settings.max_attempts,
-        lease_seconds=settings.lease_seconds,
-        upstream=upstream,
-        # Its cassettes live beside the test modules, and their scrubbers are the test suite's own.
-        cassettes=CassetteSettings(paths_anywhere=True, scrubber_imports=True),
+    values = {name: getattr(settings, name) for name in STARTUP}
+    return config_from_settings(
+        {
+            **values,
+            # Free ports: never Ollama's own 11434, which a real Ollama may hold.
+            "grpc_port": 0,
+            "ollama_port": 0,
+            # Its cassettes live beside the test modules, and their scrubbers are the test suite's own.
+            "cassette_paths_anywhere": True,
+            "allow_scrubber_imports": True,
+        },
+        environ={} if api_key is None else {settings.upstream_key_env: api_key},
     )
 
 
@@ -292,7 +270,7 @@ def icllm(
         ]
         # The session's values come first, as the command line would give them (CI keeps their mode).
         settings = resolve({}, _session_layer(session), icllm_config, markers, ci=ci)
-    except OptionError as error:
+    except SettingError as error:
         problem = str(error)
     else:
         problem = ""
@@ -300,7 +278,7 @@ def icllm(
         pytest.fail(problem, pytrace=False)
     controller = IcllmController(_icllm_session.control, settings, _cassette_use(item, settings, ci))
     restored = _icllm_session.resets_to_session and all(
-        getattr(settings, name) == getattr(session, name) for name in EMULATOR_SETTINGS
+        getattr(settings, o.name) == getattr(session, o.name) for o in CONFIGURED
     )
     controller._begin(configure=not restored)
     _use_cassette(controller)
@@ -359,17 +337,6 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
         private.close()
 
 
-# The settings of a test's cassette (UseCassette), apart from the emulator's configuration.
-CASSETTE_SETTINGS = frozenset(
-    {"cassette", "record_mode", "cassette_dir", "match_on", "allow_playback_repeats", "scrub_patterns"}
-    | {"scrubbers"}
-)
-# What a test's Configure call sets; the assert_* settings are the plugin's own.
-EMULATOR_SETTINGS = tuple(
-    name for name in PER_TEST if not name.startswith("assert_") and name not in CASSETTE_SETTINGS
-)
-
-
 def _use_cassette(controller: IcllmController) -> None:
     """Load the test's cassette; a broken file or a bad setting fails the test's setup, readably."""
     from icllm_emulator.client import EmulatorError
@@ -409,10 +376,10 @@ def _cassette_use(item: pytest.Item, settings: Settings, ci: bool) -> CassetteUs
         return None
     module = item.path
     rootdir = item.config.rootpath
-    if settings.cassette_dir is None:
+    if settings.cassettes is None:
         folder = module.parent / "cassettes" / module.stem
     else:
-        base = Path(settings.cassette_dir).expanduser()
+        base = Path(settings.cassettes).expanduser()
         base = base if base.is_absolute() else rootdir / base
         try:
             folder = base / module.relative_to(rootdir).with_suffix("")
@@ -455,7 +422,7 @@ def _marker_layer(node: pytest.Item | pytest.Collector, marker: pytest.Mark) -> 
     """One marker's settings, named by where the marker is written (the test, its class or module)."""
     origin = f"{_marker_location(node)}: @pytest.mark.icllm"
     if marker.args:
-        raise OptionError(
+        raise SettingError(
             f"{origin} takes keyword arguments only ({', '.join(PER_TEST)}); got positional {marker.args!r}"
         )
     return origin, dict(marker.kwargs)

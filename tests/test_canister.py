@@ -13,7 +13,7 @@ from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.billing import MIN_ATTACHED
 from icllm_emulator.clock import ClockKind
-from icllm_emulator.config import DEFAULT_MODELS, PROFILES, EmulatorConfig
+from icllm_emulator.config import EmulatorConfig
 from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
@@ -33,6 +33,7 @@ from icllm_emulator.domain import (
 from icllm_emulator.engine import Engine
 from icllm_emulator.history import CallRecord
 from icllm_emulator.rules import Hang, Match, Reply, Rule
+from icllm_emulator.settings import DEFAULT_MODELS, PROFILES
 from icllm_emulator.tokens import count_tokens
 
 MODEL = "llama3.1:8b"

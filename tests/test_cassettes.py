@@ -909,13 +909,16 @@ def test_serve_records_with_any_backend_and_the_replay_backend_replays_it(
         ),
         (
             ["--record-mode", "sometimes", "--cassettes", "c"],
-            "record mode 'sometimes' is not valid; choose one of: none, once, new_episodes, all",
+            "argument --record-mode: 'sometimes' is not valid; choose one of: none, once, new_episodes, all",
         ),
         (
             ["--cassettes", "c", "--match-on", "mesages"],
-            "match_on: unknown matcher 'mesages'; choose from: method",
+            "argument --match-on: 'mesages' is not a matcher; choose from: method",
         ),
-        (["--cassettes", "c", "--scrub", "(open"], "scrub pattern '(open' is not a valid regular expression"),
+        (
+            ["--cassettes", "c", "--scrub-patterns", "(open"],
+            "scrub pattern '(open' is not a valid regular expression",
+        ),
         (["--cassettes", "broken"], "default.yaml: not valid YAML at line 2, column 1"),
     ],
     ids=["no-folder", "replay-records", "bad-mode", "bad-matcher", "bad-pattern", "broken-cassette"],

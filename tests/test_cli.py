@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -24,8 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
-from icllm_emulator.cli import SERVE_OPTIONS, WORKER_OPTIONS, env_name
 from icllm_emulator.client import LlmClient, user
+from icllm_emulator.settings import Door, at
 from tests.conftest import Stubs, user_request
 
 MODEL = "llama3.1:8b"
@@ -247,7 +246,7 @@ def test_prices_from_the_command_line(spawn: Callable[..., Child], tmp_path: Pat
         (("--rules", "missing.yaml"), {}, "missing.yaml"),
         (("--log-level", "loud"), {}, "choose one of: DEBUG, INFO, WARNING, ERROR"),
         (("--ollama-port", "abc"), {}, "use 0-65535 (0: any free port) or off"),
-        (("--caller-deadline", "inf"), {}, "is not a number of seconds"),
+        (("--caller-deadline", "inf"), {}, "must be a finite number of seconds above 0"),
         (("--grace", "-1"), {}, "is not a number of seconds (0 or more)"),
         (("--prices", "gemma3:27b=lots"), {}, "is not MODEL=PER_CALL[/PER_TOKEN] in cycles"),
     ],
@@ -339,17 +338,17 @@ def test_help_lists_the_commands() -> None:
 
 
 @pytest.mark.parametrize(
-    ("command", "options", "example"),
-    [("serve", SERVE_OPTIONS, "ICLLM_GRPC_PORT"), ("worker", WORKER_OPTIONS, "ICLLM_CONNECT")],
+    ("command", "door", "example"),
+    [("serve", Door.SERVE, "ICLLM_GRPC_PORT"), ("worker", Door.WORKER, "ICLLM_CONNECT")],
     ids=["serve", "worker"],
 )
-def test_subcommand_help_names_every_env_var(
-    command: str, options: list[tuple[str, Any, Any, str]], example: str
-) -> None:
+def test_subcommand_help_names_every_env_var(command: str, door: Door, example: str) -> None:
     result = run_cli(command, "--help", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert f"[env {example}]" in result.stdout
-    missing = [env_name(flag) for flag, *_ in options if f"[env {env_name(flag)}]" not in result.stdout]
+    missing = [
+        s.env for s in at(door) if f"{s.flag} " not in result.stdout or f"[env {s.env}]" not in result.stdout
+    ]
     assert not missing, f"`{command} --help` does not name {missing}"
 
 

@@ -21,9 +21,10 @@ from icllm_emulator.client import (
     tool_result,
     user,
 )
-from icllm_emulator.config import DEFAULT_MODELS, EmulatorConfig
+from icllm_emulator.config import EmulatorConfig
 from icllm_emulator.domain import Parameters, Property, RejectCode, Tool
 from icllm_emulator.server import ThreadedEmulator
+from icllm_emulator.settings import DEFAULT_MODELS
 
 MODEL = "llama3.1:8b"
 UNITS = ("celsius", "fahrenheit")

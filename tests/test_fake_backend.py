@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from icllm_emulator.backends import Backend, ToolPolicy
+from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend, fake_answer
 from icllm_emulator.domain import (
     Answer,
@@ -27,6 +27,7 @@ from icllm_emulator.domain import (
     Tool,
     ToolCall,
     ToolMessage,
+    ToolPolicy,
     UserMessage,
 )
 from icllm_emulator.tokens import count_tokens
@@ -95,7 +96,7 @@ def test_same_request_gives_the_same_answer() -> None:
 
 def test_same_request_gives_the_same_answer_in_a_fresh_process() -> None:
     code = (
-        "from icllm_emulator.backends import ToolPolicy\n"
+        "from icllm_emulator.domain import ToolPolicy\n"
         "from icllm_emulator.backends.fake import fake_answer\n"
         "from tests.test_fake_backend import _sample_requests\n"
         "for r in _sample_requests():\n"

@@ -13,7 +13,7 @@ import pytest
 from icllm_emulator import candid
 from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
-from icllm_emulator.config import DEFAULT_MODELS
+from icllm_emulator.settings import DEFAULT_MODELS
 from pytest_icllm import IcllmController
 from pytest_icllm._canisters import CanisterIC
 from tests.canisters.conftest import BUILD
@@ -217,9 +217,8 @@ def test_the_protos_ship_in_the_package() -> None:
 
 
 def test_fake_answers_keep_apostrophes_when_they_echo_the_prompt() -> None:
-    from icllm_emulator.backends import ToolPolicy
     from icllm_emulator.backends.fake import fake_answer
-    from icllm_emulator.domain import ChatRequest, UserMessage
+    from icllm_emulator.domain import ChatRequest, ToolPolicy, UserMessage
 
     request = ChatRequest("llama3.1:8b", (UserMessage("What's the speed of light?"),))
     answers = [

@@ -30,7 +30,7 @@ from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.backends.llama import Completion, LlamaBackend, LlamaSettings, _Model, template_for
 from icllm_emulator.backends.llama_chat import LLAMA_31_TEMPLATE, ChatTemplate
 from icllm_emulator.backends.smollm2 import REQUIREMENT, smollm2_path
-from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig
+from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.domain import (
     Answer,
     ChatRequest,
@@ -43,6 +43,7 @@ from icllm_emulator.domain import (
     UserMessage,
 )
 from icllm_emulator.server import ThreadedEmulator
+from icllm_emulator.settings import BackendKind
 from tests.conftest import Stubs, reject_code, user_request
 
 ROOT = Path(__file__).resolve().parent.parent

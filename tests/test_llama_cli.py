@@ -14,8 +14,9 @@ from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.cli import build_parser
 from icllm_emulator.client import LlmClient
-from icllm_emulator.config import BackendKind, ConfigError, EmulatorConfig, parse_model_files
+from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.domain import Limits
+from icllm_emulator.settings import BackendKind, model_files
 from tests.conftest import Stubs, user_request
 from tests.test_cli import (
     CALL_TIMEOUT,
@@ -45,14 +46,14 @@ NO_HTTP = ("--ollama-port", "0")  # a free port: Ollama's own may be taken
     ids=["named", "bare", "equals-in-path", "several"],
 )
 def test_model_files_are_name_equals_path_or_a_bare_path(text: str, files: list[tuple[str, str]]) -> None:
-    assert parse_model_files(text) == files
+    assert model_files(text) == tuple(files)
 
 
 def test_model_flag_repeats_and_replaces_the_env_var() -> None:
     environ = {"ICLLM_MODEL": "a=/m/a.gguf;b=/m/b.gguf"}
-    assert build_parser(environ).parse_args(["serve"]).model == [("a", "/m/a.gguf"), ("b", "/m/b.gguf")]
+    assert build_parser(environ).parse_args(["serve"]).model == (("a", "/m/a.gguf"), ("b", "/m/b.gguf"))
     args = build_parser(environ).parse_args(["serve", "--model", "c=/m/c.gguf", "--model", "/m/d.gguf"])
-    assert args.model == [("c", "/m/c.gguf"), ("", "/m/d.gguf")]
+    assert args.model == (("c", "/m/c.gguf"), ("", "/m/d.gguf"))
 
 
 def test_a_bare_path_serves_the_default_model_and_new_names_join_the_catalogue() -> None:

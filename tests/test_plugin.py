@@ -60,11 +60,11 @@ def test_fixtures_listing_documents_every_icllm_fixture(pt: pytest.Pytester) -> 
 
 
 def test_report_header_shows_the_effective_settings(pt: pytest.Pytester) -> None:
-    result = pt.runpytest("--icllm-seed", "7", "--icllm-strict", "true")
+    result = pt.runpytest("--icllm-seed", "7", "--icllm-strict-rules", "true")
     result.stdout.fnmatch_lines(
         [
             "icllm: in-process, backend=fake, clock=real, workers=1; "
-            "profile=current, seed=7, tool_policy=auto, strict=True"
+            "profile=current, seed=7, tool_policy=auto, strict_rules=True"
         ]
     )
 
@@ -559,7 +559,7 @@ def test_strict_mode_rejects_an_unexpected_prompt_and_reports_it_at_teardown(pt:
         import pytest
         from pytest_icllm import LlmReject
 
-        @pytest.mark.icllm(strict=True)
+        @pytest.mark.icllm(strict_rules=True)
         def test_strict(icllm, icllm_client):
             icllm.on(contains="weather").reply("sunny")
             assert icllm_client.prompt("llama3.1:8b", "weather?") == "sunny"
@@ -592,7 +592,7 @@ def test_strict_mode_passes_when_every_prompt_was_expected_or_the_check_is_off(p
         import pytest
         from pytest_icllm import LlmReject
 
-        pytestmark = pytest.mark.icllm(strict=True)
+        pytestmark = pytest.mark.icllm(strict_rules=True)
 
         def test_expected(icllm, icllm_client):
             icllm.on().reply("ok")
@@ -617,7 +617,7 @@ def test_teardown_checks_never_hide_the_tests_own_failure(pt: pytest.Pytester) -
             icllm.on(contains="never sent").reply("x")
             assert icllm_client.prompt("llama3.1:8b", "hi") == "the agent's own expectation"
 
-        @pytest.mark.icllm(strict=True)
+        @pytest.mark.icllm(strict_rules=True)
         def test_unexpected_and_failing(icllm, icllm_client):
             icllm_client.prompt("llama3.1:8b", "unexpected")
         """,
@@ -717,7 +717,10 @@ def test_rules_history_hold_pause_and_busy_workers_do_not_leak_into_the_next_tes
             "option --icllm-tool-policy: 'always' is not valid; choose one of: never, auto",
         ),
         (["--icllm-seed", "-1"], "option --icllm-seed: '-1' is not a whole number of 0 or more"),
-        (["--icllm-strict", "maybe"], "option --icllm-strict: 'maybe' is not a boolean; use true or false"),
+        (
+            ["--icllm-strict-rules", "maybe"],
+            "option --icllm-strict-rules: 'maybe' is not a boolean; use true or false",
+        ),
         (
             ["--icllm-url", "localhost"],
             "option --icllm-url: 'localhost' is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051",
@@ -900,7 +903,7 @@ def test_bad_marker_arguments_fail_pointing_at_the_marker(pt: pytest.Pytester) -
         def test_unknown_key(icllm):
             pass
 
-        @pytest.mark.icllm("strict")
+        @pytest.mark.icllm("strict_rules")
         def test_positional(icllm):
             pass
 
@@ -923,13 +926,14 @@ def test_bad_marker_arguments_fail_pointing_at_the_marker(pt: pytest.Pytester) -
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_unknown_key*",
-            "test_user.py:3: @pytest.mark.icllm: unknown setting 'profil'; valid settings: profile, models, "
-            "seed, tool_policy, strict, strict_requests, caller_deadline, queue_capacity, max_attempts, "
-            "lease_seconds, assert_all_used, assert_all_expected, cassette, record_mode, cassette_dir, "
-            "match_on, allow_playback_repeats, scrub_patterns, scrubbers, assert_no_misses",
+            "test_user.py:3: @pytest.mark.icllm: unknown setting 'profil'; valid settings: seed, "
+            "tool_policy, profile, models, strict_requests, queue_capacity, max_attempts, lease_seconds, "
+            "caller_deadline, strict_rules, cassettes, cassette, record_mode, match_on, "
+            "allow_playback_repeats, scrub_patterns, scrubbers, assert_all_used, assert_all_expected, "
+            "assert_no_misses",
             "*ERROR at setup of test_positional*",
-            "test_user.py:7: @pytest.mark.icllm takes keyword arguments only (profile, *); "
-            "got positional ('strict',)",
+            "test_user.py:7: @pytest.mark.icllm takes keyword arguments only (seed, *); "
+            "got positional ('strict_rules',)",
             "*ERROR at setup of test_session_key*",
             "test_user.py:11: @pytest.mark.icllm: clock is chosen for the whole session; "
             "set it with --icllm-clock or the ini key icllm_clock",
@@ -948,7 +952,7 @@ def test_bad_module_marker_points_at_pytestmark(pt: pytest.Pytester) -> None:
         """
         import pytest
 
-        pytestmark = [pytest.mark.icllm(strict="sometimes")]
+        pytestmark = [pytest.mark.icllm(strict_rules="sometimes")]
 
         def test_one(icllm):
             pass
@@ -956,7 +960,7 @@ def test_bad_module_marker_points_at_pytestmark(pt: pytest.Pytester) -> None:
     )
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        ["test_user.py:3: @pytest.mark.icllm: strict: 'sometimes' is not a boolean; use true or false"]
+        ["test_user.py:3: @pytest.mark.icllm: strict_rules: 'sometimes' is not a boolean; use true or false"]
     )
 
 
@@ -983,7 +987,10 @@ def test_bad_config_fixture_value_names_the_fixture(pt: pytest.Pytester) -> None
 def test_marker_is_registered_for_strict_markers(pt: pytest.Pytester) -> None:
     result = pt.runpytest("--markers")
     result.stdout.fnmatch_lines(
-        ["@pytest.mark.icllm(profile=..., models=..., seed=..., *): settings of the emulated LLM canister*"]
+        [
+            "@pytest.mark.icllm(seed=..., tool_policy=..., profile=..., *): "
+            "settings of the emulated LLM canister*"
+        ]
     )
 
 

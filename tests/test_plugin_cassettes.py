@@ -18,7 +18,7 @@ __all__ = ["pt"]  # a fixture
 
 AGENT = """
 import pytest
-from icllm_emulator.backends import ToolPolicy
+from icllm_emulator.domain import ToolPolicy
 from icllm_emulator.backends.fake import fake_answer
 from icllm_emulator.domain import ChatRequest, UserMessage
 
@@ -213,7 +213,7 @@ def test_cassette_names_replace_unsafe_characters_and_hash_long_names() -> None:
 
 
 def test_a_cassette_folder_and_a_shared_cassette_by_name(pt: pytest.Pytester) -> None:
-    pt.makeini(INI + "icllm_cassette_dir = recorded\n")
+    pt.makeini(INI + "icllm_cassettes = recorded\n")
     source = """
         import pytest
 

@@ -18,10 +18,8 @@ import respx
 import yaml
 
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
-from icllm_emulator.backends import ToolPolicy
 from icllm_emulator.backends.fake import fake_answer
 from icllm_emulator.backends.proxy import ProxyBackend
-from icllm_emulator.backends.upstream import UpstreamApi, UpstreamError, UpstreamSettings
 from icllm_emulator.cli import build_parser, config_from_args
 from icllm_emulator.client import LlmClient, LlmReject, ParameterType, parameter, tool, tool_result, user
 from icllm_emulator.domain import (
@@ -38,9 +36,11 @@ from icllm_emulator.domain import (
     ToolCall,
     ToolCallArgument,
     ToolMessage,
+    ToolPolicy,
     UserMessage,
 )
 from icllm_emulator.ollama.convert import parse_chat, parse_openai_chat
+from icllm_emulator.upstream import UpstreamApi, UpstreamError, UpstreamSettings
 from tests.conftest import Stubs
 from tests.pytester_support import pt
 from tests.test_cli import Child, run_cli, spawn, wait_for_port_file

@@ -19,7 +19,6 @@ import pytest
 
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from pytest_icllm import _options
-from pytest_icllm._options import OPTIONS
 from tests.conftest import Stubs, user_request
 from tests.pytester_support import INI
 
@@ -165,29 +164,6 @@ def test_scripted_rules_example_loads_and_answers(
 
 
 # -- the README's tables and statements agree with the code ----------------------------------------
-
-
-def test_readme_options_table_lists_every_plugin_option_with_its_ini_key_and_default() -> None:
-    text = README.read_text(encoding="utf-8")
-    rows = {
-        cells[0].strip("`"): cells
-        for line in text.splitlines()
-        if line.startswith("| `--icllm-")
-        for cells in [[c.strip() for c in line.strip("|").split("|")]]
-    }
-    assert list(rows) == [option.flag for option in OPTIONS]
-    for option in OPTIONS:
-        _flag, ini, default, _meaning = rows[option.flag]
-        assert ini == f"`{option.ini}`"
-        shown = default.strip("`")
-        if option.default is None:
-            assert shown == "none"
-        elif isinstance(option.default, bool):
-            assert shown == str(option.default).lower()
-        elif isinstance(option.default, tuple):
-            assert shown == ",".join(option.default)
-        else:
-            assert option.parse(shown) == option.default
 
 
 def test_readme_states_the_precedence_of_the_resolver() -> None:

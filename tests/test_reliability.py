@@ -35,10 +35,9 @@ from hypothesis import strategies as st
 from icllm_emulator._proto.icllm.v1 import canister_pb2, canisters_pb2, control_pb2, worker_pb2
 from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
-from icllm_emulator.backends import ToolPolicy
 from icllm_emulator.backends.fake import fake_answer
 from icllm_emulator.candid import decode_reply, encode_chat_request
-from icllm_emulator.domain import Api, ChatRequest, UserMessage
+from icllm_emulator.domain import Api, ChatRequest, ToolPolicy, UserMessage
 from icllm_emulator.grpc_api.status import REJECT_CODE_KEY
 from tests.conftest import Stubs, user_request
 

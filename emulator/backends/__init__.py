@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Protocol
 
 from icllm_emulator.domain import Answer, ChatRequest
-
-
-class ToolPolicy(enum.StrEnum):
-    """Whether a backend that invents answers may call the tools a request offers."""
-
-    NEVER = "never"
-    AUTO = "auto"
 
 
 class Backend(Protocol):

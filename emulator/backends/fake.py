@@ -21,7 +21,6 @@ from typing import Any
 from faker import Faker
 from faker.providers.lorem.en_US import Provider as LoremProvider
 
-from icllm_emulator.backends import ToolPolicy
 from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
@@ -33,6 +32,7 @@ from icllm_emulator.domain import (
     ToolCall,
     ToolCallArgument,
     ToolMessage,
+    ToolPolicy,
     UserMessage,
 )
 from icllm_emulator.tokens import count_tokens, truncate_tokens

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 
 from icllm_emulator.backends.fake import canonical_request
-from icllm_emulator.backends.upstream import UpstreamApi, UpstreamSettings
 from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
@@ -46,6 +45,7 @@ from icllm_emulator.ollama.convert import (
     declared_types,
 )
 from icllm_emulator.tokens import count_tokens
+from icllm_emulator.upstream import UpstreamApi, UpstreamSettings
 
 log = logging.getLogger(__name__)
 

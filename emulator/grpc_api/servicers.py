@@ -13,7 +13,6 @@ from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb
-from icllm_emulator.backends import ToolPolicy
 from icllm_emulator.backends.replay import CassetteSpec
 from icllm_emulator.billing import Price, Receipt
 from icllm_emulator.cassettes.settings import (
@@ -25,16 +24,15 @@ from icllm_emulator.cassettes.settings import (
 )
 from icllm_emulator.clock import check_advance
 from icllm_emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
-from icllm_emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode
+from icllm_emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode, ToolPolicy
 from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api import convert, outcalls
 from icllm_emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
 from icllm_emulator.history import CallRecord
 from icllm_emulator.queue import Job
 from icllm_emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
+from icllm_emulator.settings import MAX_POLL_SECONDS
 from icllm_emulator.workers import lease_of
-
-MAX_POLL_SECONDS = 60.0
 
 
 class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):

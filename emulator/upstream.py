@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from icllm_emulator.addresses import bracketed
+from icllm_emulator.errors import IcllmError
 
 DEFAULT_UPSTREAM_TIMEOUT = 120.0
 # The environment variable the API key is read from, unless --upstream-key-env names another.
 DEFAULT_KEY_ENV = "ICLLM_UPSTREAM_API_KEY"
 
 
-class UpstreamError(ValueError):
+class UpstreamError(IcllmError, ValueError):
     """An upstream setting that cannot work; the message says what would be valid."""
 
 
