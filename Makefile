@@ -28,7 +28,7 @@ RUST_WASM32 := /usr/lib/rustlib/wasm32-unknown-unknown
 DEBIAN_RUST := rustc libstd-rust-dev-wasm32 lld-14
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run run-llama test canisters rust-wasm32 proto lint bench soak dist clean
+.PHONY: run run-llama test canisters rust-wasm32 proto lint docs bench soak dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,12 @@ soak: $(STAMP)
 
 bench: $(LLAMA_STAMP) canisters
 	$(BIN)/python -m bench $(ARGS)
+
+# The documentation site (MkDocs): the generated reference pages first, then a strict build into
+# build/site (a broken link, a missing page or a stale API name fails it).
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # A wheel to install in another project: pip install dist/pytest_icllm-*.whl
 dist: $(STAMP)

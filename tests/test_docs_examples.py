@@ -1,0 +1,315 @@
+"""Every code example in the README and in docs/ runs, and the pages agree with the code they describe.
+
+A fenced block of a language that can run (python, ini, yaml, motoko, ts) carries, on the line above
+its fence, the runner that checks it: `<!-- example: KIND -->`. Kinds:
+- `pytest`: a small pytest project (python: lines `# conftest.py` or `# test_name.py` start its files,
+  `# test_name.py (run with: pytest ARGS)` gives the arguments; ini: a `pytest.ini` run with one empty
+  test). A ```text block right after it is output the run must show (for python: a run that fails,
+  with these lines); without one, every test must pass.
+- `client`: a program run against a started emulator (its address `127.0.0.1:50051` replaced).
+- `rules`: a rules file the emulator loads at start.
+- `cassette`: a cassette file that `icllm-emulator cassette check` accepts.
+- `canister`: a Motoko block, compiled by `moc`, and the python tests right after it, run with its
+  module in place of their `"x.wasm"`; `canister uses=PAGE` runs python tests with PAGE's first agent.
+- `ts`: a TypeScript harness, run with node against the emulator process and the Rust test agent.
+- `not run: REASON`: shown only (it needs what a test machine lacks); the reason is required.
+Shell and text blocks are commands and output, not examples.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from pytest_icllm import _options
+from tests.conftest import Stubs
+from tests.pytester_support import INI
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+PAGES = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+RUNNABLE = {"python", "ini", "yaml", "motoko", "ts"}
+KINDS = {"pytest", "client", "rules", "cassette", "canister", "ts", "not run"}
+FILE_LINE = re.compile(r"^# (?P<name>[\w/]+\.py)(?: \(run with: pytest (?P<args>[^)]*)\))?$")
+DIRECTIVE = re.compile(r"^<!-- example: (?P<kind>not run|[\w-]+)(?P<rest>[^>]*?)\s*-->$")
+WASM_LITERAL = re.compile(r'"\w+\.wasm"')
+
+
+@dataclass(frozen=True)
+class Block:
+    page: Path
+    lang: str
+    text: str
+    line: int  # of the opening fence, 1-based
+    kind: str | None  # the directive's kind
+    options: str  # the rest of the directive
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(REPO)}:{self.line}"
+
+
+def page_blocks(page: Path) -> list[Block]:
+    lines = page.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    fence: tuple[str, int, list[str], str | None, str] | None = None
+    for number, line in enumerate(lines, start=1):
+        if line.startswith("```"):
+            if fence is None:
+                above = next((lines[n] for n in range(number - 2, -1, -1) if lines[n].strip()), "")
+                directive = DIRECTIVE.match(above.strip())
+                kind = directive["kind"] if directive else None
+                rest = directive["rest"].strip(" :") if directive else ""
+                fence = (line[3:].strip(), number, [], kind, rest)
+            else:
+                lang, start, body, kind, rest = fence
+                blocks.append(Block(page, lang, "\n".join(body) + "\n", start, kind, rest))
+                fence = None
+        elif fence is not None:
+            fence[2].append(line)
+    assert fence is None, f"{page}:{fence[1] if fence else 0}: a code block is never closed"
+    return blocks
+
+
+BLOCKS = [block for page in PAGES for block in page_blocks(page)]
+
+
+def of_kind(kind: str) -> list[Block]:
+    return [block for block in BLOCKS if block.kind == kind]
+
+
+def ids(blocks: list[Block]) -> list[str]:
+    return [block.where for block in blocks]
+
+
+def test_every_example_has_a_runner() -> None:
+    missing = [b.where for b in BLOCKS if b.lang in RUNNABLE and b.kind is None]
+    assert not missing, f"code blocks with no `<!-- example: KIND -->` above them: {missing}"
+    unknown = [(b.where, b.kind) for b in BLOCKS if b.kind is not None and b.kind not in KINDS]
+    assert not unknown, f"unknown example kinds (valid: {sorted(KINDS)}): {unknown}"
+    unexplained = [b.where for b in of_kind("not run") if not b.options]
+    assert not unexplained, f"`not run` needs a reason: {unexplained}"
+
+
+# -- pytest projects --------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    block: Block
+    files: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)
+
+
+def split_files(block: Block) -> tuple[dict[str, str], list[str]]:
+    """A python block's files (by their `# name.py` lines) and the pytest arguments named there."""
+    files: dict[str, list[str]] = {}
+    args: list[str] = []
+    current = f"test_example_{block.line}.py"
+    for line in block.text.splitlines():
+        if match := FILE_LINE.match(line):
+            current = match["name"]
+            args += (match["args"] or "").split()
+            continue
+        files.setdefault(current, []).append(line)
+    return {name: "\n".join(body).strip() + "\n" for name, body in files.items()}, args
+
+
+def pytest_examples() -> list[Example]:
+    examples: list[Example] = []
+    previous: Block | None = None
+    for block in BLOCKS:
+        if block.kind == "pytest" and block.lang == "python":
+            files, args = split_files(block)
+            examples.append(Example(block, files, args))
+        elif block.kind == "pytest" and block.lang == "ini":
+            examples.append(Example(block, {"pytest.ini": block.text}))
+        elif block.lang == "text" and previous is not None and previous.kind == "pytest":
+            examples[-1].expected = [line for line in block.text.splitlines() if line.strip()]
+        previous = block
+    return examples
+
+
+PYTEST_EXAMPLES = pytest_examples()
+
+
+def test_there_are_pytest_examples_of_every_kind() -> None:
+    kinds = {(e.block.lang, bool(e.expected)) for e in PYTEST_EXAMPLES}
+    assert kinds == {("python", False), ("python", True), ("ini", True)}
+
+
+@pytest.mark.parametrize("example", PYTEST_EXAMPLES, ids=[e.block.where for e in PYTEST_EXAMPLES])
+def test_pytest_example_runs(pytester: pytest.Pytester, example: Example) -> None:
+    pytester.makeini(INI)
+    for name, text in example.files.items():
+        path = pytester.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    if example.block.lang == "ini":  # the example's keys, and the strict test project's own
+        extra = INI.replace("[pytest]", "").strip()
+        pytester.makefile(".ini", pytest=example.files["pytest.ini"].rstrip() + "\n" + extra + "\n")
+        pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest(*example.args)
+    outcomes = result.parseoutcomes()
+    if example.expected:
+        result.stdout.fnmatch_lines(example.expected)
+    if example.block.lang == "python" and example.expected:
+        assert outcomes.get("failed", 0) + outcomes.get("errors", 0) + outcomes.get("error", 0) == 1
+    else:
+        assert outcomes.get("passed", 0) >= 1
+        assert set(outcomes) <= {"passed"}, result.stdout.str()
+
+
+# -- programs, rules and cassettes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", of_kind("client"), ids=ids(of_kind("client")))
+def test_client_example_runs(block: Block, start_emulator: Callable[..., Stubs]) -> None:
+    assert '"127.0.0.1:50051"' in block.text, f"{block.where}: a client example names 127.0.0.1:50051"
+    target = start_emulator().emulator.ports.grpc_target
+    printed: list[str] = []
+    code = compile(block.text.replace("127.0.0.1:50051", target), block.where, "exec")
+    exec(code, {"print": lambda *values: printed.append(" ".join(map(str, values)))})
+    assert printed and all(line.strip() for line in printed), f"{block.where} printed {printed}"
+
+
+@pytest.mark.parametrize("block", of_kind("rules"), ids=ids(of_kind("rules")))
+def test_rules_example_loads(block: Block, tmp_path: Path, start_emulator: Callable[..., Stubs]) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(block.text, encoding="utf-8")
+    emu = start_emulator(rules_file=str(rules))
+    loaded = emu.control.ListRules(cpb.ListRulesRequest()).rules
+    assert len(loaded) == len(yaml.safe_load(block.text)["rules"]), f"{block.where}: not every rule loaded"
+
+
+@pytest.mark.parametrize("block", of_kind("cassette"), ids=ids(of_kind("cassette")))
+def test_cassette_example_is_valid(block: Block, tmp_path: Path) -> None:
+    cassette = tmp_path / "example.yaml"
+    cassette.write_text(block.text, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "icllm_emulator", "cassette", "check", str(cassette)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"{block.where}: {result.stdout}{result.stderr}"
+
+
+# -- canisters --------------------------------------------------------------------------------------
+
+
+def _canister_pairs() -> list[tuple[Block, Block]]:
+    """(motoko, python tests) pairs: a `canister` Motoko block and the python block after it, or a
+    `canister uses=PAGE` python block and the first such Motoko block of PAGE."""
+    pairs = []
+    for index, block in enumerate(BLOCKS):
+        if block.kind != "canister":
+            continue
+        if block.lang == "motoko":
+            tests = BLOCKS[index + 1]
+            assert tests.lang == "python" and tests.kind == "canister", f"{block.where}: no tests follow"
+            pairs.append((block, tests))
+        elif block.options.startswith("uses="):
+            page = DOCS / block.options.removeprefix("uses=")
+            motoko = next(b for b in page_blocks(page) if b.lang == "motoko" and b.kind == "canister")
+            pairs.append((motoko, block))
+    return pairs
+
+
+CANISTER_PAIRS = _canister_pairs()
+
+
+@pytest.mark.parametrize(("motoko", "tests"), CANISTER_PAIRS, ids=[t.where for _, t in CANISTER_PAIRS])
+def test_canister_example_compiles_and_its_tests_pass(
+    pytester: pytest.Pytester, motoko: Block, tests: Block
+) -> None:
+    from tests.canisters.conftest import BUILD
+
+    try:
+        wasm = BUILD.built_motoko(motoko.text)
+    except BUILD.BuildError as error:
+        pytest.fail(f"{motoko.where}: the Motoko example does not compile: {error}", pytrace=False)
+    pytester.makeini(INI)
+    files, _ = split_files(tests)
+    for name, text in files.items():
+        pytester.makepyfile(**{name.removesuffix(".py"): WASM_LITERAL.sub(repr(str(wasm)), text)})
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=tests.text.count("\ndef test_") + tests.text.startswith("def test_"))
+
+
+@pytest.mark.parametrize("block", of_kind("ts"), ids=ids(of_kind("ts")))
+def test_typescript_example_runs(block: Block, tmp_path: Path) -> None:
+    """A TypeScript example, as written, against the emulator process and the Rust test agent."""
+    from tests.canisters.conftest import module_path
+
+    ts = REPO / "tests" / "ts"
+    if not (ts / "node_modules").is_dir():
+        pytest.fail(f"the TypeScript harness's packages are missing: run `npm ci` in {ts}")
+    (tmp_path / "node_modules").symlink_to(ts / "node_modules")
+    (tmp_path / "proto").symlink_to(REPO / "proto")
+    (tmp_path / "agent.wasm").write_bytes(module_path("rust-agent").read_bytes())
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "example.test.ts").write_text(block.text)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["node", "--import", "tsx", "--test", "example.test.ts"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{block.where}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+    assert "# pass 1" in result.stdout
+
+
+# -- the pages agree with the code -------------------------------------------------------------------
+
+
+def test_the_settings_page_states_the_precedence_of_the_resolver() -> None:
+    def words(text: str) -> str:
+        return " ".join(text.split())
+
+    docstring = _options.__doc__ or ""
+    precedence = words(docstring[docstring.index("Precedence") :])
+    assert precedence in words((DOCS / "reference" / "fixtures.md").read_text(encoding="utf-8"))
+
+
+def test_the_readme_stays_short_and_starts_with_the_two_commands() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    first_block = page_blocks(REPO / "README.md")[0]
+    assert first_block.text.startswith("make run") and "\nmake test" in first_block.text
+
+
+def test_the_readme_links_every_page_of_the_site_and_nothing_else() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    pages = {p.relative_to(REPO).as_posix() for p in DOCS.rglob("*.md")}
+    links = set(re.findall(r"\]\(([^)#]+)\)", text))
+    assert pages - links == set(), "pages the README does not link"
+    assert {link for link in links if not (REPO / link).is_file()} == set(), "links to nothing"
+
+
+def test_the_grpc_table_lists_every_method_of_every_service() -> None:
+    from icllm_emulator._proto.icllm.v1 import canister_pb2, canisters_pb2, control_pb2, worker_pb2
+
+    page = (DOCS / "how-to" / "other-languages.md").read_text(encoding="utf-8")
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2]
+        for line in page.splitlines()
+        if line.startswith("| `icllm.v1.")
+    }
+    for module in (canister_pb2, worker_pb2, control_pb2, canisters_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            listed = set(re.findall(r"`(\w+)`", rows[service.full_name]))
+            assert {m.name for m in service.methods} <= listed, service.full_name
