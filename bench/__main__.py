@@ -17,6 +17,7 @@ BENCHMARKS = {
     "http": "bench.http_vs_grpc",
     "cassettes": "bench.cassettes",
     "canister": "bench.canister_runtime",
+    "candid": "bench.candid_bad_inputs",
     "soak": "bench.soak",
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -77,4 +78,26 @@ def reject_code(error: grpc.RpcError) -> int | None:
     for key, value in error.trailing_metadata() or ():
         if key == "icllm-reject-code":
             return int(value)
+    return None
+
+
+LLAMA_TESTS = Path(__file__).resolve().parent / "llama"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/llama runs real inference: it carries the `llama` marker."""
+    for item in items:
+        if LLAMA_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.llama)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m 'not llama'` on a machine without the llama extra, its test modules are not imported."""
+    if collection_path != LLAMA_TESTS or "not llama" not in (config.option.markexpr or ""):
+        return None
+    try:
+        import jinja2  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return True
     return None

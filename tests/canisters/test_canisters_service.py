@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -18,6 +17,7 @@ from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.runtime.values import Interface
 from tests.conftest import Stubs
+from tests.waiting import wait_until
 
 
 def stub(emu: Stubs) -> canisters_pb2_grpc.CanistersStub:
@@ -86,10 +86,7 @@ def test_a_call_waiting_on_a_held_answer_blocks_no_other_call(emu: Stubs, rust_a
     waiting = canisters.Call.future(
         pb.CanisterCallRequest(canister_id=agent, method="ask", arg=interface.encode_call("ask", ("slow",)))
     )
-    for _ in range(200):
-        if emu.control.ListJobs(cpb.ListJobsRequest()).jobs:
-            break
-        emu.control.ListJobs(cpb.ListJobsRequest(), timeout=5)
+    wait_until(lambda: bool(emu.control.ListJobs(cpb.ListJobsRequest(), timeout=5).jobs), "the held job")
     answers = canisters.Call(
         pb.CanisterCallRequest(canister_id=agent, method="answers", arg=b"DIDL\0\0", query=True), timeout=5
     )
@@ -183,10 +180,8 @@ def test_serve_installs_canisters_at_start_up_and_lists_them_in_the_port_file(
             stderr=stderr,
         )
     try:
-        for _ in range(600):  # the port file is the readiness signal
-            if port_file.exists() or process.poll() is not None:
-                break
-            time.sleep(0.05)
+        # the port file is the readiness signal
+        wait_until(lambda: port_file.exists() or process.poll() is not None, "the port file", timeout=30)
         assert port_file.exists(), log.read_text()
         ports = json.loads(port_file.read_text())
         assert set(ports["canisters"]) == {"agent", "rust"}
@@ -240,10 +235,7 @@ def test_calls_still_waiting_end_when_the_canister_is_removed_or_the_emulator_re
         waiting = canisters.Call.future(
             pb.CanisterCallRequest(canister_id=agent, method="ask", arg=interface.encode_call("ask", ("x",)))
         )
-        for _ in range(500):
-            if emu.control.ListJobs(cpb.ListJobsRequest()).jobs:
-                break
-            time.sleep(0.01)
+        wait_until(lambda: bool(emu.control.ListJobs(cpb.ListJobsRequest()).jobs), "the LLM call queued")
         if end == "remove":
             canisters.Remove(pb.RemoveRequest(canister_id=agent))
         else:

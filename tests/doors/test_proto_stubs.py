@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GENERATE = REPO / "proto" / "generate.py"
 COMMITTED = REPO / "emulator" / "_proto" / "icllm" / "v1"
 STUB_SUFFIXES = (".py", ".pyi", ".proto")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.client import LlmClient, user
 from icllm_emulator.settings import Door, at
 from tests.conftest import Stubs, user_request
+from tests.waiting import wait_until
 
 MODEL = "llama3.1:8b"
 # Generous: a loaded 2-core machine can take seconds just to import grpc and faker in a child.
@@ -94,16 +94,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
             except subprocess.TimeoutExpired:
                 child.process.kill()
         child.process.wait(timeout=EXIT_TIMEOUT)
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
-    """A bounded loop of short waits (never one fixed sleep as readiness)."""
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        pause.wait(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_for_port_file(child: Child, port_file: Path) -> str:

@@ -10,6 +10,7 @@ import pytest
 from icllm_emulator.clock import VirtualClock
 from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode, UserMessage
 from icllm_emulator.queue import Job, JobState, LeaseLost, Outcome, PromptQueue, UnknownJob
+from tests.waiting import until
 
 MODEL = "llama3.1:8b"
 CALLER = "2vxsx-fae"
@@ -335,7 +336,7 @@ async def test_resume_wakes_a_worker_already_waiting_for_a_lease() -> None:
     submit(queue, "a")
     queue.set_paused(True)
     waiting = asyncio.ensure_future(queue.lease("w1", wait=5.0))
-    await asyncio.sleep(0.01)
+    await until(lambda: bool(queue._wakers), "the worker waiting for a lease")
     assert not waiting.done()
 
     queue.set_paused(False)
@@ -348,7 +349,7 @@ async def test_resume_wakes_a_worker_already_waiting_for_a_lease() -> None:
 async def test_waiting_worker_gets_a_job_submitted_later() -> None:
     _, queue = make_queue()
     waiting = asyncio.ensure_future(queue.lease("w1", wait=5.0))
-    await asyncio.sleep(0.01)
+    await until(lambda: bool(queue._wakers), "the worker waiting for a lease")
 
     submit(queue, "late")
 

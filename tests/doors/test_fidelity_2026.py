@@ -18,9 +18,9 @@ from pytest_icllm import IcllmController
 from pytest_icllm._canisters import CanisterIC
 from tests.canisters.conftest import BUILD
 from tests.conftest import Stubs, user_request
-from tests.test_billing import refunded
+from tests.units.test_billing import refunded
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 HUNDRED_BILLION = 100_000_000_000
 
 

@@ -32,7 +32,7 @@ from icllm_emulator.domain import (
 )
 from icllm_emulator.tokens import count_tokens
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "llama3.1:8b"
 
 WEATHER = Tool(
@@ -98,7 +98,7 @@ def test_same_request_gives_the_same_answer_in_a_fresh_process() -> None:
     code = (
         "from icllm_emulator.domain import ToolPolicy\n"
         "from icllm_emulator.backends.fake import fake_answer\n"
-        "from tests.test_fake_backend import _sample_requests\n"
+        "from tests.units.test_fake_backend import _sample_requests\n"
         "for r in _sample_requests():\n"
         "    print(repr(fake_answer(r, seed=3, max_output_tokens=None, tool_policy=ToolPolicy.AUTO)))\n"
     )

@@ -19,6 +19,7 @@ from icllm_emulator.domain import AssistantMessage, ChatRequest, Reject, RejectC
 from icllm_emulator.engine import Engine
 from icllm_emulator.rules import Match, Reply, Rule
 from tests.conftest import Stubs, reject_code, user_request
+from tests.waiting import until
 
 ALICE = "aaaaa-aa"
 BOB = "2vxsx-fae"
@@ -102,7 +103,7 @@ async def test_concurrent_callers_never_spend_one_balance_twice(engine: Engine) 
     engine.canister.deposit(ALICE, deposited)
     engine.queue.set_paused(True)  # every call is admitted before any is answered
     calls = [asyncio.ensure_future(call(engine, "gemma3:27b", 0)) for _ in range(10)]
-    await asyncio.sleep(0.01)
+    await until(lambda: len(engine.queue.jobs()) + sum(c.done() for c in calls) == 10, "every call admitted")
     engine.queue.set_paused(False)
     results = await asyncio.gather(*calls, return_exceptions=True)
     charged = sum(r.charged for r in results if isinstance(r, Receipt))

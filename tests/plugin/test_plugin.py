@@ -994,8 +994,9 @@ def test_marker_is_registered_for_strict_markers(pt: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.llama
 def test_llama_backend_serves_the_model_file_given_to_pytest(pt: pytest.Pytester) -> None:
-    tiny = Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llama.gguf"
+    tiny = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-llama.gguf"
     pt.makepyfile(
         """
         def test_real_inference_answers(icllm, icllm_client):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 import tracemalloc
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +49,7 @@ from icllm_emulator.domain import (
 )
 from tests.conftest import Stubs, reject_code
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 VECTORS: list[dict[str, str]] = json.loads((FIXTURES / "candid-vectors.json").read_text())["vectors"]
 VECTOR = {v["title"]: v for v in VECTORS}
 
@@ -622,21 +620,16 @@ def test_an_argument_just_under_2_mib_decodes_and_meets_the_prompt_limit(emu: St
     assert "prompt too large" in (error.details() or "")
 
 
-def test_the_worst_bad_input_is_answered_within_100_ms_and_the_server_keeps_serving(emu: Stubs) -> None:
-    """The issue's one timing requirement; the median of five runs per input keeps noise out."""
-    cases = {name: (method, arg) for name, (method, arg, _, _) in BAD_INPUTS.items()}
-    cases["3 MiB"] = ("v1_chat", v1_argument(b"x" * (3 * MIB)))
-    cases["just under 2 MiB"] = ("v1_chat", v1_argument(b"x" * (2 * MIB - 1000)))
-
-    def seconds(method: str, arg: bytes) -> float:
-        start = time.perf_counter()
-        rpc_error(lambda: call(emu, method, arg))
-        return time.perf_counter() - start
-
-    call(emu, "v1_chat", GOOD)  # warm up the channel and the parsed .did
-    medians = {name: statistics.median(seconds(*case) for _ in range(5)) for name, case in cases.items()}
-    worst = max(medians, key=medians.__getitem__)
-    assert medians[worst] < 0.1, f"{worst}: {medians[worst] * 1000:.1f} ms"
+def test_the_worst_bad_inputs_are_refused_and_the_server_keeps_serving(emu: Stubs) -> None:
+    """Each refused with a reject, none wedging the server (their timing: `make bench ARGS=candid`)."""
+    for method, arg in [
+        *((method, arg) for method, arg, _, _ in BAD_INPUTS.values()),
+        ("v1_chat", v1_argument(b"x" * (3 * MIB))),
+        ("v1_chat", v1_argument(b"x" * (2 * MIB - 1000))),
+    ]:
+        error = rpc_error(partial(call, emu, method, arg))
+        # over 2 MiB, gRPC itself refuses the message, saying so
+        assert reject_code(error) in set(RejectCode) or error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert decode_reply("v1_chat", call(emu, "v1_chat", GOOD))
 
 

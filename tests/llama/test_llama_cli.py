@@ -18,7 +18,8 @@ from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.domain import Limits
 from icllm_emulator.settings import BackendKind, model_files
 from tests.conftest import Stubs, user_request
-from tests.test_cli import (
+from tests.llama.test_llama_backend import PARIS, TINY, smollm2  # noqa: F401 (a fixture)
+from tests.processes.test_cli import (
     CALL_TIMEOUT,
     Child,
     child_env,
@@ -26,7 +27,6 @@ from tests.test_cli import (
     spawn,  # noqa: F401 (a fixture)
     start_serve,
 )
-from tests.test_llama_backend import PARIS, TINY, smollm2  # noqa: F401 (a fixture)
 
 MODEL = "llama3.1:8b"
 NO_HTTP = ("--ollama-port", "0")  # a free port: Ollama's own may be taken

@@ -42,8 +42,8 @@ from icllm_emulator.domain import (
 from icllm_emulator.ollama.convert import parse_chat, parse_openai_chat
 from icllm_emulator.upstream import UpstreamApi, UpstreamError, UpstreamSettings
 from tests.conftest import Stubs
+from tests.processes.test_cli import Child, run_cli, spawn, wait_for_port_file
 from tests.pytester_support import pt
-from tests.test_cli import Child, run_cli, spawn, wait_for_port_file
 
 __all__ = ["pt", "spawn"]  # fixtures
 

@@ -34,6 +34,7 @@ from icllm_emulator.ollama.app import MAX_BODY_BYTES, create_app
 from icllm_emulator.rules import Match, Reply, Rule, rule_from_dict
 from icllm_emulator.server import ThreadedEmulator
 from tests.conftest import Stubs
+from tests.waiting import wait_until
 
 MODEL = "llama3.1:8b"
 FINAL_FIELDS = {
@@ -123,16 +124,6 @@ def sse(response: httpx.Response) -> list[Any]:
     assert all(block.startswith("data: ") and "\n" not in block for block in blocks[:-1])
     assert blocks[-2] == "data: [DONE]"
     return [json.loads(block.removeprefix("data: ")) for block in blocks[:-2]]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll until the emulator reaches a state (never a sleep as readiness)."""
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        pause.wait(0.01)
-    raise AssertionError("condition not reached")
 
 
 # -- general routes ---------------------------------------------------------------------------------
@@ -785,7 +776,7 @@ def test_a_full_queue_is_503_like_sys_transient(start_emulator: Callable[..., St
     assert url is not None
     with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(client.post, "/api/chat", json=chat_body("first", stream=False))
-        wait_for(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
+        wait_until(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
         full = client.post("/api/chat", json=chat_body("second", stream=False))
         assert full.status_code == 503 and full.json()["reject_code"] == 2
         emu.control.SetPaused(cpb.SetPausedRequest(paused=False))
@@ -803,7 +794,7 @@ def test_a_client_that_hangs_up_is_recorded_like_a_cancelled_caller(emu: Stubs) 
         calls = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
         return len(calls) == 1 and calls[0].WhichOneof("outcome") == "reject"
 
-    wait_for(recorded)
+    wait_until(recorded)
     (record,) = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
     assert (record.reject.code, record.reject.message) == (6, "the caller cancelled the call")
     emu.control.SetPaused(cpb.SetPausedRequest(paused=False))
@@ -838,7 +829,7 @@ def test_stop_lets_an_http_call_in_flight_finish(emu: Stubs) -> None:
     assert url is not None
     with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(max_workers=1) as pool:
         call = pool.submit(client.post, "/api/chat", json=chat_body("please drain", stream=False))
-        wait_for(lambda: emu.control.GetStats(cpb.GetStatsRequest()).in_flight == 1)
+        wait_until(lambda: emu.control.GetStats(cpb.GetStatsRequest()).in_flight == 1)
         stopping = threading.Thread(target=emu.emulator.stop, kwargs={"grace": 10.0})
         stopping.start()
         response = call.result(timeout=30)

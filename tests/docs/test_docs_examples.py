@@ -34,7 +34,7 @@ from pytest_icllm import _options
 from tests.conftest import Stubs
 from tests.pytester_support import INI
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 PAGES = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
 RUNNABLE = {"python", "ini", "yaml", "motoko", "ts"}

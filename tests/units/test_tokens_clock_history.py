@@ -14,6 +14,7 @@ from icllm_emulator.engine import Engine
 from icllm_emulator.history import _percentile
 from icllm_emulator.rules import Match, Reply, Rule
 from icllm_emulator.tokens import count_tokens, truncate_tokens
+from tests.waiting import until
 
 # -- tokens ----------------------------------------------------------------------------------------
 
@@ -45,7 +46,7 @@ async def test_virtual_clock_wakes_sleepers_in_time_order_only_when_advanced() -
         woke.append((name, clock.now()))
 
     tasks = [asyncio.ensure_future(sleeper("late", 1300.0)), asyncio.ensure_future(sleeper("early", 1010.0))]
-    await asyncio.sleep(0.01)
+    await until(lambda: len(clock._sleepers) == 2, "both sleepers waiting")
     assert woke == [] and clock.now() == 1000.0
     assert await clock.advance(100) == 1100.0
     assert woke == [("early", 1010.0)]
@@ -74,13 +75,14 @@ async def test_history_records_the_lifecycle_on_the_emulators_clock() -> None:
     engine.rules.add(Rule(Match(), Reply(AssistantMessage("done")), delay=5))
     engine.start()
     try:
-        assert isinstance(engine.clock, VirtualClock)
-        start = engine.clock.now()
+        clock = engine.clock
+        assert isinstance(clock, VirtualClock)
+        start = clock.now()
         call = asyncio.ensure_future(
             engine.canister.chat(ChatRequest("llama3.1:8b", (UserMessage("hi there"),)), "2vxsx-fae")
         )
-        await asyncio.sleep(0.01)
-        await engine.clock.advance(5)
+        await until(lambda: bool(clock._sleepers), "the scripted delay started")
+        await clock.advance(5)
         answer = await call
         (record,) = engine.history.records
         assert record.job is not None

@@ -12,7 +12,7 @@ import pytest
 
 from tests.canisters.conftest import module_path
 
-TS = Path(__file__).resolve().parent / "ts"
+TS = Path(__file__).resolve().parents[1] / "ts"
 
 
 def test_the_typescript_harness_passes() -> None:

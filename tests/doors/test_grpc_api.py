@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -17,6 +16,7 @@ from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb
 from tests.conftest import Stubs, reject_code, user_request
+from tests.waiting import wait_until
 
 BAD_ROLE: Any = 42
 
@@ -25,16 +25,6 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll until the emulator reaches a state (never a sleep as readiness)."""
-    event = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        event.wait(0.01)
-    raise AssertionError("condition not reached")
 
 
 # -- canister methods ------------------------------------------------------------------------------
@@ -272,7 +262,7 @@ def test_hold_then_release_in_chosen_order(emu: Stubs) -> None:
         for text in ("first", "second"):
             calls[text] = pool.submit(emu.canister.V1Chat, user_request(text))
             calls[text].add_done_callback(functools.partial(lambda text, _: finished.append(text), text))
-        wait_for(
+        wait_until(
             lambda: (
                 len([j for j in emu.control.ListJobs(cpb.ListJobsRequest()).jobs if j.state == "HELD"]) == 2
             )
@@ -297,7 +287,7 @@ def test_paused_workers_leave_prompts_queued(emu: Stubs) -> None:
     emu.control.SetPaused(cpb.SetPausedRequest(paused=True))
     with ThreadPoolExecutor(1) as pool:
         call = pool.submit(emu.canister.V1Chat, user_request())
-        wait_for(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
+        wait_until(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
         assert not call.done()
         emu.control.SetPaused(cpb.SetPausedRequest(paused=False))
         assert call.result(timeout=5).message.content
@@ -314,13 +304,13 @@ def test_caller_deadline_on_virtual_clock_gives_sys_unknown(start_emulator: Call
     )
     with ThreadPoolExecutor(1) as pool:
         call = pool.submit(emu.canister.V1Chat, user_request())
-        wait_for(lambda: emu.control.GetStats(cpb.GetStatsRequest()).in_flight == 1)
+        wait_until(lambda: emu.control.GetStats(cpb.GetStatsRequest()).in_flight == 1)
         emu.control.AdvanceClock(cpb.AdvanceClockRequest(seconds=301))
         error = call.exception(timeout=5)
     assert isinstance(error, grpc.RpcError)
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and reject_code(error) == 6
     emu.control.AdvanceClock(cpb.AdvanceClockRequest(seconds=300))
-    wait_for(lambda: emu.control.GetHistory(cpb.GetHistoryRequest()).calls[0].job_state == "DONE")
+    wait_until(lambda: emu.control.GetHistory(cpb.GetHistoryRequest()).calls[0].job_state == "DONE")
     (record,) = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
     assert record.reject.code == 6  # the caller's outcome stays the reject it received
 
@@ -356,7 +346,7 @@ def test_full_queue_rejects_with_sys_transient(start_emulator: Callable[..., Stu
     emu.control.SetPaused(cpb.SetPausedRequest(paused=True))
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(emu.canister.V1Chat, user_request())
-        wait_for(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
+        wait_until(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
         error = rpc_error(lambda: emu.canister.V1Chat(user_request()))
         assert error.code() == grpc.StatusCode.UNAVAILABLE and reject_code(error) == 2
         emu.control.SetPaused(cpb.SetPausedRequest(paused=False))
@@ -437,7 +427,7 @@ def test_scripted_jobs_are_not_offered_to_external_workers(start_emulator: Calla
     )
     with ThreadPoolExecutor(1) as pool:
         call = pool.submit(emu.canister.V1Chat, user_request())
-        wait_for(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
+        wait_until(lambda: emu.control.GetStats(cpb.GetStatsRequest()).queue_depth == 1)
         assert not emu.worker.Poll(wpb.PollRequest(worker_id="w", wait_seconds=0.05)).HasField("job")
         emu.control.Configure(cpb.ConfigureRequest(workers=1))
         assert call.result(timeout=5).message.content == "scripted"

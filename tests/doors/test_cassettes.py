@@ -49,7 +49,8 @@ from icllm_emulator.domain import (
     UserMessage,
 )
 from tests.conftest import Stubs
-from tests.test_cli import Child, run_cli, spawn, start_serve, wait_until
+from tests.processes.test_cli import Child, run_cli, spawn, start_serve
+from tests.waiting import wait_until
 
 __all__ = ["spawn"]  # a fixture
 
@@ -764,7 +765,7 @@ def tag_team(interaction: dict[str, Any]) -> dict[str, Any]:
 
 def test_scrub_steps_of_your_own_can_change_or_drop_interactions(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    steps = ("tests.test_cassettes:drop_classified", "tests.test_cassettes:tag_team")
+    steps = ("tests.doors.test_cassettes:drop_classified", "tests.doors.test_cassettes:tag_team")
     deck, _ = deck_with(path, RecordMode.ONCE, scrubbers=steps)
     reply_of(deck, ask("classified plans"))
     reply_of(deck, ask("public plans"))
@@ -777,7 +778,7 @@ def test_a_scrub_step_that_breaks_an_interaction_is_reported_and_the_call_keeps_
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "c.yaml"
-    deck, _ = deck_with(path, RecordMode.ONCE, scrubbers=("tests.test_cassettes:break_request",))
+    deck, _ = deck_with(path, RecordMode.ONCE, scrubbers=("tests.doors.test_cassettes:break_request",))
     assert reply_of(deck, ask("hi")).message.content == "echo: hi"
     stats = deck.eject()
     assert stats.recorded == 0

@@ -35,6 +35,7 @@ from icllm_emulator.history import CallRecord
 from icllm_emulator.rules import Hang, Match, Reply, Rule
 from icllm_emulator.settings import DEFAULT_MODELS, PROFILES
 from icllm_emulator.tokens import count_tokens
+from tests.waiting import until
 
 MODEL = "llama3.1:8b"
 CALLER = "2vxsx-fae"
@@ -538,7 +539,7 @@ async def test_reset_rejects_waiting_calls_and_clears_rules_and_history(make_eng
     engine = make_engine(workers=0)
     engine.rules.add(Rule(Match(), Reply(AssistantMessage(content="scripted"))))
     calls = [asyncio.ensure_future(ask(engine, UserMessage(f"waiting {n}"))) for n in range(2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: len(engine.queue.jobs()) == 2, "both calls in the queue")
     assert engine.queue.jobs(), "the calls should be waiting in the queue"
 
     engine.reset()
@@ -559,7 +560,7 @@ async def test_full_queue_rejects_with_sys_transient_and_keeps_the_rules_use(mak
     engine = make_engine(workers=0, queue_capacity=1)
     engine.rules.add(Rule(Match(contains="special"), Reply(AssistantMessage(content="scripted")), times=1))
     waiting = asyncio.ensure_future(ask(engine, UserMessage("ordinary")))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(engine.queue.jobs()) == 1, "the first call in the queue")
 
     reject = await rejected(engine, UserMessage("special"))
 

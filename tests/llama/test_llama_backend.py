@@ -45,8 +45,9 @@ from icllm_emulator.domain import (
 from icllm_emulator.server import ThreadedEmulator
 from icllm_emulator.settings import BackendKind
 from tests.conftest import Stubs, reject_code, user_request
+from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "fixtures" / "tiny-llama.gguf"
 MAKE_TINY = ROOT / "fixtures" / "make_tiny_gguf.py"
 MODEL = "llama3.1:8b"
@@ -412,13 +413,11 @@ def test_health_control_and_scripted_calls_answer_while_a_model_generates(
     health = health_pb2_grpc.HealthStub(stubs.channel)
     with ThreadPoolExecutor(max_workers=1) as pool:
         long_call = pool.submit(stubs.canister.V1Chat, user_request(LONG_ANSWER), timeout=CALL_TIMEOUT)
-        generating = threading.Event()
-        for _ in range(int(CALL_TIMEOUT / 0.01)):
-            if stubs.control.GetStats(cpb.GetStatsRequest(), timeout=CALL_TIMEOUT).in_flight == 1:
-                generating.set()
-                break
-            generating.wait(0.01)
-        assert generating.is_set(), "the long call never started"
+        wait_until(
+            lambda: stubs.control.GetStats(cpb.GetStatsRequest(), timeout=CALL_TIMEOUT).in_flight == 1,
+            "the long call to start",
+            timeout=CALL_TIMEOUT,
+        )
 
         status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT).status
         stats = stubs.control.GetStats(cpb.GetStatsRequest(), timeout=CALL_TIMEOUT)
