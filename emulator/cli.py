@@ -158,9 +158,7 @@ def worker_backend(
 
 async def run_worker(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
     backend, models = worker_backend(args, environ)
-    load = getattr(backend, "load", None)
-    if load is not None:
-        await load()
+    await backend.load()
     worker_id = args.worker_id or f"worker-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,14 +19,14 @@ from icllm_emulator.billing import Receipt
 from icllm_emulator.canister import Canister
 from icllm_emulator.clock import VirtualClock, make_clock
 from icllm_emulator.config import ConfigError, EmulatorConfig
-from icllm_emulator.domain import Reject
+from icllm_emulator.domain import Answer, Reject
 from icllm_emulator.history import History
 from icllm_emulator.outcalls import OutcallBook
-from icllm_emulator.queue import PromptQueue
+from icllm_emulator.queue import Job, PromptQueue
 from icllm_emulator.rules import RuleBook, load_rules
 from icllm_emulator.runtime.errors import CanisterReject
 from icllm_emulator.settings import BackendKind
-from icllm_emulator.workers import QueueSource, Worker, instant_outcome
+from icllm_emulator.workers import QueueSource, Worker, outcome_now
 
 if TYPE_CHECKING:
     from icllm_emulator.runtime import CanisterRuntime, InstallSettings
@@ -56,29 +56,31 @@ class Engine:
         self.initial_config = config
         self.config = config
         self.clock = make_clock(config.clock)
-        self.queue = PromptQueue(
-            self.clock,
-            capacity=config.queue_capacity,
-            max_attempts=config.max_attempts,
-            lease_seconds=config.lease_seconds,
-        )
-        self.rules = RuleBook()
-        self.history = History(config.history_limit, config.history_bytes)
         # Every backend answers through the cassette deck: it passes jobs through while no cassette is
         # in use, and replays and records when one is (the replay backend is the deck with none behind).
         inner = None if config.backend is BackendKind.REPLAY else make_backend(config)
         self.cassettes = CassetteBackend(inner, config.cassettes)
         self.backend: Backend = self.cassettes
-        self.canister = Canister(lambda: self.config, self.clock, self.queue, self.rules, self.history)
-        self.queue.answer_now = lambda job: instant_outcome(
-            job.rule, job.request, job.max_output_tokens, self.backend
+        self.queue = PromptQueue(
+            self.clock,
+            capacity=config.queue_capacity,
+            max_attempts=config.max_attempts,
+            lease_seconds=config.lease_seconds,
+            outcome_now=self._outcome_now,
         )
+        self.rules = RuleBook()
+        self.history = History(config.history_limit, config.history_bytes)
+        self.canister = Canister(lambda: self.config, self.clock, self.queue, self.rules, self.history)
         self.outcalls = OutcallBook(strict=config.strict_outcalls, allow_loopback=config.outcalls_loopback)
         self._runtime: CanisterRuntime | None = None
         self._startup_canisters: list[tuple[str, bytes]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._worker_ids = 0
         self._load_rule_file()
+
+    def _outcome_now(self, job: Job) -> Answer | Reject | None:
+        """The queue's fast path: the outcome a built-in worker would give at once (`outcome_now`)."""
+        return outcome_now(job.rule, job.request, job.max_output_tokens, self.backend, waited=False)
 
     @property
     def runtime(self) -> CanisterRuntime:
@@ -99,9 +101,7 @@ class Engine:
     async def load(self) -> None:
         """Make the backend ready (a model backend loads its files here), before any worker starts;
         install the start-up canisters."""
-        load = getattr(self.backend, "load", None)
-        if load is not None:
-            await load()
+        await self.backend.load()
         for name, path in self.config.canisters:
             try:
                 wasm = Path(path).read_bytes()
@@ -155,10 +155,7 @@ class Engine:
         self.queue.capacity = config.queue_capacity
         self.queue.max_attempts = config.max_attempts
         self.queue.lease_seconds = config.lease_seconds
-        inner = self.cassettes.inner
-        if isinstance(inner, FakeBackend):
-            inner.seed = config.seed
-            inner.tool_policy = config.tool_policy
+        self.backend.reconfigure(config.seed, config.tool_policy)
         self._scale_workers(config.workers)
         if self._runtime is not None:
             self._runtime.seed = config.seed

@@ -70,7 +70,10 @@ class PromptQueue:
         capacity: int = 0,
         max_attempts: int = 3,
         lease_seconds: float = 60.0,
+        outcome_now: Callable[[Job], Outcome | None] | None = None,
     ) -> None:
+        """`outcome_now` gives a job's outcome when it can be had without waiting (else None): an idle
+        built-in worker then answers at submission (the engine passes `workers.outcome_now`)."""
         self.clock = clock
         self.capacity = capacity
         self.max_attempts = max_attempts
@@ -80,8 +83,7 @@ class PromptQueue:
         self._wakers: list[asyncio.Future[None]] = []
         # Built-in workers waiting for a job, by id, in the order they started waiting.
         self._idle: dict[str, None] = {}
-        # The outcome of a job when it can be had without waiting, else None (set by the engine).
-        self.answer_now: Callable[[Job], Outcome | None] | None = None
+        self.outcome_now = outcome_now
         self._hold = False
         self._paused = False
 
@@ -123,14 +125,14 @@ class PromptQueue:
         return job
 
     def _hand_over(self, job: Job) -> bool:
-        """An idle built-in worker answers at once when that needs no waiting (see `answer_now`).
+        """An idle built-in worker answers at once when that needs no waiting (see `outcome_now`).
 
         The worker's lease and answer are the same as through `lease`; only the trip through the
         event loop to wake the worker's task is saved. FIFO order holds: nothing is waiting ahead.
         """
-        if self.answer_now is None or self._paused or self._waiting or not self._idle:
+        if self.outcome_now is None or self._paused or self._waiting or not self._idle:
             return False
-        outcome = self.answer_now(job)
+        outcome = self.outcome_now(job)
         if outcome is None:
             return False
         worker_id = next(iter(self._idle))

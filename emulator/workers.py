@@ -3,6 +3,7 @@
 The loop is the same for the emulator's built-in workers (which lease straight from the queue) and
 for an external worker process (which leases over the AiWorker gRPC service): only the `JobSource`
 differs. Built-in workers also carry out scripted rules; an external worker only runs its backend.
+What a job's outcome is, `outcome_now` decides for the queue's fast path and the workers alike.
 """
 
 from __future__ import annotations
@@ -98,39 +99,32 @@ def scripted_outcome(rule: Rule, max_output_tokens: int | None) -> Answer | Reje
     return Answer(message, output_tokens=count_tokens(message.content or ""), truncated=truncated)
 
 
-def _failed(error: Exception) -> Reject:
-    """The reject a caller gets for a backend bug."""
-    return Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
-
-
 def failure(error: Exception) -> Reject:
     """A backend bug reaches the caller as a reject; the worker goes on serving."""
     log.error("backend failed", exc_info=error)
-    return _failed(error)
+    return Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
 
 
-def instant_outcome(
-    rule: Rule | None, request: ChatRequest, max_output_tokens: int | None, backend: Backend
+def outcome_now(
+    rule: Rule | None, request: ChatRequest, max_output_tokens: int | None, backend: Backend, *, waited: bool
 ) -> Answer | Reject | None:
-    """The outcome a built-in worker would give, when it needs no waiting; None when it does.
+    """A job's outcome, when it can be had without (more) waiting; None when it needs waiting.
 
-    A scripted answer without delay, or a backend with a synchronous `answer_now`, qualify; such a
-    backend's `answer_now` may also return None (this job needs waiting after all) or raise a `Reject`.
+    The one place that decides an outcome, for both paths: the queue's fast path asks it with nothing
+    `waited` for; a worker asks it first the same way, then again once a scripted delay is over (or
+    awaits the backend's `generate`). A scripted hang raises `Hung` once its delay is over; a backend
+    that refuses the job (a replay miss) gives its `Reject`, and a backend bug a reject that says so.
     """
     if rule is not None:
-        if rule.delay or isinstance(rule.action, Hang):
-            return None
+        if not waited and (rule.delay or isinstance(rule.action, Hang)):
+            return None  # only a worker can wait out a delay, or walk away from a job
         return scripted_outcome(rule, max_output_tokens)
-    answer_now = getattr(backend, "answer_now", None)
-    if answer_now is None:
-        return None
     try:
-        answer: Answer | None = answer_now(request, max_output_tokens)
-    except Reject as reject:  # a backend refusing the job (a replay miss): the caller gets it as it is
+        return backend.answer_now(request, max_output_tokens)
+    except Reject as reject:
         return reject
     except Exception as error:
         return failure(error)
-    return answer
 
 
 class Worker:
@@ -157,11 +151,6 @@ class Worker:
             if isinstance(gone, asyncio.CancelledError):
                 raise
             return
-        except Reject as reject:  # a backend refusing a job it cannot serve, with the canister's words
-            outcome = reject
-        except Exception as error:  # a backend bug must reach the caller as a reject, not kill the worker
-            log.exception("worker %s: backend failed on job %s", self.worker_id, lease.job_id)
-            outcome = _failed(error)
         finally:
             if keeper is not None:
                 keeper.cancel()
@@ -171,11 +160,23 @@ class Worker:
             log.info("worker %s: answer for %s discarded: %s", self.worker_id, lease.job_id, lost)
 
     async def respond(self, lease: Lease) -> Answer | Reject:
-        if lease.rule is not None:
-            if lease.rule.delay:
-                await self.clock.sleep_until(self.clock.now() + lease.rule.delay)
-            return scripted_outcome(lease.rule, lease.max_output_tokens)
-        return await self.backend.generate(lease.request, lease.max_output_tokens)
+        """The job's outcome (`outcome_now` decides it), waiting where it must; raises `Hung`."""
+        rule, request, cap = lease.rule, lease.request, lease.max_output_tokens
+        outcome = outcome_now(rule, request, cap, self.backend, waited=False)
+        if outcome is not None:
+            return outcome
+        if rule is not None:
+            if rule.delay:
+                await self.clock.sleep_until(self.clock.now() + rule.delay)
+            outcome = outcome_now(rule, request, cap, self.backend, waited=True)
+            assert outcome is not None
+            return outcome
+        try:
+            return await self.backend.generate(request, cap)
+        except Reject as reject:  # a backend refusing a job it cannot serve, with the canister's words
+            return reject
+        except Exception as error:  # a backend bug must reach the caller as a reject, not kill the worker
+            return failure(error)
 
     async def _abandon(self, lease: Lease) -> None:
         with contextlib.suppress(LeaseLost, UnknownJob):

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from icllm_emulator.domain import Answer, ChatRequest
+from icllm_emulator.domain import Answer, ChatRequest, ToolPolicy
 
 
 class Backend(Protocol):
     """Something that answers a chat request, keeping within a token cap.
 
-    `generate` may raise a `Reject` for a job it cannot serve; the caller gets it as it is. A backend
-    that needs time to get ready (loading model files) also has `async def load(self) -> None`, which
-    the engine awaits before any worker starts and before health reports SERVING.
+    What a backend can do is declared here, with what a backend that cannot do it does; a backend
+    subclasses this protocol to inherit those defaults. `generate` and `answer_now` may raise a
+    `Reject` for a job the backend cannot serve: the caller gets it as it is.
     """
 
     name: str
 
-    async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer: ...
+    async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
+        """The answer, taking whatever time it takes (a model runs here)."""
+        ...
 
-    async def aclose(self) -> None: ...
+    def answer_now(self, request: ChatRequest, max_output_tokens: int | None) -> Answer | None:
+        """The answer, if the backend can give it without waiting (then workers skip a trip through the
+        event loop); None: this job needs `generate`."""
+        return None
+
+    async def load(self) -> None:
+        """Get ready (load model files); awaited before any worker starts and before health is SERVING."""
+        return None
+
+    def reconfigure(self, seed: int, tool_policy: ToolPolicy) -> None:
+        """The run-time settings an answer may depend on changed (Control.Configure, a test's marker)."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release what the backend holds (threads, connections, files)."""
+        return None

@@ -21,6 +21,7 @@ from typing import Any
 from faker import Faker
 from faker.providers.lorem.en_US import Provider as LoremProvider
 
+from icllm_emulator.backends import Backend
 from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
@@ -267,7 +268,7 @@ def fake_answer(
         return _tool_call_answer(request, _FAKER, rng, digest)
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     """The Backend that answers with `fake_answer`; seed and policy can be changed between jobs."""
 
     name: str = "fake"
@@ -284,6 +285,10 @@ class FakeBackend:
 
     async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
         return self.answer_now(request, max_output_tokens)
+
+    def reconfigure(self, seed: int, tool_policy: ToolPolicy) -> None:
+        self.seed = seed
+        self.tool_policy = tool_policy
 
     async def aclose(self) -> None:
         """Nothing to release."""

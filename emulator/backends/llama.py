@@ -16,6 +16,7 @@ it, choosing the backend fails at start-up with the command that installs it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import canonical_request
 from icllm_emulator.backends.llama_chat import (
     LLAMA_31_TEMPLATE,
@@ -35,7 +37,7 @@ from icllm_emulator.backends.llama_chat import (
     parse_tool_calls,
 )
 from icllm_emulator.config import ConfigError
-from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode
+from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode, ToolPolicy
 
 INSTALL_HINT = (
     "the llama backend needs llama-cpp-python: pip install 'pytest-icllm[llama]' "
@@ -245,7 +247,7 @@ class _Model:
             self.llama = None
 
 
-class LlamaBackend:
+class LlamaBackend(Backend):
     """Answers with llama.cpp on the GGUF file of the request's model."""
 
     name: str = "llama"
@@ -271,6 +273,14 @@ class LlamaBackend:
             for name, model in self.models.items()
         }
         self._idle: dict[str, asyncio.Queue[_Model]] | None = None
+
+    def reconfigure(self, seed: int, tool_policy: ToolPolicy) -> None:
+        """A new seed reaches every instance of every model (set before each generation)."""
+        if seed != self.settings.seed:
+            self.settings = dataclasses.replace(self.settings, seed=seed)
+            for instances in self._instances.values():
+                for instance in instances:
+                    instance.settings = self.settings
 
     async def load(self) -> None:
         """Load every instance of every model, each in its own thread, so the event loop keeps serving."""

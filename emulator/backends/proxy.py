@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import canonical_request
 from icllm_emulator.domain import (
     Answer,
@@ -247,7 +248,7 @@ def _error_text(response: httpx.Response) -> tuple[str, RejectCode | None]:
     return str(message)[: _SHOWN_BODY * 4], None if known is None else RejectCode(known)
 
 
-class ProxyBackend:
+class ProxyBackend(Backend):
     """Answers with an upstream server's answer; one `httpx.AsyncClient` (keep-alive) serves every job."""
 
     name: str = "proxy"

@@ -24,7 +24,7 @@ from icllm_emulator.cassettes.scrub import ScrubError, Step, default_steps, load
 from icllm_emulator.cassettes.settings import CassetteSettings, CassetteSettingsError, RecordMode, record_mode
 from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
 from icllm_emulator.config import ConfigError
-from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
+from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode, ToolPolicy
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def check_path(path: str) -> None:
         )
 
 
-class CassetteBackend:
+class CassetteBackend(Backend):
     """A backend that replays and records through the cassette in use, in front of `inner`."""
 
     def __init__(self, inner: Backend | None, settings: CassetteSettings) -> None:
@@ -225,18 +225,15 @@ class CassetteBackend:
         if cassette is None:
             if self.inner is None:
                 raise self._without_cassette()
-            inner_now = getattr(self.inner, "answer_now", None)
-            return None if inner_now is None else inner_now(request, max_output_tokens)
+            return self.inner.answer_now(request, max_output_tokens)
         outcome = cassette.replay(request, max_output_tokens)
         if outcome is not None:
             return _deliver(outcome)
         if not cassette.records or self.inner is None:
             raise cassette.miss(request, max_output_tokens)
-        inner_now = getattr(self.inner, "answer_now", None)
-        if inner_now is None:
-            return None  # the backend needs time: the worker calls `generate`, which records
+        inner = self.inner
         return self._record(
-            cassette, request, max_output_tokens, lambda: inner_now(request, max_output_tokens)
+            cassette, request, max_output_tokens, lambda: inner.answer_now(request, max_output_tokens)
         )
 
     async def generate(self, request: ChatRequest, max_output_tokens: int | None) -> Answer:
@@ -260,21 +257,27 @@ class CassetteBackend:
 
     def _record(
         self, cassette: ActiveCassette, request: ChatRequest, max_output_tokens: int | None, call: Any
-    ) -> Answer:
+    ) -> Answer | None:
+        """The answer of `call()`, recorded; None (the backend needs time: the worker's `generate`
+        records it) is not."""
         try:
-            answer: Answer = call()
+            answer: Answer | None = call()
         except Reject as reject:
             cassette.record(request, max_output_tokens, reject, self._details(request))
             raise
-        cassette.record(request, max_output_tokens, answer, self._details(request))
+        if answer is not None:
+            cassette.record(request, max_output_tokens, answer, self._details(request))
         return answer
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        load = getattr(self.inner, "load", None)
-        if load is not None:
-            await load()
+        if self.inner is not None:
+            await self.inner.load()
+
+    def reconfigure(self, seed: int, tool_policy: ToolPolicy) -> None:
+        if self.inner is not None:
+            self.inner.reconfigure(seed, tool_policy)
 
     async def aclose(self) -> None:
         """Write every cassette in use, then close the backend behind."""

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.backends.replay import CassetteBackend, CassetteSpec
 from icllm_emulator.cassettes import format as cassette_format
@@ -58,7 +59,7 @@ MODEL = "llama3.1:8b"
 CAP = 1000
 
 
-class Echo:
+class Echo(Backend):
     """A backend that answers with its prompt: what a test needs to see scrubbing and replay at work."""
 
     name = "echo"
@@ -177,7 +178,7 @@ def rich_request() -> ChatRequest:
     )
 
 
-class Scripted:
+class Scripted(Backend):
     """A backend that gives one chosen outcome."""
 
     name = "scripted"

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from icllm_emulator import engine as engine_module
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator.backends import Backend
 from icllm_emulator.backends.llama import Completion, LlamaBackend, LlamaSettings, _Model, template_for
 from icllm_emulator.backends.llama_chat import LLAMA_31_TEMPLATE, ChatTemplate
 from icllm_emulator.backends.smollm2 import REQUIREMENT, smollm2_path
@@ -40,6 +41,7 @@ from icllm_emulator.domain import (
     Reject,
     RejectCode,
     Tool,
+    ToolPolicy,
     UserMessage,
 )
 from icllm_emulator.server import ThreadedEmulator
@@ -430,7 +432,7 @@ def test_health_control_and_scripted_calls_answer_while_a_model_generates(
         stubs.channel.close()  # teardown stops the emulator, which stops the generation
 
 
-class SlowToLoad:
+class SlowToLoad(Backend):
     """A backend whose `load` waits for the test, to look at the server meanwhile."""
 
     name = "slow"
@@ -539,3 +541,10 @@ async def test_two_instances_answer_two_callers_at_once_with_the_same_answers(
         await two.aclose()
     with pytest.raises(ConfigError, match="llama instances must be 1 or more"):
         LlamaBackend([(MODEL, str(TINY))], LlamaSettings(instances=0))
+
+
+def test_a_seed_change_reaches_every_instance_of_every_model() -> None:
+    backend = LlamaBackend([("llama3.1:8b", str(TINY))], LlamaSettings(instances=2))
+    backend.reconfigure(7, ToolPolicy.AUTO)
+    instances = [m for models in backend._instances.values() for m in models]
+    assert len(instances) == 2 and {m.settings.seed for m in instances} == {7}

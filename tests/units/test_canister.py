@@ -475,7 +475,7 @@ async def test_different_seed_gives_a_different_answer(make_engine: MakeEngine) 
 # -- backend failures ------------------------------------------------------------------------------
 
 
-class FailsOnce:
+class FailsOnce(Backend):
     """A backend whose first call raises, then answers like the fake backend."""
 
     name: str = "fails-once"
