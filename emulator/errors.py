@@ -1,7 +1,8 @@
 """The one base of the project's own errors, so that the doors map errors by kind, not by a list.
 
-Each door catches `IcllmError` and asks it for its `kind`; the kind decides the IC reject code, the
-gRPC status and the HTTP status in one place (`grpc_api/status.py`, `ollama/app.py`).
+Each door catches `IcllmError` and asks it for its `kind`, which decides the gRPC status
+(`grpc_api/status.py`) and the HTTP status (`ollama/app.py`). A canister's reject is not one of them:
+it is the `domain.Reject` a caller gets, with its IC reject code.
 """
 
 from __future__ import annotations

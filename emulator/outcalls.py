@@ -16,13 +16,14 @@ from urllib.parse import urlsplit
 from icllm_emulator import patterns
 from icllm_emulator.addresses import is_loopback_host
 from icllm_emulator.domain import Reject, RejectCode
+from icllm_emulator.errors import IcllmError
 
 MAX_RESPONSE_CEILING = 2_000_000
 MAX_URL_LENGTH = 8192
 METHODS = ("get", "head", "post")
 
 
-class OutcallRuleError(ValueError):
+class OutcallRuleError(IcllmError, ValueError):
     """A scripted outcall rule that cannot work; the message says what would be valid."""
 
 

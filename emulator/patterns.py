@@ -11,11 +11,13 @@ import functools
 
 import regex
 
+from icllm_emulator.errors import IcllmError
+
 # Per search: far above what a sane pattern needs on a 10 KiB prompt, far below a noticeable stall.
 MATCH_TIMEOUT = 0.05
 
 
-class PatternError(ValueError):
+class PatternError(IcllmError, ValueError):
     """A pattern that does not compile; the message says why."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from icllm_emulator.clock import Clock
 from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
+from icllm_emulator.errors import ErrorKind, IcllmError
 from icllm_emulator.rules import Rule
 
 Outcome = Answer | Reject
@@ -29,12 +30,16 @@ class JobState(enum.StrEnum):
     FAILED = "FAILED"
 
 
-class LeaseLost(Exception):
+class LeaseLost(IcllmError):
     """A worker acted on a lease it no longer holds (it expired, or the job finished)."""
 
+    kind = ErrorKind.REFUSED
 
-class UnknownJob(KeyError):
+
+class UnknownJob(IcllmError, KeyError):
     """No job of that id is waiting, leased or held."""
+
+    kind = ErrorKind.NOT_FOUND
 
 
 @dataclass(eq=False)

@@ -29,9 +29,10 @@ from icllm_emulator.domain import (
     ToolCall,
     ToolCallArgument,
 )
+from icllm_emulator.errors import IcllmError
 
 
-class RuleError(ValueError):
+class RuleError(IcllmError, ValueError):
     """A rule that cannot work: the message says what was wrong and what would be valid."""
 
 

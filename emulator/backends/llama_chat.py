@@ -34,6 +34,7 @@ from icllm_emulator.domain import (
     ToolCallArgument,
     ToolMessage,
 )
+from icllm_emulator.errors import IcllmError
 
 __all__ = [
     "LLAMA_31_TEMPLATE",
@@ -111,7 +112,7 @@ _PYTHON_TAG = "<|python_tag|>"
 _CALL_SEPARATORS = " \t\r\n;,"
 
 
-class TemplateError(ValueError):
+class TemplateError(IcllmError, ValueError):
     """A chat template that cannot render this conversation (it raised, or is not valid Jinja2)."""
 
 

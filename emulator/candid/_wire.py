@@ -43,10 +43,12 @@ from icp_candid.candid import (
     encode,
 )
 
+from icllm_emulator.errors import IcllmError
+
 __all__ = ["CandidError", "DecodeLimits", "decode_args", "encode_args", "intern"]
 
 
-class CandidError(ValueError):
+class CandidError(IcllmError, ValueError):
     """Bytes that are not a valid Candid message for the expected types; the message says what failed."""
 
 

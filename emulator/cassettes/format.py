@@ -64,6 +64,7 @@ from icllm_emulator.domain import (
     ToolMessage,
     UserMessage,
 )
+from icllm_emulator.errors import IcllmError
 
 VERSION = 1
 SUFFIXES = (".yaml", ".yml")
@@ -86,7 +87,7 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-class CassetteError(ValueError):
+class CassetteError(IcllmError, ValueError):
     """A cassette file that cannot be used; the message names the file, the place and the fix."""
 
 

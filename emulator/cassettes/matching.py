@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from icllm_emulator.cassettes.format import Interaction
+from icllm_emulator.errors import IcllmError
 
 Matcher = Callable[[Mapping[str, Any]], Any]
 
@@ -51,7 +52,7 @@ MATCHERS: dict[str, Matcher] = {
 }
 
 
-class MatchError(ValueError):
+class MatchError(IcllmError, ValueError):
     """A matcher name the emulator does not know; the message lists the known ones."""
 
 

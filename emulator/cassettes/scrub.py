@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from icllm_emulator import patterns as patterns_module
+from icllm_emulator.errors import IcllmError
 
 Step = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -49,7 +50,7 @@ _API_KEYS = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}")
 
 
-class ScrubError(ValueError):
+class ScrubError(IcllmError, ValueError):
     """A scrubber reference that cannot be loaded; the message says why and what is expected."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from icllm_emulator.errors import IcllmError
+
 DEFAULT_CASSETTE = "default.yaml"
 # The parts of a request that must be equal for a recorded answer to be replayed.
 DEFAULT_MATCH_ON = ("method", "model", "messages", "tools")
@@ -16,7 +18,7 @@ DEFAULT_MATCH_ON = ("method", "model", "messages", "tools")
 BUILTIN_MATCHERS = ("method", "model", "messages", "tools", "last_message", "system", "max_output_tokens")
 
 
-class CassetteSettingsError(ValueError):
+class CassetteSettingsError(IcllmError, ValueError):
     """A cassette setting that cannot work; the message says what would be valid."""
 
 

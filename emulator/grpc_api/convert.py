@@ -24,9 +24,10 @@ from icllm_emulator.domain import (
     ToolMessage,
     UserMessage,
 )
+from icllm_emulator.errors import IcllmError
 
 
-class BadRequest(ValueError):
+class BadRequest(IcllmError, ValueError):
     """A request that is not well formed; the message says which field and what is valid."""
 
 

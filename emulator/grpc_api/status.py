@@ -17,13 +17,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from icllm_emulator.billing import checked_cycles
-from icllm_emulator.config import ANONYMOUS_PRINCIPAL, ConfigError, checked_principal
+from icllm_emulator.config import ANONYMOUS_PRINCIPAL, checked_principal
 from icllm_emulator.domain import Reject, RejectCode
+from icllm_emulator.errors import ErrorKind, IcllmError
 from icllm_emulator.grpc_api.convert import BadRequest
-from icllm_emulator.outcalls import OutcallRuleError
-from icllm_emulator.queue import LeaseLost, UnknownJob
-from icllm_emulator.rules import RuleError
-from icllm_emulator.runtime.errors import ModuleError, RuntimeUsageError, UnknownCanister
 
 REJECT_CODE_KEY = "icllm-reject-code"
 CALLER_KEY = "icllm-caller"
@@ -68,17 +65,12 @@ def caller_of(context: grpc.aio.ServicerContext) -> tuple[str, int]:
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
-_MISUSE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
-    (RuleError, grpc.StatusCode.INVALID_ARGUMENT),
-    (OutcallRuleError, grpc.StatusCode.INVALID_ARGUMENT),
-    (UnknownJob, grpc.StatusCode.NOT_FOUND),
-    (LeaseLost, grpc.StatusCode.FAILED_PRECONDITION),
-    (UnknownCanister, grpc.StatusCode.NOT_FOUND),
-    (ModuleError, grpc.StatusCode.INVALID_ARGUMENT),
-    (RuntimeUsageError, grpc.StatusCode.INVALID_ARGUMENT),
-)
+# The project's own errors (a caller's mistake) by kind; anything else is a fault of the emulator.
+MISUSE_STATUS: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +191,8 @@ def rpc(handler: Handler) -> Handler:
             return await handler(self, request, context)
         except Reject as reject:
             await abort_with_reject(context, reject)
-        except tuple(kind for kind, _ in _MISUSE) as error:
-            status = next(code for kind, code in _MISUSE if isinstance(error, kind))
+        except IcllmError as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            await context.abort(status, message)
+            await context.abort(MISUSE_STATUS[error.kind], message)
 
     return wrapper  # type: ignore[return-value]

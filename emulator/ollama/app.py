@@ -33,6 +33,7 @@ from icllm_emulator.billing import checked_cycles
 from icllm_emulator.config import ANONYMOUS_PRINCIPAL, checked_principal
 from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
 from icllm_emulator.engine import Engine
+from icllm_emulator.errors import ErrorKind, IcllmError
 from icllm_emulator.ollama import convert, models
 from icllm_emulator.ollama.convert import JSON, BadRequest, Parsed
 from icllm_emulator.ollama.metrics import CLIENT_CLOSED, Metrics
@@ -76,6 +77,10 @@ UNSUPPORTED_ROUTES = (
     ("/v1/responses", ("POST",)),
     ("/v1/messages", ("POST",)),
 )
+
+
+# The project's own errors (a caller's mistake) by kind.
+MISUSE_STATUS = {ErrorKind.INVALID: 400, ErrorKind.NOT_FOUND: 404, ErrorKind.REFUSED: 409}
 
 
 class HttpError(Exception):
@@ -137,6 +142,8 @@ def _answering(shape: Callable[[HttpError], JSONResponse]) -> Callable[[Endpoint
                 return await endpoint(api, request)
             except BadRequest as error:
                 return shape(HttpError(error.status, error.message))
+            except IcllmError as error:  # any other mistake of the caller's, by its kind
+                return shape(HttpError(MISUSE_STATUS[error.kind], str(error)))
             except HttpError as error:
                 return shape(error)
             except (ClientGone, ClientDisconnect):

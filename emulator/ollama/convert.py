@@ -29,12 +29,13 @@ from icllm_emulator.domain import (
     ToolMessage,
     UserMessage,
 )
+from icllm_emulator.errors import IcllmError
 
 JSON: TypeAlias = Any
 Format: TypeAlias = Literal["json"] | dict[str, JSON] | None
 
 
-class BadRequest(ValueError):
+class BadRequest(IcllmError, ValueError):
     """A request body that is not a valid request: HTTP 400 (or `status`) with this message."""
 
     def __init__(self, message: str, status: int = 400) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from icllm_emulator.domain import RejectCode
+from icllm_emulator.errors import ErrorKind, IcllmError
 
 # The IC's error codes for the rejects the runtime produces (as the replica reports them to an
 # ingress caller; a calling canister sees only the reject code and message).
@@ -29,16 +30,18 @@ def error_code_for(code: RejectCode) -> str:
     return _BY_CODE[RejectCode(code)]
 
 
-class ModuleError(ValueError):
+class ModuleError(IcllmError, ValueError):
     """Bytes that cannot be installed as a canister: the message says what they are and what would do."""
 
 
-class RuntimeUsageError(ValueError):
+class RuntimeUsageError(IcllmError, ValueError):
     """A call the runtime cannot make as asked: an unknown canister or method, arguments of the wrong type."""
 
 
 class UnknownCanister(RuntimeUsageError):
     """A canister id that is not installed in this IC."""
+
+    kind = ErrorKind.NOT_FOUND
 
 
 class CanisterTrap(Exception):
