@@ -8,7 +8,7 @@ question per request (one in ten offering a tool), fake answers of 5 to 400 toke
 - load: open the cassette for replay (read, parse, check every interaction, index the keys), median
   of the runs; also the same file unsigned, which PyYAML's libyaml loader reads (what a cassette edited
   by hand costs). Target: under 0.5 s.
-- replay: every request through `CassetteBackend.answer_now` (canonical key, scrubbing, the O(1) lookup,
+- replay: every request through `CassetteDeck.answer_now` (canonical key, scrubbing, the O(1) lookup,
   principals put back) against `FakeBackend.answer_now`, rounds interleaved, median rate of each.
   Target: at least 0.9x the fake backend's rate.
 """
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from icllm_emulator.backends.fake import FakeBackend
-from icllm_emulator.backends.replay import CassetteBackend, CassetteSpec
+from icllm_emulator.cassettes.deck import CassetteDeck, CassetteSpec
 from icllm_emulator.cassettes.format import FAST_READER
 from icllm_emulator.cassettes.matching import Matching
 from icllm_emulator.cassettes.settings import DEFAULT_MATCH_ON, CassetteSettings, RecordMode
@@ -67,7 +67,7 @@ def requests(count: int) -> list[ChatRequest]:
 
 
 def record(path: Path, batch: list[ChatRequest]) -> float:
-    deck = CassetteBackend(FakeBackend(tool_policy=ToolPolicy.AUTO), CassetteSettings())
+    deck = CassetteDeck(FakeBackend(tool_policy=ToolPolicy.AUTO), CassetteSettings())
     started = time.perf_counter()
     deck.use(CassetteSpec(path=str(path), record_mode=RecordMode.ONCE))
     for request in batch:
@@ -82,7 +82,7 @@ def load_seconds(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def replay_rate(deck: CassetteBackend, batch: list[ChatRequest]) -> float:
+def replay_rate(deck: CassetteDeck, batch: list[ChatRequest]) -> float:
     cassette = deck.active
     assert cassette is not None
     cassette.rewind()
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loads = [load_seconds(path) for _ in range(args.runs)]
         pyyaml_load = load_seconds(unsigned)
 
-        deck = CassetteBackend(FakeBackend(), CassetteSettings())
+        deck = CassetteDeck(FakeBackend(), CassetteSettings())
         deck.use(CassetteSpec(path=str(path)))
         fake = FakeBackend()
         replays, fakes = [], []

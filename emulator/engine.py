@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from icllm_emulator import candid
 from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
-from icllm_emulator.backends.replay import CassetteBackend
 from icllm_emulator.billing import Receipt
 from icllm_emulator.canister import Canister
+from icllm_emulator.cassettes.deck import CassetteDeck
 from icllm_emulator.clock import VirtualClock, make_clock
 from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.domain import Answer, Reject
@@ -59,7 +59,7 @@ class Engine:
         # Every backend answers through the cassette deck: it passes jobs through while no cassette is
         # in use, and replays and records when one is (the replay backend is the deck with none behind).
         inner = None if config.backend is BackendKind.REPLAY else make_backend(config)
-        self.cassettes = CassetteBackend(inner, config.cassettes)
+        self.cassettes = CassetteDeck(inner, config.cassettes)
         self.backend: Backend = self.cassettes
         self.queue = PromptQueue(
             self.clock,

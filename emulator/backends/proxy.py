@@ -5,7 +5,7 @@ canister's prompts, through the emulator's queue, limits and history, and `--rec
 answers in cassettes. Requests go out as Ollama's `POST /api/chat` with `"stream": false`, or as
 OpenAI's `POST /v1/chat/completions`; the canister's tools and tool calls are translated both ways
 (arguments travel as text on the canister's side, as JSON on the server's side). The answers come back
-through the same parsers the emulator's own HTTP door uses (`icllm_emulator.ollama.convert`).
+through the same parsers the emulator's own HTTP door uses (`icllm_emulator.chat_json`).
 
 Failures reach the caller as rejects that say what happened: the server unreachable, too slow (the
 timeout is bounded: `--upstream-timeout`), or answering 5xx are `SYS_TRANSIENT` (a retry may work); a
@@ -26,6 +26,14 @@ import httpx
 
 from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import canonical_request
+from icllm_emulator.chat_json import (
+    BadRequest,
+    CallIds,
+    argument_value,
+    declared_types,
+    ollama_message,
+    openai_message,
+)
 from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
@@ -36,14 +44,6 @@ from icllm_emulator.domain import (
     Tool,
     ToolCall,
     ToolMessage,
-)
-from icllm_emulator.ollama.convert import (
-    BadRequest,
-    _CallIds,
-    _ollama_message,
-    _openai_message,
-    argument_value,
-    declared_types,
 )
 from icllm_emulator.tokens import count_tokens
 from icllm_emulator.upstream import UpstreamApi, UpstreamSettings
@@ -192,8 +192,8 @@ def _assistant(raw: Any, api: UpstreamApi, request: ChatRequest) -> AssistantMes
     if not isinstance(raw, dict):
         raise BadRequest(f"the message must be an object, got {type(raw).__name__}")
     raw = _with_ids({"role": "assistant", **raw}, request)
-    parse = _ollama_message if api is UpstreamApi.OLLAMA else _openai_message
-    message = parse(raw, 0, _CallIds(), [])
+    parse = ollama_message if api is UpstreamApi.OLLAMA else openai_message
+    message = parse(raw, 0, CallIds(), [])
     if not isinstance(message, AssistantMessage):
         raise BadRequest(f"the message's role is {raw.get('role')!r}, not 'assistant'")
     return message

@@ -1,10 +1,10 @@
-"""The Candid door: the LLM canister's `.did`, its Candid arguments and replies, byte for byte.
+"""The Candid codec: the LLM canister's `.did`, its Candid arguments and replies, byte for byte.
 
 `decode_request` and `encode_reply` are what `LlmCanister.CallCandid` runs around the canister core;
 `encode_chat_request` and `decode_reply` are the other side, for callers that build Candid in Python.
 """
 
-from icllm_emulator.candid._door import (
+from icllm_emulator.candid._codec import (
     DEFAULT_INTERFACE,
     DEPOSIT,
     INTERFACES,

@@ -13,8 +13,8 @@ from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb
-from icllm_emulator.backends.replay import CassetteSpec
 from icllm_emulator.billing import Price, Receipt
+from icllm_emulator.cassettes.deck import CassetteSpec
 from icllm_emulator.cassettes.settings import (
     CassetteSettingsError,
     RecordMode,

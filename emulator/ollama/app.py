@@ -29,13 +29,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from icllm_emulator import chat_json
 from icllm_emulator.billing import checked_cycles
+from icllm_emulator.chat_json import JSON, BadRequest, Parsed
 from icllm_emulator.config import ANONYMOUS_PRINCIPAL, checked_principal
 from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
 from icllm_emulator.engine import Engine
 from icllm_emulator.errors import ErrorKind, IcllmError
-from icllm_emulator.ollama import convert, models
-from icllm_emulator.ollama.convert import JSON, BadRequest, Parsed
+from icllm_emulator.ollama import models
 from icllm_emulator.ollama.metrics import CLIENT_CLOSED, Metrics
 from icllm_emulator.tokens import prompt_tokens, tokens
 
@@ -379,7 +380,7 @@ class OllamaApi:
     @ollama_api
     async def show(self, request: Request) -> Response:
         model = models.resolve(
-            convert.model_named(await read_json(request, self.engine.config.body_timeout)),
+            chat_json.model_named(await read_json(request, self.engine.config.body_timeout)),
             self.engine.config.models,
         )
         self._known_model(model)
@@ -389,7 +390,7 @@ class OllamaApi:
     async def pull(self, request: Request) -> Response:
         """Nothing to download: a catalogue model is "pulled" at once, any other is not found."""
         body = await read_json(request, self.engine.config.body_timeout)
-        self._known_model(models.resolve(convert.model_named(body), self.engine.config.models))
+        self._known_model(models.resolve(chat_json.model_named(body), self.engine.config.models))
         if body.get("stream") is False:
             return JSONResponse({"status": "success"})
         return StreamingResponse(
@@ -413,12 +414,12 @@ class OllamaApi:
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter_ns()
         parsed, headers = self._accept(
-            convert.parse_chat(await read_json(request, self.engine.config.body_timeout))
+            chat_json.parse_chat(await read_json(request, self.engine.config.body_timeout))
         )
         if parsed.request is None:
             return self._load(parsed, headers, {"message": {"role": "assistant", "content": ""}})
         answer = await self._answer(request, parsed)
-        reply = convert.reply(answer, parsed.request, parsed.shaping)
+        reply = chat_json.reply(answer, parsed.request, parsed.shaping)
         head = {"model": parsed.model, "created_at": _now()}
         message: dict[str, JSON] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:
@@ -432,7 +433,7 @@ class OllamaApi:
             return JSONResponse({**head, "message": message, **final}, headers=headers)
 
         def chunks() -> Iterator[dict[str, JSON]]:
-            for piece in convert.pieces(reply.content):
+            for piece in chat_json.pieces(reply.content):
                 yield {**head, "message": {"role": "assistant", "content": piece}, "done": False}
             if reply.tool_calls:
                 calls = list(reply.tool_calls)
@@ -449,12 +450,12 @@ class OllamaApi:
     async def generate(self, request: Request) -> Response:
         started = time.perf_counter_ns()
         parsed, headers = self._accept(
-            convert.parse_generate(await read_json(request, self.engine.config.body_timeout))
+            chat_json.parse_generate(await read_json(request, self.engine.config.body_timeout))
         )
         if parsed.request is None:
             return self._load(parsed, headers, {"response": ""})
         answer = await self._answer(request, parsed)
-        reply = convert.reply(answer, parsed.request, parsed.shaping)
+        reply = chat_json.reply(answer, parsed.request, parsed.shaping)
         head = {"model": parsed.model, "created_at": _now()}
         final = {
             "done": True,
@@ -468,7 +469,7 @@ class OllamaApi:
             return JSONResponse({**head, "response": reply.content, **final}, headers=headers)
 
         def chunks() -> Iterator[dict[str, JSON]]:
-            for piece in convert.pieces(reply.content):
+            for piece in chat_json.pieces(reply.content):
                 yield {**head, "response": piece, "done": False}
             yield {**head, "response": "", **final}
 
@@ -486,12 +487,12 @@ class OllamaApi:
     @openai_api
     async def openai_chat(self, request: Request) -> Response:
         parsed, headers = self._accept(
-            convert.parse_openai_chat(await read_json(request, self.engine.config.body_timeout))
+            chat_json.parse_openai_chat(await read_json(request, self.engine.config.body_timeout))
         )
         assert parsed.request is not None
         answer = await self._answer(request, parsed)
-        reply = convert.reply(answer, parsed.request, parsed.shaping)
-        tool_calls = convert.openai_tool_calls(reply.tool_calls)
+        reply = chat_json.reply(answer, parsed.request, parsed.shaping)
+        tool_calls = chat_json.openai_tool_calls(reply.tool_calls)
         finish = "tool_calls" if tool_calls and reply.done_reason == "stop" else reply.done_reason
         prompt_size = prompt_tokens(parsed.request)
         usage = {
@@ -516,7 +517,7 @@ class OllamaApi:
 
         def deltas() -> Iterator[dict[str, JSON]]:
             first = True
-            for piece in convert.pieces(reply.content):
+            for piece in chat_json.pieces(reply.content):
                 yield {"role": "assistant", "content": piece} if first else {"content": piece}
                 first = False
             if tool_calls:

@@ -1,6 +1,6 @@
 """Cassettes: the file format, record modes, matching, misses, scrubbing, crash safety, `cassette` commands.
 
-Most tests drive the cassette deck (`CassetteBackend`) directly, in front of a small backend that
+Most tests drive the cassette deck (`CassetteDeck`) directly, in front of a small backend that
 echoes the prompt; the record modes and misses are also driven through a running emulator's gRPC
 `Control.UseCassette`, and the process-level options through real `icllm-emulator` processes.
 """
@@ -24,8 +24,8 @@ import yaml
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
-from icllm_emulator.backends.replay import CassetteBackend, CassetteSpec
 from icllm_emulator.cassettes import format as cassette_format
+from icllm_emulator.cassettes.deck import CassetteDeck, CassetteSpec
 from icllm_emulator.cassettes.format import CassetteError, load_cassette
 from icllm_emulator.cassettes.matching import MATCHERS, register_matcher
 from icllm_emulator.cassettes.scrub import is_principal
@@ -90,14 +90,14 @@ def ask(text: str, model: str = MODEL) -> ChatRequest:
 
 def deck_with(
     path: Path, mode: RecordMode = RecordMode.NONE, inner: Any = None, **spec: Any
-) -> tuple[CassetteBackend, Any]:
+) -> tuple[CassetteDeck, Any]:
     backend = Echo() if inner is None else inner
-    deck = CassetteBackend(backend, CassetteSettings())
+    deck = CassetteDeck(backend, CassetteSettings())
     deck.use(CassetteSpec(path=str(path), record_mode=mode, **spec))
     return deck, backend
 
 
-def reply_of(deck: CassetteBackend, request: ChatRequest, cap: int | None = CAP) -> Answer:
+def reply_of(deck: CassetteDeck, request: ChatRequest, cap: int | None = CAP) -> Answer:
     answer = deck.answer_now(request, cap)
     assert answer is not None
     return answer
@@ -1027,4 +1027,4 @@ def test_cassette_commands_on_a_missing_path_exit_2(
 
 def test_a_settings_error_names_what_is_valid() -> None:
     with pytest.raises(ConfigError, match="record mode 'sometimes' is not valid"):
-        CassetteBackend(Echo(), CassetteSettings()).use(CassetteSpec(path="x.yaml", record_mode="sometimes"))  # type: ignore[arg-type]
+        CassetteDeck(Echo(), CassetteSettings()).use(CassetteSpec(path="x.yaml", record_mode="sometimes"))  # type: ignore[arg-type]

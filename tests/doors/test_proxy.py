@@ -20,6 +20,7 @@ import yaml
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.backends.fake import fake_answer
 from icllm_emulator.backends.proxy import ProxyBackend
+from icllm_emulator.chat_json import parse_chat, parse_openai_chat
 from icllm_emulator.cli import build_parser, config_from_args
 from icllm_emulator.client import LlmClient, LlmReject, ParameterType, parameter, tool, tool_result, user
 from icllm_emulator.domain import (
@@ -39,7 +40,6 @@ from icllm_emulator.domain import (
     ToolPolicy,
     UserMessage,
 )
-from icllm_emulator.ollama.convert import parse_chat, parse_openai_chat
 from icllm_emulator.upstream import UpstreamApi, UpstreamError, UpstreamSettings
 from tests.conftest import Stubs
 from tests.processes.test_cli import Child, run_cli, spawn, wait_for_port_file

@@ -1,4 +1,7 @@
-"""Ollama's and OpenAI's JSON to domain values and back: the HTTP door's whole translation layer.
+"""The codec of Ollama's and OpenAI's chat JSON: domain values from request bodies and back.
+
+The HTTP door (`ollama/app.py`) parses what clients send with it; the proxy backend writes what an
+upstream server is sent with it. It knows nothing of either.
 
 A body that cannot be a request raises `BadRequest` with a message naming the field, what it was
 and what would be valid. Fields Ollama knows but the LLM canister has no use for (images aside) are
@@ -334,7 +337,7 @@ def _arguments(raw: JSON, where: str) -> tuple[ToolCallArgument, ...]:
     return tuple(ToolCallArgument(name, argument_text(value)) for name, value in arguments.items())
 
 
-class _CallIds:
+class CallIds:
     """Tool-call ids across a conversation: made up where a client leaves them out, matched by tools.
 
     The official Ollama clients drop `id` from tool calls they send back and name the answering tool
@@ -358,7 +361,7 @@ class _CallIds:
         return ""
 
 
-def _tool_calls(raw: list[JSON], where: str, ids: _CallIds, position: int) -> tuple[ToolCall, ...]:
+def _tool_calls(raw: list[JSON], where: str, ids: CallIds, position: int) -> tuple[ToolCall, ...]:
     calls = []
     for index, item in enumerate(raw):
         at = f"{where}tool_calls[{index}]"
@@ -380,7 +383,7 @@ def _tool_calls(raw: list[JSON], where: str, ids: _CallIds, position: int) -> tu
 # -- Ollama requests ---------------------------------------------------------------------------------
 
 
-def _ollama_message(raw: JSON, index: int, ids: _CallIds, ignored: list[str]) -> Message:
+def ollama_message(raw: JSON, index: int, ids: CallIds, ignored: list[str]) -> Message:
     where = f"messages[{index}]."
     message = _object(raw, f"messages[{index}]")
     _unknown(message, _MESSAGE_KEYS, where, ignored)
@@ -407,8 +410,8 @@ def parse_chat(body: JSON) -> Parsed:
     ignored: list[str] = []
     _unknown(body, _CHAT_KEYS, "", ignored)
     model = _model(body)
-    ids = _CallIds()
-    messages = tuple(_ollama_message(m, i, ids, ignored) for i, m in enumerate(_list(body, "messages", "")))
+    ids = CallIds()
+    messages = tuple(ollama_message(m, i, ids, ignored) for i, m in enumerate(_list(body, "messages", "")))
     tools = tuple(_tool(t, i) for i, t in enumerate(_list(body, "tools", "")))
     shaping = _ollama_shaping(body, ignored)
     return Parsed(
@@ -473,7 +476,7 @@ def _openai_content(value: JSON, where: str) -> str:
     return "".join(texts)
 
 
-def _openai_message(raw: JSON, index: int, ids: _CallIds, ignored: list[str]) -> Message:
+def openai_message(raw: JSON, index: int, ids: CallIds, ignored: list[str]) -> Message:
     where = f"messages[{index}]."
     message = _object(raw, f"messages[{index}]")
     _unknown(message, _OPENAI_MESSAGE_KEYS, where, ignored)
@@ -540,8 +543,8 @@ def parse_openai_chat(body: JSON) -> Parsed:
     ignored: list[str] = []
     _unknown(body, _OPENAI_CHAT_KEYS, "", ignored)
     model = _model(body)
-    ids = _CallIds()
-    messages = tuple(_openai_message(m, i, ids, ignored) for i, m in enumerate(_list(body, "messages", "")))
+    ids = CallIds()
+    messages = tuple(openai_message(m, i, ids, ignored) for i, m in enumerate(_list(body, "messages", "")))
     if not messages:
         raise BadRequest("messages must hold at least one message")
     tools = tuple(_tool(t, i) for i, t in enumerate(_list(body, "tools", "")))

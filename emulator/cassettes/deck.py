@@ -1,6 +1,6 @@
 """Record and replay in front of whichever backend serves: the emulator's cassette deck.
 
-The engine puts every backend behind a `CassetteBackend`. With no cassette in use it passes each job
+The engine puts every backend behind a `CassetteDeck`. With no cassette in use it passes each job
 through to the backend it wraps. With one (from `--cassettes DIR`, or loaded by `Control.UseCassette`
 for one test), it answers from the recordings, asks the backend and records, or rejects a miss, as the
 cassette's record mode says. `--backend replay` is the deck with no backend behind it: it only replays.
@@ -74,7 +74,7 @@ def check_path(path: str) -> None:
         )
 
 
-class CassetteBackend(Backend):
+class CassetteDeck(Backend):
     """A backend that replays and records through the cassette in use, in front of `inner`."""
 
     def __init__(self, inner: Backend | None, settings: CassetteSettings) -> None:
@@ -293,4 +293,4 @@ def _deliver(outcome: Answer | Reject) -> Answer:
     return outcome
 
 
-__all__ = ["CassetteBackend", "CassetteSpec"]
+__all__ = ["CassetteDeck", "CassetteSpec"]
