@@ -13,12 +13,23 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from icllm_emulator.client import EmulatorError, LlmReject
+    from icllm_emulator.grpc_api.control import Call, JobInfo, Stats
     from icllm_emulator.runtime.errors import CanisterReject
     from pytest_icllm._canisters import Canister
     from pytest_icllm._controller import IcllmController
 
 __version__ = version("pytest-icllm")
-__all__ = ["Canister", "CanisterReject", "EmulatorError", "IcllmController", "LlmReject", "__version__"]
+__all__ = [
+    "Call",
+    "Canister",
+    "CanisterReject",
+    "EmulatorError",
+    "IcllmController",
+    "JobInfo",
+    "LlmReject",
+    "Stats",
+    "__version__",
+]
 
 _LAZY = {
     "EmulatorError": "icllm_emulator.client",
@@ -26,6 +37,9 @@ _LAZY = {
     "IcllmController": "pytest_icllm._controller",
     "Canister": "pytest_icllm._canisters",
     "CanisterReject": "icllm_emulator.runtime.errors",
+    "Call": "icllm_emulator.grpc_api.control",
+    "JobInfo": "icllm_emulator.grpc_api.control",
+    "Stats": "icllm_emulator.grpc_api.control",
 }
 
 

@@ -20,51 +20,13 @@ import grpc
 from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
-from icllm_emulator.client import EmulatorError, LlmReject, translate_error
-from icllm_emulator.domain import AssistantMessage, ChatRequest, Message, RejectCode, Role
-from icllm_emulator.grpc_api import convert
+from icllm_emulator.client import EmulatorError, translate_error
+from icllm_emulator.domain import ChatRequest, RejectCode, Role
+from icllm_emulator.grpc_api.control import Call, JobInfo, Stats, call_of, job_of, stats_of
 from icllm_emulator.rules import Match, RuleError, parse_reject_code, parse_role
 from pytest_icllm._inprocess import InProcessControl
 from pytest_icllm._options import CONFIGURED, Settings
 from pytest_icllm._outcalls import OutcallsController
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call the emulated canister received, and what its caller got back."""
-
-    id: str
-    method: str
-    caller: str
-    request: ChatRequest
-    answer: AssistantMessage | None
-    reject: LlmReject | None
-    warnings: tuple[str, ...]
-    job_state: str
-    rule_id: str
-    worker_id: str
-    attempts: int
-    input_tokens: int
-    output_tokens: int
-    truncated: bool
-    unexpected: bool
-    cycles_attached: int = 0
-    cycles_charged: int = 0
-    cycles_refunded: int = 0
-
-    @property
-    def messages(self) -> tuple[Message, ...]:
-        return self.request.messages
-
-    @property
-    def prompt(self) -> str:
-        """The content of the request's last message: what was just asked."""
-        return (self.request.messages[-1].content or "") if self.request.messages else ""
-
-    def describe(self) -> str:
-        last = self.request.messages[-1] if self.request.messages else None
-        role = last.role.value if last else "-"
-        return f"{self.id} {self.method} {self.request.model!r}, last {role}: {self.prompt[:120]!r}"
 
 
 @dataclass
@@ -234,7 +196,7 @@ class IcllmController:
         token = ""
         while True:  # the history comes in pages
             page = self._rpc(self._control.GetHistory, cpb.GetHistoryRequest(page_token=token))
-            calls.extend(_call(r) for r in page.calls)
+            calls.extend(call_of(r) for r in page.calls)
             if not page.next_page_token:
                 return calls
             token = page.next_page_token
@@ -321,7 +283,7 @@ class IcllmController:
         """Workers lease again, oldest prompt first."""
         self._rpc(self._control.SetPaused, cpb.SetPausedRequest(paused=False))
 
-    def jobs(self, state: str | None = None, *, count: int = 0, timeout: float = 10.0) -> list[cpb.JobInfo]:
+    def jobs(self, state: str | None = None, *, count: int = 0, timeout: float = 10.0) -> list[JobInfo]:
         """Unfinished jobs (QUEUED, LEASED, HELD; only `state` if given), oldest first, waiting until
         at least `count` are there (blocking): e.g. `jobs("LEASED", count=1)` before `advance`."""
         __tracebackhide__ = True
@@ -334,7 +296,7 @@ class IcllmController:
 
     async def wait_jobs(
         self, state: str | None = None, *, count: int = 1, timeout: float = 10.0
-    ) -> list[cpb.JobInfo]:
+    ) -> list[JobInfo]:
         """`jobs` for asyncio tests: waits without blocking the test's event loop."""
         __tracebackhide__ = True
         give_up = time.monotonic() + timeout
@@ -344,12 +306,12 @@ class IcllmController:
             await asyncio.sleep(0.002)
         return found
 
-    def _jobs_now(self, state: str | None) -> list[cpb.JobInfo]:
+    def _jobs_now(self, state: str | None) -> list[JobInfo]:
         __tracebackhide__ = True
         if state is not None and state not in JOB_STATES:
             raise ValueError(f"job state {state!r} is not valid; choose one of: {', '.join(JOB_STATES)}")
         jobs = self._rpc(self._control.ListJobs, cpb.ListJobsRequest()).jobs
-        return [job for job in jobs if state is None or job.state == state]
+        return [job_of(job) for job in jobs if state is None or job.state == state]
 
     def advance(self, seconds: float) -> float:
         """Move the virtual clock (`--icllm-clock virtual`) forward; returns the new time."""
@@ -366,10 +328,9 @@ class IcllmController:
             ) from None
         return float(response.now)
 
-    def stats(self) -> cpb.Stats:
+    def stats(self) -> Stats:
         """Counts since the test started: calls, answers, rejects by code, queue depth, tokens, latency."""
-        stats: cpb.Stats = self._rpc(self._control.GetStats, cpb.GetStatsRequest())
-        return stats
+        return stats_of(self._rpc(self._control.GetStats, cpb.GetStatsRequest()))
 
     # -- cycles ------------------------------------------------------------------------------------
 
@@ -488,7 +449,7 @@ class IcllmController:
 
     def _why_unused(self, unused: list[ScriptedAnswer]) -> list[str]:
         """Each unused answer, and why each call of the test missed it (as strict mode explains)."""
-        from icllm_emulator.grpc_api.servicers import rule_from_pb
+        from icllm_emulator.grpc_api.control import rule_from_pb
 
         rules = {s.rule.id: s.rule for s in self._rpc(self._control.ListRules, cpb.ListRulesRequest()).rules}
         calls = self.calls
@@ -515,7 +476,7 @@ class IcllmController:
 JOB_STATES = ("QUEUED", "LEASED", "HELD")
 
 
-def _not_reached(state: str | None, count: int, timeout: float, found: list[cpb.JobInfo]) -> str:
+def _not_reached(state: str | None, count: int, timeout: float, found: list[JobInfo]) -> str:
     kind = state.lower() if state else "unfinished"
     return f"expected {count} {kind} job(s) within {timeout:g} s, got {[job.id for job in found]}"
 
@@ -554,32 +515,6 @@ def _describe_rule(rule: cpb.Rule) -> str:
     else:
         detail = ""
     return f"on({', '.join(criteria)}) -> {outcome} {detail}".rstrip()
-
-
-def _call(record: cpb.CallRecord) -> Call:
-    outcome = record.WhichOneof("outcome")
-    return Call(
-        id=record.id,
-        method=record.method,
-        caller=record.caller,
-        request=convert.v1_request(record.request),
-        answer=convert.assistant_message(record.message) if outcome == "message" else None,
-        reject=LlmReject(RejectCode(record.reject.code), record.reject.message)
-        if outcome == "reject"
-        else None,
-        warnings=tuple(record.warnings),
-        job_state=record.job_state,
-        rule_id=record.rule_id,
-        worker_id=record.worker_id,
-        attempts=record.attempts,
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        truncated=record.truncated,
-        unexpected=record.unexpected,
-        cycles_attached=record.cycles_attached,
-        cycles_charged=record.cycles_charged,
-        cycles_refunded=record.cycles_refunded,
-    )
 
 
 __all__ = ["Call", "CassetteUse", "EmulatorError", "Expectation", "IcllmController", "ScriptedAnswer"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from typing import Any
 
 import grpc
 
@@ -13,24 +11,23 @@ from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc, control_pb2_grpc, worker_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb
-from icllm_emulator.billing import Price, Receipt
-from icllm_emulator.cassettes.deck import CassetteSpec
-from icllm_emulator.cassettes.settings import (
-    CassetteSettingsError,
-    RecordMode,
-    check_patterns,
-    check_scrubbers,
-    record_mode,
-)
+from icllm_emulator.billing import Receipt
 from icllm_emulator.clock import check_advance
-from icllm_emulator.config import ConfigError, EmulatorConfig, choice, profile_limits
-from icllm_emulator.domain import Answer, ChatRequest, Limits, Reject, RejectCode, ToolPolicy
+from icllm_emulator.config import ConfigError
+from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode
 from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api import convert, outcalls
+from icllm_emulator.grpc_api.control import (
+    cassette_spec,
+    config_changes,
+    config_pb,
+    history_page,
+    job_pb,
+    rule_from_pb,
+    rule_state_pb,
+)
 from icllm_emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
-from icllm_emulator.history import CallRecord
 from icllm_emulator.queue import Job
-from icllm_emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
 from icllm_emulator.settings import MAX_POLL_SECONDS
 from icllm_emulator.workers import lease_of
 
@@ -342,235 +339,3 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if request.HasField("allow_loopback"):
             book.allow_loopback = request.allow_loopback
         return cpb.SetOutcallPolicyResponse(strict=book.strict, allow_loopback=book.allow_loopback)
-
-
-# -- control-plane conversions ---------------------------------------------------------------------
-
-
-def cassette_spec(request: cpb.UseCassetteRequest) -> CassetteSpec:
-    try:
-        return CassetteSpec(
-            path=request.path,
-            record_mode=record_mode(request.record_mode or RecordMode.NONE.value),
-            match_on=tuple(request.match_on),
-            allow_playback_repeats=request.allow_playback_repeats,
-            scrub_patterns=check_patterns(tuple(request.scrub_patterns)),
-            scrubbers=check_scrubbers(tuple(request.scrubbers)),
-            miss_hint=request.miss_hint,
-        )
-    except CassetteSettingsError as error:
-        raise ConfigError(str(error)) from None
-
-
-def limits_pb(limits: Limits) -> cpb.Limits:
-    return cpb.Limits(
-        max_messages=limits.max_messages,
-        max_prompt_bytes=limits.max_prompt_bytes,
-        max_output_tokens=limits.max_output_tokens,
-    )
-
-
-def config_pb(config: EmulatorConfig) -> cpb.EmulatorConfig:
-    return cpb.EmulatorConfig(
-        profile=config.profile,
-        limits=limits_pb(config.limits),
-        models=list(config.models),
-        default_model=config.default_model,
-        seed=config.seed,
-        workers=config.workers,
-        tool_policy=config.tool_policy.value,
-        strict_requests=config.strict_requests,
-        strict_rules=config.strict_rules,
-        max_attempts=config.max_attempts,
-        lease_seconds=config.lease_seconds,
-        queue_capacity=config.queue_capacity,
-        caller_deadline_seconds=config.caller_deadline,
-        backend=config.backend.value,
-        clock=config.clock.value,
-        billing=config.charges,
-        prices=[
-            cpb.ModelPrice(model=model, per_call=price.per_call, per_token=price.per_token)
-            for model, price in config.prices.items()
-        ],
-    )
-
-
-def config_changes(request: cpb.ConfigureRequest, current: EmulatorConfig) -> dict[str, Any]:
-    """The settings a Configure request changes, as EmulatorConfig field values."""
-    changes: dict[str, Any] = {}
-    if request.HasField("profile"):
-        changes["profile"] = request.profile
-        changes["custom_limits"] = None
-    if request.HasField("limits"):
-        base = profile_limits(request.profile) if request.HasField("profile") else current.limits
-        given = {field.name: value for field, value in request.limits.ListFields()}
-        changes["custom_limits"] = dataclasses.replace(base, **given)
-    if request.models:
-        changes["models"] = tuple(request.models)
-    if request.HasField("tool_policy"):
-        changes["tool_policy"] = choice(ToolPolicy, request.tool_policy, "tool policy")
-    simple = (
-        "seed",
-        "workers",
-        "strict_requests",
-        "strict_rules",
-        "max_attempts",
-        "lease_seconds",
-        "queue_capacity",
-    )
-    changes.update({field.name: value for field, value in request.ListFields() if field.name in simple})
-    if request.HasField("caller_deadline_seconds") and request.clear_caller_deadline:
-        raise ConfigError("set caller_deadline_seconds or clear_caller_deadline, not both")
-    if request.HasField("caller_deadline_seconds"):
-        changes["caller_deadline"] = request.caller_deadline_seconds
-    if request.clear_caller_deadline:
-        changes["caller_deadline"] = None
-    if request.HasField("billing"):
-        changes["billing"] = request.billing
-    if request.prices and request.clear_prices:
-        raise ConfigError("give prices or set clear_prices, not both")
-    if request.prices or request.clear_prices:
-        changes["prices"] = {p.model: Price(p.per_call, p.per_token) for p in request.prices}
-    return changes
-
-
-def rule_from_pb(rule: cpb.Rule, index: int) -> Rule:
-    match = rule.match
-    action: Action
-    kind = rule.action.WhichOneof("outcome")
-    if kind == "reply":
-        action = Reply(
-            convert.assistant_message(
-                pb.AssistantMessage(
-                    content=rule.action.reply.content if rule.action.reply.HasField("content") else None,
-                    tool_calls=rule.action.reply.tool_calls,
-                )
-            )
-        )
-    elif kind == "reject":
-        action = Reject(parse_reject_code(rule.action.reject.code), rule.action.reject.message)
-    elif kind == "hang":
-        action = Hang()
-    else:
-        raise convert.BadRequest(f"rules[{index}].action needs an outcome: reply, reject or hang")
-    return Rule(
-        Match(
-            model=match.model if match.HasField("model") else None,
-            contains=match.contains if match.HasField("contains") else None,
-            regex=match.regex if match.HasField("regex") else None,
-            role=parse_role(match.role) if match.HasField("role") else None,
-            tool=match.tool if match.HasField("tool") else None,
-        ),
-        action,
-        delay=rule.action.delay_seconds,
-        times=rule.times if rule.HasField("times") else None,
-        id=rule.id,
-    )
-
-
-def rule_pb(rule: Rule) -> cpb.Rule:
-    match = rule.match
-    action = cpb.RuleAction(delay_seconds=rule.delay)
-    if isinstance(rule.action, Reply):
-        message = convert.assistant_message_pb(rule.action.message)
-        action.reply.CopyFrom(
-            cpb.ReplyAction(
-                content=message.content if message.HasField("content") else None,
-                tool_calls=message.tool_calls,
-            )
-        )
-    elif isinstance(rule.action, Reject):
-        action.reject.CopyFrom(cpb.RejectAction(code=int(rule.action.code), message=rule.action.message))
-    else:
-        action.hang.SetInParent()
-    return cpb.Rule(
-        id=rule.id,
-        match=cpb.RuleMatch(
-            model=match.model,
-            contains=match.contains,
-            regex=match.regex,
-            role=match.role.value if match.role else None,
-            tool=match.tool,
-        ),
-        action=action,
-        times=rule.times,
-    )
-
-
-def rule_state_pb(state: RuleState) -> cpb.RuleState:
-    return cpb.RuleState(rule=rule_pb(state.rule), uses=state.uses)
-
-
-def job_pb(job: Job) -> cpb.JobInfo:
-    return cpb.JobInfo(
-        id=job.id,
-        state=job.state.value,
-        attempt=job.attempt,
-        model=job.request.model,
-        caller=job.caller,
-        worker_id=job.worker_id,
-        rule_id=job.rule.id if job.rule else "",
-    )
-
-
-# A history page stays well below the 4 MiB a client takes by default (and the server's 2 MiB send limit).
-HISTORY_PAGE_BYTES = 1024 * 1024
-
-
-def history_page(records: Iterable[CallRecord], token: str, size: int) -> cpb.GetHistoryResponse:
-    """The records after `token` (a call id), as many as fit in a page; the next page's token."""
-    after = _sequence(token) if token else 0
-    page = cpb.GetHistoryResponse()
-    used = 0
-    for record in records:
-        if _sequence(record.id) <= after:
-            continue
-        entry = record_pb(record)
-        cost = entry.ByteSize() + 8
-        if page.calls and (used + cost > HISTORY_PAGE_BYTES or (size and len(page.calls) >= size)):
-            page.next_page_token = page.calls[-1].id
-            break
-        page.calls.append(entry)
-        used += cost
-    return page
-
-
-def _sequence(call_id: str) -> int:
-    _, _, digits = call_id.rpartition("-")
-    if not digits.isdigit():
-        raise convert.BadRequest(
-            f"page_token {call_id[:40]!r} is not a call id; pass the last next_page_token"
-        )
-    return int(digits)
-
-
-def record_pb(record: CallRecord) -> cpb.CallRecord:
-    job = record.job
-    message = cpb.CallRecord(
-        id=record.id,
-        method=record.api.value,
-        caller=record.caller,
-        request=convert.v1_request_pb(record.request),
-        warnings=list(record.warnings),
-        received_at=record.received_at,
-        first_leased_at=job.first_leased_at if job else None,
-        finished_at=job.finished_at if job else None,
-        attempts=job.attempt if job else 0,
-        job_state=record.job_state,
-        rule_id=job.rule.id if job and job.rule else "",
-        worker_id=job.worker_id if job else "",
-        input_tokens=record.input_tokens,
-        unexpected=record.unexpected,
-        cycles_attached=record.receipt.attached,
-        cycles_charged=record.receipt.charged,
-        cycles_refunded=record.receipt.refunded,
-        request_truncated=record.request_truncated,
-    )
-    outcome = record.outcome
-    if isinstance(outcome, Answer):
-        message.message.CopyFrom(convert.assistant_message_pb(outcome.message))
-        message.output_tokens = outcome.output_tokens
-        message.truncated = outcome.truncated
-    elif isinstance(outcome, Reject):
-        message.reject.CopyFrom(cpb.RejectInfo(code=int(outcome.code), message=outcome.message))
-    return message

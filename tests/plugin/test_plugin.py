@@ -17,21 +17,31 @@ __all__ = ["pt"]  # a fixture
 # -- the package -----------------------------------------------------------------------------------
 
 
-def test_package_root_exports_only_the_controller_the_exceptions_and_the_version() -> None:
+def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_the_version() -> None:
+    from icllm_emulator.grpc_api import control
+
     assert pytest_icllm.__all__ == [
+        "Call",
         "Canister",
         "CanisterReject",
         "EmulatorError",
         "IcllmController",
+        "JobInfo",
         "LlmReject",
+        "Stats",
         "__version__",
     ]
     assert pytest_icllm.__version__ == importlib.metadata.version("pytest-icllm")
     assert pytest_icllm.LlmReject is icllm_emulator.client.LlmReject
     assert pytest_icllm.EmulatorError is icllm_emulator.client.EmulatorError
     assert pytest_icllm.IcllmController.__module__ == "pytest_icllm._controller"
-    with pytest.raises(AttributeError, match="module 'pytest_icllm' has no attribute 'Call'"):
-        _ = pytest_icllm.Call
+    assert (pytest_icllm.Call, pytest_icllm.JobInfo, pytest_icllm.Stats) == (
+        control.Call,
+        control.JobInfo,
+        control.Stats,
+    )
+    with pytest.raises(AttributeError, match="module 'pytest_icllm' has no attribute 'Engine'"):
+        _ = pytest_icllm.Engine
 
 
 FIXTURE_DOCS = {
@@ -1031,3 +1041,29 @@ def test_server_gives_the_environment_that_points_ollama_clients_at_it(pt: pytes
         """
     )
     pt.runpytest().assert_outcomes(passed=1)
+
+
+def test_jobs_and_stats_are_the_plugins_own_dataclasses(pt: pytest.Pytester) -> None:
+    result = run(
+        pt,
+        """
+        import dataclasses
+        import threading
+
+        from pytest_icllm import JobInfo, Stats
+
+        def test_views(icllm, icllm_client):
+            icllm.hold()
+            asking = threading.Thread(target=icllm_client.prompt, args=("llama3.1:8b", "hello"))
+            asking.start()
+            (job,) = icllm.jobs("HELD", count=1)
+            assert isinstance(job, JobInfo) and dataclasses.is_dataclass(job)
+            assert (job.state, job.model, job.attempt) == ("HELD", "llama3.1:8b", 1)
+            icllm.release_all()
+            asking.join()
+            stats = icllm.stats()
+            assert isinstance(stats, Stats)
+            assert (stats.calls, stats.answered, stats.rejects_by_code) == (1, 1, {})
+        """,
+    )
+    result.assert_outcomes(passed=1)
