@@ -1,13 +1,15 @@
 """The engine: clock, queue, rules, history, canister core, backend and built-in workers, wired once.
 
 The CLI process, the pytest plugin and in-memory tests all build this same object; the front doors
-only translate wire formats to calls on it.
+only translate wire formats to calls of its facade (`chat`, `deposit`, `add_rule`, `release`, ...),
+which take and give domain types.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,14 +18,15 @@ from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.billing import Receipt
 from icllm_emulator.canister import Canister
-from icllm_emulator.cassettes.deck import CassetteDeck
+from icllm_emulator.cassettes.deck import CassetteDeck, CassetteSpec
+from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
 from icllm_emulator.clock import VirtualClock, make_clock
 from icllm_emulator.config import ConfigError, EmulatorConfig
-from icllm_emulator.domain import Answer, Reject
-from icllm_emulator.history import History
+from icllm_emulator.domain import Answer, ChatRequest, Reject
+from icllm_emulator.history import CallRecord, History, Stats
 from icllm_emulator.outcalls import OutcallBook
 from icllm_emulator.queue import Job, PromptQueue
-from icllm_emulator.rules import RuleBook, load_rules
+from icllm_emulator.rules import Rule, RuleBook, RuleState, load_rules
 from icllm_emulator.runtime.errors import CanisterReject
 from icllm_emulator.settings import BackendKind
 from icllm_emulator.workers import QueueSource, Worker, outcome_now
@@ -183,6 +186,93 @@ class Engine:
         )
         self._load_rule_file()
 
+    # -- the facade: what the doors and the plugin call, in domain types -------------------------
+
+    async def chat(
+        self,
+        request: ChatRequest,
+        caller: str,
+        cycles: int = 0,
+        receipt: Receipt | None = None,
+        *,
+        max_output_tokens: int | None = None,
+        deadline: float | Literal["config"] | None = "config",
+    ) -> Answer:
+        """One v0_chat or v1_chat call: the answer, or the `Reject` the caller gets (`Canister.chat`)."""
+        return await self.canister.chat(
+            request, caller, cycles, receipt, max_output_tokens=max_output_tokens, deadline=deadline
+        )
+
+    def deposit(self, caller: str, cycles: int, beneficiary: str | None = None) -> int:
+        """v1_deposit: the cycles join the beneficiary's (else the caller's) balance; the new balance."""
+        return self.canister.deposit(caller, cycles, beneficiary)
+
+    def balances(self) -> dict[str, int]:
+        return dict(self.canister.ledger.balances)
+
+    def set_balance(self, principal: str, cycles: int) -> None:
+        self.canister.ledger.set_balance(principal, cycles)
+
+    def add_rule(self, rule: Rule) -> str:
+        """Script an answer; returns the rule's id."""
+        return self.rules.add(rule).id
+
+    def rule_states(self) -> list[RuleState]:
+        return list(self.rules.states)
+
+    def clear_rules(self) -> None:
+        self.rules.clear()
+
+    def set_hold(self, hold: bool) -> None:
+        """Hold finished answers (HELD) until released, or deliver them again as they finish."""
+        self.queue.set_hold(hold)
+
+    def release(self, job_ids: Iterable[str] | None = None) -> list[str]:
+        """Deliver held answers in this order (None: every held one, oldest first); the ids released."""
+        ids = [job.id for job in self.queue.held()] if job_ids is None else list(job_ids)
+        return self.queue.release(ids)
+
+    def set_paused(self, paused: bool) -> None:
+        """While paused, no worker leases a job: prompts wait in the queue."""
+        self.queue.set_paused(paused)
+
+    def jobs(self) -> list[Job]:
+        """Unfinished jobs, oldest first."""
+        return list(self.queue.jobs())
+
+    def records(self) -> Sequence[CallRecord]:
+        """The call history, oldest first (within its bounds)."""
+        return self.history.records
+
+    def stats(self) -> Stats:
+        return self.history.stats(self.queue)
+
+    def use_cassette(self, spec: CassetteSpec) -> ActiveCassette:
+        """Replay and record through this cassette from now on (confined to the cassette folder,
+        unless the emulator allows paths anywhere)."""
+        return self.cassettes.use(spec, confined=True)
+
+    def eject_cassette(self) -> CassetteStats:
+        return self.cassettes.eject()
+
+    # -- the AI-worker protocol, for workers in other processes -----------------------------------
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.queue.lease_seconds
+
+    async def lease(self, worker_id: str, wait: float, accept: Callable[[Job], bool]) -> Job | None:
+        return await self.queue.lease(worker_id, wait=wait, accept=accept)
+
+    def renew(self, job_id: str, attempt: int, worker_id: str) -> float:
+        return self.queue.renew(job_id, attempt, worker_id)
+
+    def complete(self, job_id: str, attempt: int, worker_id: str, outcome: Answer | Reject) -> None:
+        self.queue.complete(job_id, attempt, worker_id, outcome)
+
+    def retry(self, job_id: str, attempt: int, worker_id: str, reason: str) -> None:
+        self.queue.retry(job_id, attempt, worker_id, reason)
+
     async def call_candid(
         self,
         method: str,
@@ -204,14 +294,14 @@ class Engine:
         try:
             if candid.check_method(method, self.config.interface) == candid.DEPOSIT:
                 beneficiary = candid.decode_deposit(arg)
-                balance = self.canister.deposit(caller, cycles, beneficiary)
+                balance = self.deposit(caller, cycles, beneficiary)
                 receipt.refunded = 0
                 return candid.encode_deposit_reply(balance)
             chat = candid.decode_request(method, arg)
         except Reject:
             receipt.refunded = cycles
             raise
-        answer = await self.canister.chat(chat, caller, cycles, receipt, deadline=deadline)
+        answer = await self.chat(chat, caller, cycles, receipt, deadline=deadline)
         return candid.encode_reply(chat.api, answer.message)
 
     async def advance_clock(self, seconds: float) -> float:

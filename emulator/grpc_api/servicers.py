@@ -41,7 +41,7 @@ class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):
         caller, cycles = caller_of(context)
         receipt = Receipt()
         try:
-            return await self.engine.canister.chat(request, caller, cycles, receipt)
+            return await self.engine.chat(request, caller, cycles, receipt)
         finally:
             context.set_trailing_metadata(((REFUNDED_KEY, str(receipt.refunded)),))
 
@@ -82,7 +82,7 @@ class LlmCanisterServicer(canister_pb2_grpc.LlmCanisterServicer):
         beneficiary = (
             principal_of(request.beneficiary, "beneficiary") if request.HasField("beneficiary") else None
         )
-        return pb.V1DepositResponse(balance=self.engine.canister.deposit(caller, cycles, beneficiary))
+        return pb.V1DepositResponse(balance=self.engine.deposit(caller, cycles, beneficiary))
 
 
 class AiWorkerServicer(worker_pb2_grpc.AiWorkerServicer):
@@ -103,7 +103,7 @@ class AiWorkerServicer(worker_pb2_grpc.AiWorkerServicer):
         def accept(job: Job) -> bool:
             return job.rule is None and (not models or job.request.model in models)
 
-        job = await self.engine.queue.lease(worker_id, wait=request.wait_seconds, accept=accept)
+        job = await self.engine.lease(worker_id, request.wait_seconds, accept)
         if job is None:
             return wpb.PollResponse()
         lease = lease_of(job)
@@ -114,31 +114,31 @@ class AiWorkerServicer(worker_pb2_grpc.AiWorkerServicer):
                 lease_deadline=lease.lease_deadline,
                 request=convert.v1_request_pb(lease.request),
                 max_output_tokens=lease.max_output_tokens,
-                lease_seconds=self.engine.queue.lease_seconds,
+                lease_seconds=self.engine.lease_seconds,
             )
         )
 
     @rpc
     async def Renew(self, request: wpb.RenewRequest, context: grpc.aio.ServicerContext) -> wpb.RenewResponse:
-        deadline = self.engine.queue.renew(request.job_id, request.attempt, _worker_id(request.worker_id))
-        return wpb.RenewResponse(lease_deadline=deadline, lease_seconds=self.engine.queue.lease_seconds)
+        deadline = self.engine.renew(request.job_id, request.attempt, _worker_id(request.worker_id))
+        return wpb.RenewResponse(lease_deadline=deadline, lease_seconds=self.engine.lease_seconds)
 
     @rpc
     async def Submit(
         self, request: wpb.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> wpb.SubmitResponse:
         worker_id = _worker_id(request.worker_id)
-        queue = self.engine.queue
+        engine = self.engine
         kind = request.WhichOneof("outcome")
         if kind == "completion":
             done = request.completion
             answer = Answer(convert.assistant_message(done.message), done.output_tokens, done.truncated)
-            queue.complete(request.job_id, request.attempt, worker_id, answer)
+            engine.complete(request.job_id, request.attempt, worker_id, answer)
         elif kind == "failure" and request.failure.retry:
-            queue.retry(request.job_id, request.attempt, worker_id, request.failure.message)
+            engine.retry(request.job_id, request.attempt, worker_id, request.failure.message)
         elif kind == "failure":
             failure = Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {request.failure.message}")
-            queue.complete(request.job_id, request.attempt, worker_id, failure)
+            engine.complete(request.job_id, request.attempt, worker_id, failure)
         else:
             raise convert.BadRequest("a submission needs an outcome: set completion or failure")
         return wpb.SubmitResponse()
@@ -176,60 +176,59 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: cpb.AddRulesRequest, context: grpc.aio.ServicerContext
     ) -> cpb.AddRulesResponse:
         rules = [rule_from_pb(rule, index) for index, rule in enumerate(request.rules)]
-        return cpb.AddRulesResponse(rule_ids=[self.engine.rules.add(rule).id for rule in rules])
+        return cpb.AddRulesResponse(rule_ids=[self.engine.add_rule(rule) for rule in rules])
 
     @rpc
     async def ListRules(
         self, request: cpb.ListRulesRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ListRulesResponse:
-        return cpb.ListRulesResponse(rules=[rule_state_pb(state) for state in self.engine.rules.states])
+        return cpb.ListRulesResponse(rules=[rule_state_pb(state) for state in self.engine.rule_states()])
 
     @rpc
     async def ClearRules(
         self, request: cpb.ClearRulesRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ClearRulesResponse:
-        self.engine.rules.clear()
+        self.engine.clear_rules()
         return cpb.ClearRulesResponse()
 
     @rpc
     async def SetHold(
         self, request: cpb.SetHoldRequest, context: grpc.aio.ServicerContext
     ) -> cpb.SetHoldResponse:
-        self.engine.queue.set_hold(request.hold)
+        self.engine.set_hold(request.hold)
         return cpb.SetHoldResponse()
 
     @rpc
     async def Release(
         self, request: cpb.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ReleaseResponse:
-        queue = self.engine.queue
         if request.all == bool(request.job_ids):
             raise convert.BadRequest("name the jobs to release in job_ids, or set all (not both)")
-        ids = [job.id for job in queue.held()] if request.all else list(request.job_ids)
-        return cpb.ReleaseResponse(job_ids=queue.release(ids))
+        released = self.engine.release(None if request.all else request.job_ids)
+        return cpb.ReleaseResponse(job_ids=released)
 
     @rpc
     async def SetPaused(
         self, request: cpb.SetPausedRequest, context: grpc.aio.ServicerContext
     ) -> cpb.SetPausedResponse:
-        self.engine.queue.set_paused(request.paused)
+        self.engine.set_paused(request.paused)
         return cpb.SetPausedResponse()
 
     @rpc
     async def ListJobs(
         self, request: cpb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ListJobsResponse:
-        return cpb.ListJobsResponse(jobs=[job_pb(job) for job in self.engine.queue.jobs()])
+        return cpb.ListJobsResponse(jobs=[job_pb(job) for job in self.engine.jobs()])
 
     @rpc
     async def GetHistory(
         self, request: cpb.GetHistoryRequest, context: grpc.aio.ServicerContext
     ) -> cpb.GetHistoryResponse:
-        return history_page(self.engine.history.records, request.page_token, request.page_size)
+        return history_page(self.engine.records(), request.page_token, request.page_size)
 
     @rpc
     async def GetStats(self, request: cpb.GetStatsRequest, context: grpc.aio.ServicerContext) -> cpb.Stats:
-        stats = self.engine.history.stats(self.engine.queue)
+        stats = self.engine.stats()
         return cpb.Stats(
             calls=stats.calls,
             answered=stats.answered,
@@ -269,20 +268,20 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def GetBalances(
         self, request: cpb.GetBalancesRequest, context: grpc.aio.ServicerContext
     ) -> cpb.GetBalancesResponse:
-        return cpb.GetBalancesResponse(balances=self.engine.canister.ledger.balances)
+        return cpb.GetBalancesResponse(balances=self.engine.balances())
 
     @rpc
     async def SetBalance(
         self, request: cpb.SetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> cpb.SetBalanceResponse:
-        self.engine.canister.ledger.set_balance(principal_of(request.principal, "principal"), request.cycles)
+        self.engine.set_balance(principal_of(request.principal, "principal"), request.cycles)
         return cpb.SetBalanceResponse()
 
     @rpc
     async def UseCassette(
         self, request: cpb.UseCassetteRequest, context: grpc.aio.ServicerContext
     ) -> cpb.UseCassetteResponse:
-        cassette = self.engine.cassettes.use(cassette_spec(request), confined=True)
+        cassette = self.engine.use_cassette(cassette_spec(request))
         stats = cassette.stats()
         return cpb.UseCassetteResponse(
             path=stats.path,
@@ -295,7 +294,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def EjectCassette(
         self, request: cpb.EjectCassetteRequest, context: grpc.aio.ServicerContext
     ) -> cpb.CassetteStats:
-        stats = self.engine.cassettes.eject()
+        stats = self.engine.eject_cassette()
         return cpb.CassetteStats(**dataclasses.asdict(stats))
 
     @rpc

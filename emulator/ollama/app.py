@@ -1,6 +1,6 @@
 """The Ollama-compatible HTTP API as an ASGI app: thin routes over the engine's canister core.
 
-Every prompt goes through `engine.canister.chat`, so an HTTP caller meets the same model catalogue,
+Every prompt goes through `engine.chat`, so an HTTP caller meets the same model catalogue,
 limits, queue, scripted rules, billing and history as a gRPC caller. The routes only translate
 (`convert`), describe the catalogue (`models`) and map rejects to HTTP statuses (`REJECT_STATUS`).
 Build the app with `create_app(engine)`; `icllm_emulator.ollama.serve` puts uvicorn around it, and tests
@@ -320,9 +320,7 @@ class OllamaApi:
         assert parsed.request is not None
         caller, cycles = caller_of(request)
         call = asyncio.ensure_future(
-            self.engine.canister.chat(
-                parsed.request, caller, cycles, max_output_tokens=parsed.shaping.max_tokens
-            )
+            self.engine.chat(parsed.request, caller, cycles, max_output_tokens=parsed.shaping.max_tokens)
         )
         gone = asyncio.ensure_future(_until_disconnected(request.receive))
         closing = asyncio.ensure_future(self.closing.wait())

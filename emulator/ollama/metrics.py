@@ -51,7 +51,7 @@ class _CanisterCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.engine.history.stats(self.engine.queue)
+        stats = self.engine.stats()
         yield CounterMetricFamily("icllm_calls", "Calls to the LLM canister, from every door", stats.calls)
         yield CounterMetricFamily("icllm_calls_answered", "Calls answered with a reply", stats.answered)
         rejects = CounterMetricFamily(

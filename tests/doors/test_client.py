@@ -145,7 +145,7 @@ def test_caller_and_cycles_reach_the_canister(emulator: ThreadedEmulator) -> Non
     caller = "rrkah-fqaaa-aaaaa-aaaaq-cai"
     with LlmClient(emulator.ports.grpc_target, caller=caller, cycles=5, timeout=30) as llm:
         llm.prompt(MODEL, "who am I?")
-    assert emulator.engine.history.records[-1].caller == caller
+    assert emulator.engine.records()[-1].caller == caller
 
 
 def test_bad_caller_principal_is_an_emulator_error(emulator: ThreadedEmulator) -> None:

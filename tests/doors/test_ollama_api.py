@@ -208,7 +208,7 @@ async def test_model_latest_tag_is_the_same_model(door: Door) -> None:
     )
     assert response.status_code == 200 and response.json()["model"] == "llama4-scout"
     assert door.engine is not None
-    assert door.engine.history.records[-1].request.model == "llama4-scout"
+    assert door.engine.records()[-1].request.model == "llama4-scout"
 
 
 @pytest.mark.asyncio
@@ -281,7 +281,7 @@ async def test_generate_sends_system_and_prompt_as_two_messages(door: Door) -> N
         "/api/generate", json={"model": MODEL, "prompt": "Hi", "system": "Be brief", "stream": False}
     )
     assert door.engine is not None
-    messages = door.engine.history.records[-1].request.messages
+    messages = door.engine.records()[-1].request.messages
     assert [(m.role.value, m.content) for m in messages] == [("system", "Be brief"), ("user", "Hi")]
 
 
@@ -363,7 +363,7 @@ async def test_format_json_gives_a_json_object(http: Door) -> None:
 @pytest.mark.asyncio
 async def test_a_scripted_json_answer_passes_format_unchanged(door: Door) -> None:
     assert door.engine is not None
-    door.engine.rules.add(Rule(Match(contains="status"), Reply(AssistantMessage(content='{"ok": true}'))))
+    door.engine.add_rule(Rule(Match(contains="status"), Reply(AssistantMessage(content='{"ok": true}'))))
     body = (
         await door.client.post("/api/chat", json=chat_body("status?", stream=False, format="json"))
     ).json()
@@ -414,7 +414,7 @@ async def test_tool_round_trip_links_the_result_to_the_call(door: Door) -> None:
     second = await door.client.post("/api/chat", json={"model": MODEL, "messages": messages, "stream": False})
     assert second.status_code == 200 and "21" in second.json()["message"]["content"]
     assert door.engine is not None
-    record = door.engine.history.records[-1]
+    record = door.engine.records()[-1]
     assert record.warnings == ()
     assistant, tool = record.request.messages[1], record.request.messages[2]
     assert isinstance(tool, ToolMessage)
@@ -436,7 +436,7 @@ async def test_json_arguments_reach_the_canister_as_text(door: Door) -> None:
         await door.client.post("/api/chat", json={"model": MODEL, "messages": messages, "stream": False})
     ).status_code == 200
     assert door.engine is not None
-    assistant = door.engine.history.records[-1].request.messages[1]
+    assistant = door.engine.records()[-1].request.messages[1]
     arguments = [(a.name, a.value) for a in assistant.tool_calls[0].function.arguments]  # type: ignore[union-attr]
     assert arguments == [("n", "3"), ("ok", "true"), ("where", '{"lat": 1.5}'), ("s", "x")]
 
@@ -444,7 +444,7 @@ async def test_json_arguments_reach_the_canister_as_text(door: Door) -> None:
 @pytest.mark.asyncio
 async def test_scripted_tool_call_arguments_come_back_as_json(door: Door) -> None:
     assert door.engine is not None
-    door.engine.rules.add(
+    door.engine.add_rule(
         rule_from_dict(
             {
                 "match": {"contains": "plan"},
@@ -582,7 +582,7 @@ async def test_each_reject_code_has_one_status_and_the_body_carries_the_reject(
     door: Door, code: RejectCode, status: int
 ) -> None:
     assert door.engine is not None
-    door.engine.rules.add(Rule(Match(contains="fail"), Reject(code, "scripted failure")))
+    door.engine.add_rule(Rule(Match(contains="fail"), Reject(code, "scripted failure")))
     response = await door.client.post("/api/chat", json=chat_body("please fail"))
     assert response.status_code == status
     body = response.json()
@@ -617,9 +617,9 @@ async def test_caller_header_names_the_principal(door: Door) -> None:
     caller = "rrkah-fqaaa-aaaaa-aaaaq-cai"
     await door.client.post("/api/chat", json=chat_body(stream=False), headers={"X-Icllm-Caller": caller})
     assert door.engine is not None
-    assert door.engine.history.records[-1].caller == caller
+    assert door.engine.records()[-1].caller == caller
     await door.client.post("/api/chat", json=chat_body(stream=False))
-    assert door.engine.history.records[-1].caller == "2vxsx-fae"
+    assert door.engine.records()[-1].caller == "2vxsx-fae"
     bad = await door.client.post("/api/chat", json=chat_body(), headers={"X-Icllm-Caller": "Alice"})
     assert bad.status_code == 400 and "not a textual principal" in bad.json()["error"]
     cycles = await door.client.post("/api/chat", json=chat_body(), headers={"X-Icllm-Cycles": "-5"})

@@ -126,7 +126,7 @@ def test_url_points_the_fixtures_at_a_running_emulator(
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"icllm: emulator at {target}; profile=current, *"])
     assert external.emulator.engine.history.calls == 0  # reset by the second test
-    assert external.emulator.engine.rules.states == []
+    assert external.emulator.engine.rule_states() == []
 
 
 def test_unreachable_url_exits_with_a_clear_message(pt: pytest.Pytester) -> None:

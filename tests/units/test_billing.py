@@ -30,7 +30,7 @@ PRICE = Price(per_call=1_000, per_token=10)
 async def engine() -> AsyncIterator[Engine]:
     """An engine where gemma3:27b costs 1000 cycles a call plus 10 a token, and answers are scripted."""
     engine = Engine(EmulatorConfig(prices={"gemma3:27b": PRICE}))
-    engine.rules.add(Rule(Match(), Reply(AssistantMessage("four words of answer"))))
+    engine.add_rule(Rule(Match(), Reply(AssistantMessage("four words of answer"))))
     engine.start()
     try:
         yield engine
@@ -41,7 +41,7 @@ async def engine() -> AsyncIterator[Engine]:
 async def call(engine: Engine, model: str, cycles: int, caller: str = ALICE) -> Receipt:
     receipt = Receipt()
     request = ChatRequest(model=model, messages=(UserMessage("two words"),))
-    await engine.canister.chat(request, caller, cycles=cycles, receipt=receipt)
+    await engine.chat(request, caller, cycles=cycles, receipt=receipt)
     return receipt
 
 
@@ -61,7 +61,7 @@ async def test_paid_model_with_too_few_cycles_is_rejected_with_what_to_do(engine
     receipt = Receipt()
     request = ChatRequest(model="gemma3:27b", messages=(UserMessage("two words"),))
     with pytest.raises(Reject) as caught:
-        await engine.canister.chat(request, ALICE, cycles=MIN_ATTACHED - 1, receipt=receipt)
+        await engine.chat(request, ALICE, cycles=MIN_ATTACHED - 1, receipt=receipt)
     assert caught.value.code is RejectCode.CANISTER_REJECT
     message = caught.value.message
     assert f"attach at least {MIN_ATTACHED} cycles" in message and f"attached: {MIN_ATTACHED - 1}" in message
@@ -74,53 +74,53 @@ async def test_paid_model_with_too_few_cycles_is_rejected_with_what_to_do(engine
 async def test_paid_model_charges_the_price_and_refunds_the_rest(engine: Engine, attached: int) -> None:
     receipt = await call(engine, "gemma3:27b", attached)
     assert (receipt.charged, receipt.refunded) == (COST, attached - COST)
-    (record,) = engine.history.records
+    (record,) = engine.records()
     assert record.receipt.charged == COST
 
 
 @pytest.mark.asyncio
 async def test_deposit_then_call_draws_on_the_balance(engine: Engine) -> None:
-    assert engine.canister.deposit(BOB, 2 * MOST, beneficiary=ALICE) == 2 * MOST
+    assert engine.deposit(BOB, 2 * MOST, beneficiary=ALICE) == 2 * MOST
     receipt = await call(engine, "gemma3:27b", 5)
     assert (receipt.charged, receipt.refunded, receipt.from_balance) == (COST, 5, True)
-    assert engine.canister.ledger.balance(ALICE) == 2 * MOST - COST
-    assert engine.canister.deposit(ALICE, 0) == 2 * MOST - COST  # no beneficiary: the caller's own
+    assert engine.balances().get(ALICE, 0) == 2 * MOST - COST
+    assert engine.deposit(ALICE, 0) == 2 * MOST - COST  # no beneficiary: the caller's own
 
 
 @pytest.mark.asyncio
 async def test_balance_exhausted_midway_rejects_the_next_call(engine: Engine) -> None:
-    engine.canister.deposit(ALICE, MOST + COST)
+    engine.deposit(ALICE, MOST + COST)
     await call(engine, "gemma3:27b", 0)
     await call(engine, "gemma3:27b", 0)
     with pytest.raises(Reject, match=r"balance: \d+; this call may cost up to"):
         await call(engine, "gemma3:27b", 0)
-    assert engine.canister.ledger.balance(ALICE) == MOST + COST - 2 * COST
+    assert engine.balances().get(ALICE, 0) == MOST + COST - 2 * COST
 
 
 @pytest.mark.asyncio
 async def test_concurrent_callers_never_spend_one_balance_twice(engine: Engine) -> None:
     deposited = 3 * MOST
-    engine.canister.deposit(ALICE, deposited)
-    engine.queue.set_paused(True)  # every call is admitted before any is answered
+    engine.deposit(ALICE, deposited)
+    engine.set_paused(True)  # every call is admitted before any is answered
     calls = [asyncio.ensure_future(call(engine, "gemma3:27b", 0)) for _ in range(10)]
-    await until(lambda: len(engine.queue.jobs()) + sum(c.done() for c in calls) == 10, "every call admitted")
-    engine.queue.set_paused(False)
+    await until(lambda: len(engine.jobs()) + sum(c.done() for c in calls) == 10, "every call admitted")
+    engine.set_paused(False)
     results = await asyncio.gather(*calls, return_exceptions=True)
     charged = sum(r.charged for r in results if isinstance(r, Receipt))
     assert sum(isinstance(r, Receipt) for r in results) == 3
     assert all(isinstance(r, Reject) for r in results if not isinstance(r, Receipt))
     assert charged <= deposited
-    assert engine.canister.ledger.balance(ALICE) == deposited - charged
+    assert engine.balances().get(ALICE, 0) == deposited - charged
 
 
 @pytest.mark.asyncio
 async def test_a_rejected_paid_call_is_charged_nothing(engine: Engine) -> None:
-    engine.rules.clear()
-    engine.rules.add(Rule(Match(), Reject(RejectCode.SYS_TRANSIENT, "busy")))
-    engine.canister.deposit(ALICE, MOST)
+    engine.clear_rules()
+    engine.add_rule(Rule(Match(), Reject(RejectCode.SYS_TRANSIENT, "busy")))
+    engine.deposit(ALICE, MOST)
     with pytest.raises(Reject, match="busy"):
         await call(engine, "gemma3:27b", 0)
-    assert engine.canister.ledger.balance(ALICE) == MOST
+    assert engine.balances().get(ALICE, 0) == MOST
 
 
 @pytest.mark.asyncio
@@ -244,10 +244,10 @@ async def test_attached_cycles_below_the_most_a_call_may_cost_are_rejected(engin
 
 @pytest.mark.asyncio
 async def test_a_deposit_past_the_emulators_range_is_rejected(engine: Engine) -> None:
-    engine.canister.deposit(ALICE, MAX_CYCLES)
+    engine.deposit(ALICE, MAX_CYCLES)
     with pytest.raises(Reject, match="the balance stays"):
-        engine.canister.deposit(ALICE, 1)
-    assert engine.canister.ledger.balance(ALICE) == MAX_CYCLES
+        engine.deposit(ALICE, 1)
+    assert engine.balances().get(ALICE, 0) == MAX_CYCLES
 
 
 def test_grpc_cycles_beyond_64_bits_are_invalid_argument(emu: Stubs) -> None:

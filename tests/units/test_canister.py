@@ -78,7 +78,7 @@ def profile(name: str) -> dict[str, Any]:
 
 
 async def ask(engine: Engine, *messages: Message, model: str = MODEL, tools: tuple[Tool, ...] = ()) -> Answer:
-    return await engine.canister.chat(ChatRequest(model=model, messages=messages, tools=tools), caller=CALLER)
+    return await engine.chat(ChatRequest(model=model, messages=messages, tools=tools), caller=CALLER)
 
 
 async def rejected(engine: Engine, *messages: Message, model: str = MODEL) -> Reject:
@@ -88,7 +88,7 @@ async def rejected(engine: Engine, *messages: Message, model: str = MODEL) -> Re
 
 
 def last_record(engine: Engine) -> CallRecord:
-    return engine.history.records[-1]
+    return engine.records()[-1]
 
 
 def words(count: int) -> str:
@@ -202,7 +202,7 @@ async def test_unknown_model_is_rejected_naming_every_known_model(engine: Engine
 async def test_every_catalogued_model_is_served(engine: Engine) -> None:
     for model in DEFAULT_MODELS:
         request = ChatRequest(model=model, messages=(UserMessage("hi"),))
-        answer = await engine.canister.chat(request, caller=CALLER, cycles=MIN_ATTACHED)
+        answer = await engine.chat(request, caller=CALLER, cycles=MIN_ATTACHED)
         assert answer.message.content
 
 
@@ -220,7 +220,7 @@ async def test_unlimited_profile_accepts_eleven_messages_and_20_kib(make_engine:
 @pytest.mark.asyncio
 async def test_launch_2025_profile_cuts_a_long_reply_at_200_tokens(make_engine: MakeEngine) -> None:
     engine = make_engine(**profile("launch-2025"))
-    engine.rules.add(long_reply_rule(500))
+    engine.add_rule(long_reply_rule(500))
 
     answer = await ask(engine, UserMessage("tell me a long story"))
 
@@ -237,7 +237,7 @@ async def test_launch_2025_profile_cuts_a_long_reply_at_200_tokens(make_engine: 
 
 @pytest.mark.asyncio
 async def test_current_profile_cuts_a_long_reply_at_1000_tokens(engine: Engine) -> None:
-    engine.rules.add(long_reply_rule(1500))
+    engine.add_rule(long_reply_rule(1500))
 
     answer = await ask(engine, UserMessage("tell me a very long story"))
 
@@ -248,7 +248,7 @@ async def test_current_profile_cuts_a_long_reply_at_1000_tokens(engine: Engine) 
 
 @pytest.mark.asyncio
 async def test_reply_within_the_cap_is_not_marked_truncated(engine: Engine) -> None:
-    engine.rules.add(long_reply_rule(500))
+    engine.add_rule(long_reply_rule(500))
 
     answer = await ask(engine, UserMessage("tell me a story"))
 
@@ -340,7 +340,7 @@ async def test_caller_deadline_gives_sys_unknown_while_the_job_still_finishes(
     make_engine: MakeEngine,
 ) -> None:
     engine = make_engine(clock=ClockKind.VIRTUAL, caller_deadline=300)
-    engine.rules.add(Rule(Match(), Reply(AssistantMessage(content="late answer")), delay=400))
+    engine.add_rule(Rule(Match(), Reply(AssistantMessage(content="late answer")), delay=400))
     call = asyncio.ensure_future(ask(engine, UserMessage("slow question")))
     await engine.advance_clock(0)
     record = last_record(engine)
@@ -361,14 +361,14 @@ async def test_caller_deadline_gives_sys_unknown_while_the_job_still_finishes(
     assert record.job is not None
     assert record.job.outcome == Answer(AssistantMessage(content="late answer"), output_tokens=2)
     assert record.outcome == caught.value, "the caller's outcome stays the reject it received"
-    stats = engine.history.stats(engine.queue)
+    stats = engine.stats()
     assert (stats.calls, stats.answered, stats.rejected, stats.pending) == (1, 0, 1, 0)
 
 
 @pytest.mark.asyncio
 async def test_answer_before_the_caller_deadline_is_delivered(make_engine: MakeEngine) -> None:
     engine = make_engine(clock=ClockKind.VIRTUAL, caller_deadline=300)
-    engine.rules.add(Rule(Match(), Reply(AssistantMessage(content="in time")), delay=200))
+    engine.add_rule(Rule(Match(), Reply(AssistantMessage(content="in time")), delay=200))
     call = asyncio.ensure_future(ask(engine, UserMessage("question")))
     await engine.advance_clock(0)
 
@@ -384,8 +384,8 @@ async def test_answer_before_the_caller_deadline_is_delivered(make_engine: MakeE
 @pytest.mark.asyncio
 async def test_strict_rules_reject_an_unscripted_prompt_explaining_each_rule(engine: Engine) -> None:
     engine.configure(strict_rules=True)
-    engine.rules.add(Rule(Match(contains="weather"), Reply(AssistantMessage(content="sunny")), id="weather"))
-    engine.rules.add(Rule(Match(model="qwen3:32b"), Reply(AssistantMessage(content="qwen")), id="qwen-only"))
+    engine.add_rule(Rule(Match(contains="weather"), Reply(AssistantMessage(content="sunny")), id="weather"))
+    engine.add_rule(Rule(Match(model="qwen3:32b"), Reply(AssistantMessage(content="qwen")), id="qwen-only"))
 
     reject = await rejected(engine, UserMessage("What time is it?"))
 
@@ -398,7 +398,7 @@ async def test_strict_rules_reject_an_unscripted_prompt_explaining_each_rule(eng
 @pytest.mark.asyncio
 async def test_strict_rules_answer_a_scripted_prompt(engine: Engine) -> None:
     engine.configure(strict_rules=True)
-    engine.rules.add(Rule(Match(contains="weather"), Reply(AssistantMessage(content="sunny"))))
+    engine.add_rule(Rule(Match(contains="weather"), Reply(AssistantMessage(content="sunny"))))
 
     answer = await ask(engine, UserMessage("the weather?"))
 
@@ -407,7 +407,7 @@ async def test_strict_rules_answer_a_scripted_prompt(engine: Engine) -> None:
 
 @pytest.mark.asyncio
 async def test_scripted_reject_reaches_the_caller_with_its_code_and_message(engine: Engine) -> None:
-    engine.rules.add(Rule(Match(), Reject(RejectCode.SYS_TRANSIENT, "the subnet is busy")))
+    engine.add_rule(Rule(Match(), Reject(RejectCode.SYS_TRANSIENT, "the subnet is busy")))
 
     reject = await rejected(engine, UserMessage("hi"))
 
@@ -418,7 +418,7 @@ async def test_scripted_reject_reaches_the_caller_with_its_code_and_message(engi
 @pytest.mark.asyncio
 async def test_scripted_reply_with_tool_calls_is_returned_as_is(engine: Engine) -> None:
     call = ToolCall("call_9", FunctionCall("get_weather"))
-    engine.rules.add(Rule(Match(tool="get_weather"), Reply(AssistantMessage(tool_calls=(call,)))))
+    engine.add_rule(Rule(Match(tool="get_weather"), Reply(AssistantMessage(tool_calls=(call,)))))
 
     answer = await ask(engine, UserMessage("weather?"), tools=(Tool("get_weather"),))
 
@@ -429,7 +429,7 @@ async def test_scripted_reply_with_tool_calls_is_returned_as_is(engine: Engine) 
 @pytest.mark.asyncio
 async def test_hanging_worker_ends_in_a_reject_after_max_attempts(make_engine: MakeEngine) -> None:
     engine = make_engine(clock=ClockKind.VIRTUAL, lease_seconds=10, max_attempts=2)
-    engine.rules.add(Rule(Match(contains="hang"), Hang()))
+    engine.add_rule(Rule(Match(contains="hang"), Hang()))
     call = asyncio.ensure_future(ask(engine, UserMessage("please hang")))
     await engine.advance_clock(0)
     record = last_record(engine)
@@ -517,30 +517,30 @@ async def test_backend_error_rejects_the_call_and_the_worker_serves_the_next(mak
 
 @pytest.mark.asyncio
 async def test_history_counts_calls_answers_and_rejects_by_code(engine: Engine) -> None:
-    engine.rules.add(Rule(Match(contains="busy"), Reject(RejectCode.SYS_TRANSIENT, "busy")))
+    engine.add_rule(Rule(Match(contains="busy"), Reject(RejectCode.SYS_TRANSIENT, "busy")))
     await ask(engine, UserMessage("one"))
     await ask(engine, UserMessage("two"))
     await rejected(engine, *[UserMessage("m")] * 11)
     await rejected(engine, UserMessage("hi"), model="nope")
     await rejected(engine, UserMessage("busy now"))
 
-    stats = engine.history.stats(engine.queue)
+    stats = engine.stats()
 
     assert stats.calls == 5
     assert stats.answered == 2
     assert stats.rejected == 3
     assert stats.pending == 0
     assert stats.rejects_by_code == {int(RejectCode.CANISTER_REJECT): 2, int(RejectCode.SYS_TRANSIENT): 1}
-    assert [record.caller for record in engine.history.records] == [CALLER] * 5
+    assert [record.caller for record in engine.records()] == [CALLER] * 5
 
 
 @pytest.mark.asyncio
 async def test_reset_rejects_waiting_calls_and_clears_rules_and_history(make_engine: MakeEngine) -> None:
     engine = make_engine(workers=0)
-    engine.rules.add(Rule(Match(), Reply(AssistantMessage(content="scripted"))))
+    engine.add_rule(Rule(Match(), Reply(AssistantMessage(content="scripted"))))
     calls = [asyncio.ensure_future(ask(engine, UserMessage(f"waiting {n}"))) for n in range(2)]
-    await until(lambda: len(engine.queue.jobs()) == 2, "both calls in the queue")
-    assert engine.queue.jobs(), "the calls should be waiting in the queue"
+    await until(lambda: len(engine.jobs()) == 2, "both calls in the queue")
+    assert engine.jobs(), "the calls should be waiting in the queue"
 
     engine.reset()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
@@ -548,9 +548,9 @@ async def test_reset_rejects_waiting_calls_and_clears_rules_and_history(make_eng
     for outcome in outcomes:
         assert isinstance(outcome, Reject)
         assert outcome.code is RejectCode.SYS_TRANSIENT
-    assert engine.rules.states == []
-    assert list(engine.history.records) == []
-    stats = engine.history.stats(engine.queue)
+    assert engine.rule_states() == []
+    assert list(engine.records()) == []
+    stats = engine.stats()
     assert (stats.calls, stats.answered, stats.rejected, stats.pending) == (0, 0, 0, 0)
     assert stats.rejects_by_code == {}
 
@@ -558,15 +558,15 @@ async def test_reset_rejects_waiting_calls_and_clears_rules_and_history(make_eng
 @pytest.mark.asyncio
 async def test_full_queue_rejects_with_sys_transient_and_keeps_the_rules_use(make_engine: MakeEngine) -> None:
     engine = make_engine(workers=0, queue_capacity=1)
-    engine.rules.add(Rule(Match(contains="special"), Reply(AssistantMessage(content="scripted")), times=1))
+    engine.add_rule(Rule(Match(contains="special"), Reply(AssistantMessage(content="scripted")), times=1))
     waiting = asyncio.ensure_future(ask(engine, UserMessage("ordinary")))
-    await until(lambda: len(engine.queue.jobs()) == 1, "the first call in the queue")
+    await until(lambda: len(engine.jobs()) == 1, "the first call in the queue")
 
     reject = await rejected(engine, UserMessage("special"))
 
     assert reject.code is RejectCode.SYS_TRANSIENT
     assert "capacity is 1" in reject.message
-    assert engine.rules.states[0].uses == 0, "a call the queue refused must not use up a scripted rule"
+    assert engine.rule_states()[0].uses == 0, "a call the queue refused must not use up a scripted rule"
     engine.configure(workers=1)
     assert (await waiting).message.content
     assert (await ask(engine, UserMessage("special"))).message.content == "scripted"

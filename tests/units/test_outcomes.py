@@ -65,17 +65,17 @@ async def outcome(engine: Engine, text: str, *, through_a_worker: bool) -> tuple
     """The caller's outcome and its history record's, by the fast path or by a worker's lease."""
     request = ChatRequest(model=MODEL, messages=(UserMessage(text),))
     if through_a_worker:
-        engine.queue.set_paused(True)  # nothing is handed over at submission: a worker must lease it
-    call = asyncio.ensure_future(engine.canister.chat(request, CALLER))
+        engine.set_paused(True)  # nothing is handed over at submission: a worker must lease it
+    call = asyncio.ensure_future(engine.chat(request, CALLER))
     if through_a_worker:
-        await until(lambda: len(engine.queue.jobs()) == 1, "the job in the queue")
+        await until(lambda: len(engine.jobs()) == 1, "the job in the queue")
         assert not call.done()
-        engine.queue.set_paused(False)
+        engine.set_paused(False)
     try:
         result: Any = (await call).message
     except Reject as reject:
         result = (reject.code, reject.message)
-    record = engine.history.records[-1]
+    record = engine.records()[-1]
     kept = record.outcome.message if isinstance(record.outcome, Answer) else record.outcome
     return result, (record.job_state, kept, record.input_tokens, record.unexpected)
 
@@ -88,8 +88,8 @@ async def outcome(engine: Engine, text: str, *, through_a_worker: bool) -> tuple
 async def test_the_fast_path_and_a_worker_give_the_same_outcome_and_history(
     engine: Engine, text: str
 ) -> None:
-    engine.rules.add(Rule(Match(contains="scripted reject"), Reject(RejectCode.SYS_TRANSIENT, "busy")))
-    engine.rules.add(Rule(Match(contains="scripted"), Reply(AssistantMessage(content="a scripted answer"))))
+    engine.add_rule(Rule(Match(contains="scripted reject"), Reject(RejectCode.SYS_TRANSIENT, "busy")))
+    engine.add_rule(Rule(Match(contains="scripted"), Reply(AssistantMessage(content="a scripted answer"))))
     if text in ("refuse", "bug"):
         engine.cassettes.inner = Refuses()
     fast = await outcome(engine, text, through_a_worker=False)

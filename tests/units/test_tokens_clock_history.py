@@ -72,19 +72,19 @@ async def test_real_clock_sleeps_until_a_time_and_not_for_a_past_one() -> None:
 @pytest.mark.asyncio
 async def test_history_records_the_lifecycle_on_the_emulators_clock() -> None:
     engine = Engine(EmulatorConfig(clock=ClockKind.VIRTUAL, ollama_port=None))
-    engine.rules.add(Rule(Match(), Reply(AssistantMessage("done")), delay=5))
+    engine.add_rule(Rule(Match(), Reply(AssistantMessage("done")), delay=5))
     engine.start()
     try:
         clock = engine.clock
         assert isinstance(clock, VirtualClock)
         start = clock.now()
         call = asyncio.ensure_future(
-            engine.canister.chat(ChatRequest("llama3.1:8b", (UserMessage("hi there"),)), "2vxsx-fae")
+            engine.chat(ChatRequest("llama3.1:8b", (UserMessage("hi there"),)), "2vxsx-fae")
         )
         await until(lambda: bool(clock._sleepers), "the scripted delay started")
         await clock.advance(5)
         answer = await call
-        (record,) = engine.history.records
+        (record,) = engine.records()
         assert record.job is not None
         assert (record.received_at, record.job.first_leased_at, record.job.finished_at) == (
             start,
@@ -100,14 +100,14 @@ async def test_history_records_the_lifecycle_on_the_emulators_clock() -> None:
 @pytest.mark.asyncio
 async def test_stats_count_answers_rejects_and_tokens() -> None:
     engine = Engine(EmulatorConfig(ollama_port=None))
-    engine.rules.add(Rule(Match(contains="fail"), Reject(RejectCode.SYS_TRANSIENT, "busy")))
-    engine.rules.add(Rule(Match(), Reply(AssistantMessage("three short words"))))
+    engine.add_rule(Rule(Match(contains="fail"), Reject(RejectCode.SYS_TRANSIENT, "busy")))
+    engine.add_rule(Rule(Match(), Reply(AssistantMessage("three short words"))))
     engine.start()
     try:
         for text in ("ok one", "ok two", "fail now"):
             with contextlib.suppress(Reject):
-                await engine.canister.chat(ChatRequest("llama3.1:8b", (UserMessage(text),)), "2vxsx-fae")
-        stats = engine.history.stats(engine.queue)
+                await engine.chat(ChatRequest("llama3.1:8b", (UserMessage(text),)), "2vxsx-fae")
+        stats = engine.stats()
         assert (stats.calls, stats.answered, stats.rejected, stats.pending) == (3, 2, 1, 0)
         assert stats.rejects_by_code == {2: 1}
         assert (stats.input_tokens, stats.output_tokens) == (6, 6)
