@@ -39,6 +39,7 @@ from icllm_emulator.grpc_api import convert
 from icllm_emulator.history import CallRecord
 from icllm_emulator.queue import Job
 from icllm_emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
+from icllm_emulator.settings import SETTINGS
 
 # -- what readers of Control responses get -----------------------------------------------------------
 
@@ -202,6 +203,15 @@ def config_pb(config: EmulatorConfig) -> cpb.EmulatorConfig:
     )
 
 
+# The settings that Configure sets by a field of their own name and type (settings.SETTINGS); the rest
+# (profile and limits, models, tool_policy, caller_deadline, prices) are converted below.
+PLAIN = frozenset(
+    s.name
+    for s in SETTINGS
+    if s.configure == s.name and s.name not in {"profile", "models", "tool_policy", "prices"}
+)
+
+
 def config_changes(request: cpb.ConfigureRequest, current: EmulatorConfig) -> dict[str, Any]:
     """The settings a Configure request changes, as EmulatorConfig field values."""
     changes: dict[str, Any] = {}
@@ -216,16 +226,8 @@ def config_changes(request: cpb.ConfigureRequest, current: EmulatorConfig) -> di
         changes["models"] = tuple(request.models)
     if request.HasField("tool_policy"):
         changes["tool_policy"] = choice(ToolPolicy, request.tool_policy, "tool policy")
-    simple = (
-        "seed",
-        "workers",
-        "strict_requests",
-        "strict_rules",
-        "max_attempts",
-        "lease_seconds",
-        "queue_capacity",
-    )
-    changes.update({field.name: value for field, value in request.ListFields() if field.name in simple})
+    # Every setting Configure changes under its own name, as it is (EmulatorConfig checks the whole).
+    changes.update({field.name: value for field, value in request.ListFields() if field.name in PLAIN})
     if request.HasField("caller_deadline_seconds") and request.clear_caller_deadline:
         raise ConfigError("set caller_deadline_seconds or clear_caller_deadline, not both")
     if request.HasField("caller_deadline_seconds"):

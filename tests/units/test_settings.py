@@ -117,3 +117,20 @@ def test_a_bad_value_names_the_setting_and_what_would_do() -> None:
 @pytest.mark.parametrize("path", list(pages()), ids=lambda p: p.name)
 def test_the_generated_reference_pages_are_fresh(path: Any) -> None:
     assert path.read_text(encoding="utf-8") == pages()[path], "stale: run `make docs`"
+
+
+def test_configure_changes_each_plain_setting_by_its_own_field() -> None:
+    from icllm_emulator.config import EmulatorConfig
+    from icllm_emulator.grpc_api.control import PLAIN, config_changes
+
+    assert {"seed", "workers", "strict_requests", "strict_rules", "max_attempts"} | {
+        "lease_seconds",
+        "queue_capacity",
+    } == PLAIN
+    request = cpb.ConfigureRequest(seed=5, workers=2, strict_rules=True, lease_seconds=9.5)
+    assert config_changes(request, EmulatorConfig()) == {
+        "seed": 5,
+        "workers": 2,
+        "strict_rules": True,
+        "lease_seconds": 9.5,
+    }
