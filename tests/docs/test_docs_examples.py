@@ -313,3 +313,18 @@ def test_the_grpc_table_lists_every_method_of_every_service() -> None:
         for service in module.DESCRIPTOR.services_by_name.values():
             listed = set(re.findall(r"`(\w+)`", rows[service.full_name]))
             assert {m.name for m in service.methods} <= listed, service.full_name
+
+
+def test_the_http_reference_lists_every_route_the_app_serves() -> None:
+    """Each route `create_app` serves is a row of docs/reference/http.md, and nothing else is."""
+    from icllm_emulator.ollama import app
+
+    page = (DOCS / "reference" / "http.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1] for line in page.splitlines() if line.startswith("| `")]
+    documented = {path for row in rows for path in re.findall(r" (/[^`]*)`", row)}
+    # the routes as create_app declares them (the 501 ones come from UNSUPPORTED_ROUTES)
+    source = Path(app.__file__).read_text(encoding="utf-8")
+    served = {
+        path.replace("{model:path}", "{model}") for path in re.findall(r'Route\("([^"]+)", api\.', source)
+    }
+    assert served == documented
