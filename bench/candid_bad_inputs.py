@@ -20,7 +20,7 @@ from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import canister_pb2_grpc
 from icllm_emulator.config import EmulatorConfig
 from icllm_emulator.server import ThreadedEmulator
-from tests.doors.test_candid import BAD_INPUTS, GOOD, MIB, v1_argument
+from tests.doors.test_candid import GOOD, MIB, WORST_INPUTS
 
 TARGET_MS = 100.0
 
@@ -29,9 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench candid", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="calls per input (the median is shown)")
     args = parser.parse_args(argv)
-    cases = {name: (method, arg) for name, (method, arg, _, _) in BAD_INPUTS.items()}
-    cases["3 MiB"] = ("v1_chat", v1_argument(b"x" * (3 * MIB)))
-    cases["just under 2 MiB"] = ("v1_chat", v1_argument(b"x" * (2 * MIB - 1000)))
+    cases = WORST_INPUTS
     emulator = ThreadedEmulator(EmulatorConfig(grpc_port=0, ollama_port=None))
     emulator.start()
     try:

@@ -6,10 +6,8 @@ Usage: python docs/generate.py   (`make docs` runs it; a test fails when a commi
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from icllm_emulator.settings import PYTEST, SERVE, SETTINGS, WORKER, Setting
 
@@ -119,7 +117,7 @@ def pages() -> dict[Path, str]:
     }
 
 
-def main(argv: list[str]) -> Any:
+def main() -> None:
     for path, text in pages().items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -127,4 +125,4 @@ def main(argv: list[str]) -> Any:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -7,6 +7,7 @@ with an edited copy.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import re
@@ -291,45 +292,28 @@ def cassette_settings(values: Mapping[str, Any]) -> CassetteSettings:
         raise ConfigError(str(error)) from None
 
 
+# EmulatorConfig fields made from settings of another name or shape (the rest share the setting's name;
+# `cassettes`, the setting, is the folder inside the field `cassettes`, a CassetteSettings).
+GROUPED = frozenset({"prices", "model_files", "canisters", "rules_file", "cassettes", "upstream"})
+
+
 def config_from_settings(
     values: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> EmulatorConfig:
     """The configuration of an emulator, from checked `serve` settings (missing ones at their default)."""
     given = ChainMap(dict(values) if not isinstance(values, dict) else values, defaults(SERVE))
     environ = os.environ if environ is None else environ
+    same_name = {
+        f.name: given[f.name]
+        for f in dataclasses.fields(EmulatorConfig)
+        if f.name in given and f.name not in GROUPED
+    }
     return EmulatorConfig(
-        host=given["host"],
-        grpc_port=given["grpc_port"],
-        ollama_port=given["ollama_port"],
-        port_file=given["port_file"],
-        backend=given["backend"],
-        profile=given["profile"],
-        models=given["models"],
-        interface=given["interface"],
-        unknown_models=given["unknown_models"],
+        **same_name,
         **({} if given["prices"] is None else {"prices": given["prices"]}),
         model_files=tuple(given["model"]),
         canisters=tuple(given["canister"]),
-        llama_instances=given["llama_instances"],
-        strict_outcalls=given["strict_outcalls"],
-        history_bytes=given["history_bytes"],
-        outcalls_loopback=given["outcalls_loopback"],
-        seed=given["seed"],
-        tool_policy=given["tool_policy"],
         rules_file=given["rules"],
-        strict_rules=given["strict_rules"],
-        strict_requests=given["strict_requests"],
-        workers=given["workers"],
-        queue_capacity=given["queue_capacity"],
-        max_attempts=given["max_attempts"],
-        lease_seconds=given["lease_seconds"],
-        caller_deadline=given["caller_deadline"],
-        clock=given["clock"],
-        grace=given["grace"],
-        control_token=given["control_token"],
-        idle_timeout=given["idle_timeout"],
-        header_timeout=given["header_timeout"],
-        body_timeout=given["body_timeout"],
         cassettes=cassette_settings(given),
         upstream=upstream_settings(given, environ),
     )

@@ -43,6 +43,8 @@ class CallRecord:
 
 @dataclass(frozen=True)
 class Stats:
+    """Counts since the last reset (what Control.GetStats and `icllm.stats()` give)."""
+
     calls: int
     answered: int
     rejected: int

@@ -99,8 +99,11 @@ def scripted_outcome(rule: Rule, max_output_tokens: int | None) -> Answer | Reje
     return Answer(message, output_tokens=count_tokens(message.content or ""), truncated=truncated)
 
 
-def failure(error: Exception) -> Reject:
-    """A backend bug reaches the caller as a reject; the worker goes on serving."""
+def backend_reject(error: Exception) -> Reject:
+    """What the caller gets when the backend raised: its `Reject` as it is (a job it cannot serve, in
+    the canister's words), or, for a bug, a reject that says so; the worker goes on serving."""
+    if isinstance(error, Reject):
+        return error
     log.error("backend failed", exc_info=error)
     return Reject(RejectCode.CANISTER_REJECT, f"the AI worker failed: {type(error).__name__}: {error}")
 
@@ -121,10 +124,8 @@ def outcome_now(
         return scripted_outcome(rule, max_output_tokens)
     try:
         return backend.answer_now(request, max_output_tokens)
-    except Reject as reject:
-        return reject
     except Exception as error:
-        return failure(error)
+        return backend_reject(error)
 
 
 class Worker:
@@ -173,10 +174,8 @@ class Worker:
             return outcome
         try:
             return await self.backend.generate(request, cap)
-        except Reject as reject:  # a backend refusing a job it cannot serve, with the canister's words
-            return reject
-        except Exception as error:  # a backend bug must reach the caller as a reject, not kill the worker
-            return failure(error)
+        except Exception as error:  # a refusal or a bug reaches the caller; it never kills the worker
+            return backend_reject(error)
 
     async def _abandon(self, lease: Lease) -> None:
         with contextlib.suppress(LeaseLost, UnknownJob):

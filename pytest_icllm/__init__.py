@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from icllm_emulator.client import EmulatorError, LlmReject
-    from icllm_emulator.grpc_api.control import Call, JobInfo, Stats
+    from icllm_emulator.grpc_api.control import Call, JobInfo
+    from icllm_emulator.history import Stats
     from icllm_emulator.runtime.errors import CanisterReject
     from pytest_icllm._canisters import Canister
     from pytest_icllm._controller import IcllmController
@@ -39,7 +40,7 @@ _LAZY = {
     "CanisterReject": "icllm_emulator.runtime.errors",
     "Call": "icllm_emulator.grpc_api.control",
     "JobInfo": "icllm_emulator.grpc_api.control",
-    "Stats": "icllm_emulator.grpc_api.control",
+    "Stats": "icllm_emulator.history",
 }
 
 

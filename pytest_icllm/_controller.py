@@ -22,7 +22,8 @@ from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator._proto.icllm.v1 import control_pb2_grpc
 from icllm_emulator.client import EmulatorError, translate_error
 from icllm_emulator.domain import ChatRequest, RejectCode, Role
-from icllm_emulator.grpc_api.control import Call, JobInfo, Stats, call_of, job_of, stats_of
+from icllm_emulator.grpc_api.control import Call, JobInfo, call_of, job_of, stats_of
+from icllm_emulator.history import Stats
 from icllm_emulator.rules import Match, RuleError, parse_reject_code, parse_role
 from pytest_icllm._inprocess import InProcessControl
 from pytest_icllm._options import CONFIGURED, Settings

@@ -2,14 +2,15 @@
 
 The Control servicer turns its requests into domain values and the engine's state into responses
 (`config_pb`, `rule_from_pb`, `job_pb`, `record_pb`, ...); the pytest plugin and Python callers read
-the responses back as plain dataclasses (`call_of`, `job_of`, `stats_of`), never as protobuf messages.
+the responses back as plain dataclasses (`call_of`, `job_of`, `stats_of`: the history's own `Stats`),
+never as protobuf messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
@@ -36,7 +37,7 @@ from icllm_emulator.domain import (
     ToolPolicy,
 )
 from icllm_emulator.grpc_api import convert
-from icllm_emulator.history import CallRecord
+from icllm_emulator.history import CallRecord, Stats
 from icllm_emulator.queue import Job
 from icllm_emulator.rules import Action, Hang, Match, Reply, Rule, RuleState, parse_reject_code, parse_role
 from icllm_emulator.settings import SETTINGS
@@ -95,24 +96,8 @@ class JobInfo:
     rule_id: str
 
 
-@dataclass(frozen=True)
-class Stats:
-    """Counts since the last reset, as `icllm.stats()` gives them."""
-
-    calls: int
-    answered: int
-    rejected: int
-    pending: int
-    rejects_by_code: dict[int, int] = field(default_factory=dict)
-    queue_depth: int = 0
-    in_flight: int = 0
-    held: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_p50_ms: float = 0.0
-    latency_p90_ms: float = 0.0
-    latency_p99_ms: float = 0.0
-    latency_max_ms: float = 0.0
+# The latency percentiles a Stats carries, by name (the message has a field for each).
+LATENCIES = ("p50", "p90", "p99", "max")
 
 
 def job_of(job: cpb.JobInfo) -> JobInfo:
@@ -120,9 +105,15 @@ def job_of(job: cpb.JobInfo) -> JobInfo:
 
 
 def stats_of(stats: cpb.Stats) -> Stats:
-    fields = {f.name: getattr(stats, f.name) for f in cpb.Stats.DESCRIPTOR.fields}
-    fields["rejects_by_code"] = dict(stats.rejects_by_code)
-    return Stats(**fields)
+    latency = {name: getattr(stats, f"latency_{name}_ms") for name in LATENCIES}
+    counts = {f.name: getattr(stats, f.name) for f in dataclasses.fields(Stats) if f.name != "latency_ms"}
+    return Stats(**{**counts, "rejects_by_code": dict(stats.rejects_by_code)}, latency_ms=latency)
+
+
+def stats_pb(stats: Stats) -> cpb.Stats:
+    counts = {f.name: getattr(stats, f.name) for f in dataclasses.fields(Stats) if f.name != "latency_ms"}
+    latency: dict[str, Any] = {f"latency_{name}_ms": stats.latency_ms[name] for name in LATENCIES}
+    return cpb.Stats(**counts, **latency)
 
 
 def call_of(record: cpb.CallRecord) -> Call:

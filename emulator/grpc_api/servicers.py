@@ -25,6 +25,7 @@ from icllm_emulator.grpc_api.control import (
     job_pb,
     rule_from_pb,
     rule_state_pb,
+    stats_pb,
 )
 from icllm_emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
 from icllm_emulator.queue import Job
@@ -228,23 +229,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     @rpc
     async def GetStats(self, request: cpb.GetStatsRequest, context: grpc.aio.ServicerContext) -> cpb.Stats:
-        stats = self.engine.stats()
-        return cpb.Stats(
-            calls=stats.calls,
-            answered=stats.answered,
-            rejected=stats.rejected,
-            pending=stats.pending,
-            rejects_by_code=stats.rejects_by_code,
-            queue_depth=stats.queue_depth,
-            in_flight=stats.in_flight,
-            held=stats.held,
-            input_tokens=stats.input_tokens,
-            output_tokens=stats.output_tokens,
-            latency_p50_ms=stats.latency_ms["p50"],
-            latency_p90_ms=stats.latency_ms["p90"],
-            latency_p99_ms=stats.latency_ms["p99"],
-            latency_max_ms=stats.latency_ms["max"],
-        )
+        return stats_pb(self.engine.stats())
 
     @rpc
     async def AdvanceClock(

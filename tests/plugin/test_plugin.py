@@ -18,6 +18,7 @@ __all__ = ["pt"]  # a fixture
 
 
 def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_the_version() -> None:
+    from icllm_emulator import history
     from icllm_emulator.grpc_api import control
 
     assert pytest_icllm.__all__ == [
@@ -38,7 +39,7 @@ def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_
     assert (pytest_icllm.Call, pytest_icllm.JobInfo, pytest_icllm.Stats) == (
         control.Call,
         control.JobInfo,
-        control.Stats,
+        history.Stats,
     )
     with pytest.raises(AttributeError, match="module 'pytest_icllm' has no attribute 'Engine'"):
         _ = pytest_icllm.Engine

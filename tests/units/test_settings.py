@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -88,9 +87,6 @@ class _Reads(dict[str, Any]):
     def __getitem__(self, key: str) -> Any:
         self.read.add(key)
         return super().__getitem__(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return super().__iter__()
 
 
 def test_the_configuration_reads_every_serve_setting() -> None:
