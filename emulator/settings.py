@@ -796,6 +796,3 @@ def at(door: Door) -> tuple[Setting, ...]:
 def defaults(door: Door) -> dict[str, Any]:
     """Every setting of `door` at its default (a worker's own default where it has one)."""
     return {s.name: (s.worker[0] if door is WORKER and s.worker else s.default) for s in at(door)}
-
-
-__all__ = ["SETTINGS", "Setting", "SettingError"]
