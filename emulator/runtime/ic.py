@@ -181,6 +181,16 @@ class CanisterRuntime:
             name=settings.name or text,
             instruction_limit=settings.instruction_limit or self.instruction_limit,
         )
+        try:
+            self._init(instance, settings)
+        except BaseException:
+            instance.close()  # not created: what it took is freed at once
+            raise
+        self.canisters[principal] = instance
+        self._schedule_timer(instance)
+        return instance
+
+    def _init(self, instance: CanisterInstance, settings: InstallSettings) -> None:
         if "canister_init" in instance.functions:
             message = Message(
                 MessageKind.INIT,
@@ -193,15 +203,12 @@ class CanisterRuntime:
             if trap is not None:
                 raise CanisterReject(
                     RejectCode.CANISTER_ERROR,
-                    f"Error from Canister {text}: canister_init trapped: {trap.message}",
+                    f"Error from Canister {instance.id}: canister_init trapped: {trap.message}",
                     trap.error_code,
                 )
             self._finish(instance, message, None)
         elif settings.init_arg and settings.init_arg != b"DIDL\0\0":
             raise ModuleError("an init argument was given, but the module has no canister_init to take it")
-        self.canisters[principal] = instance
-        self._schedule_timer(instance)
-        return instance
 
     def _new_id(self) -> bytes:
         index = self._next_index
@@ -230,6 +237,7 @@ class CanisterRuntime:
                 CANISTER_NOT_FOUND,
             ),
         )
+        instance.close()
 
     @staticmethod
     def _end_calls(instance: CanisterInstance, response: Response) -> None:
@@ -252,6 +260,8 @@ class CanisterRuntime:
             task.cancel()
         self._tasks.clear()
         self._timers.clear()
+        for instance in self.canisters.values():
+            instance.close()
         self.canisters.clear()
         self._next_index = FIRST_CANISTER_INDEX  # each test's first canister gets the same id
         self._last_ns = 0  # the clock may have been reset
@@ -303,6 +313,13 @@ class CanisterRuntime:
         deadline_ns: int = 0,
     ) -> Response:
         """Run an incoming call's first message; the response comes when its call context ends."""
+        if instance.closed:  # removed while this call was on its way
+            return Response.rejected(
+                RejectCode.DESTINATION_INVALID,
+                f"Canister {instance.id} was removed before the call reached it",
+                CANISTER_NOT_FOUND,
+                refund=cycles,
+            )
         entry = instance.entry_point(method, query)
         if entry is None:  # the IC's CanisterMethodNotFound (IC0536) is a DESTINATION_INVALID reject
             return Response.rejected(

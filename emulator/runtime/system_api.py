@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,7 @@ class SystemApi:
                     f"the module imports ic0.{imp.name} as a {type(imp.type).__name__}, not a function"
                 )
             name = imp.name or ""
-            impl: Callable[..., Any] | None = getattr(self, f"ic0_{name}", None)
+            impl: Callable[..., Any] | None = getattr(SystemApi, f"ic0_{name}", None)
             if impl is None:
                 if name not in NOT_EMULATED:
                     raise ModuleError(
@@ -95,16 +96,26 @@ class SystemApi:
         return funcs
 
     def _host(self, name: str, functype: wasmtime.FuncType, impl: Callable[..., Any]) -> Callable[..., Any]:
+        """The host function of one import: `impl(api, *args)` with the arguments masked to unsigned.
+
+        It refers to this object weakly: wasmtime-py keeps host functions in a process-wide table until
+        their store is deleted, so a strong reference would keep the canister (its store, its heap) alive
+        for as long as the process runs, whatever drops it.
+        """
         masks = tuple(U32 if str(p) == "i32" else U64 for p in functype.params)
         results = [32 if str(r) == "i32" else 64 for r in functype.results]
         bits = results[0] if results else 0
+        api_ref = weakref.ref(self)
 
         def host(caller: wasmtime.Caller, *args: int) -> Any:
-            self._caller = caller
+            api = api_ref()
+            if api is None:  # the canister is gone; wasmtime cannot run it, but never dereference None
+                raise CanisterTrap(f"ic0.{name}: the canister was removed")
+            api._caller = caller
             try:
-                value = impl(*[a & m for a, m in zip(args, masks, strict=True)]) if args else impl()
+                value = impl(api, *[a & m for a, m in zip(args, masks, strict=True)])
             finally:
-                self._caller = None
+                api._caller = None
             if not bits:
                 return None
             value = int(value) & ((1 << bits) - 1)
@@ -501,7 +512,7 @@ class SystemApi:
 
 
 def _not_emulated(name: str) -> Callable[..., Any]:
-    def trap(*_: int) -> Any:
+    def trap(_api: SystemApi, *_: int) -> Any:
         raise CanisterTrap(f"ic0.{name} is not emulated by the canister runtime of pytest-icllm")
 
     return trap

@@ -7,7 +7,9 @@
   (test_sigkill_while_recording_leaves_every_cassette_loadable) and test_cli.py
   (test_sigterm_lets_the_call_in_flight_finish), HTTP past the grace period in test_robustness.py;
 - fuzz: hypothesis-made bytes and messages for every gRPC method and HTTP route (the Candid door among
-  them): never INTERNAL, never a bare UNKNOWN, never a 500, never a hang, and healthy afterwards.
+  them): never INTERNAL, never a bare UNKNOWN, never a 500, never a hang, and healthy afterwards;
+- leaks: a canister installed and dropped hundreds of times (removed, the runtime cleared, a test's
+  fixture torn down) leaves the process's resident memory flat after a warm-up.
 All traffic stays on loopback; every loop is bounded in count and time.
 """
 
@@ -37,8 +39,11 @@ from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.backends.fake import fake_answer
 from icllm_emulator.candid import decode_reply, encode_chat_request
+from icllm_emulator.clock import VirtualClock
 from icllm_emulator.domain import Api, ChatRequest, ToolPolicy, UserMessage
 from icllm_emulator.grpc_api.status import REJECT_CODE_KEY
+from icllm_emulator.runtime import CanisterRuntime, Response
+from tests.canisters.conftest import module_path
 from tests.conftest import Stubs, user_request
 
 CAP = 1000  # the current profile's output cap
@@ -310,3 +315,100 @@ def test_random_bodies_to_every_http_route(emu: Stubs, route: str) -> None:
         for path in ("/", "/api/version", "/api/tags", "/api/ps", "/v1/models", "/metrics", "/nope"):
             assert client.get(f"{url}{path}").status_code < 500
     _healthy(emu)
+
+
+# -- leaks ---------------------------------------------------------------------------------------------
+
+# Install-and-drop cycles: the first ones warm the allocator and the compiled-module cache up, the rest
+# are measured. A leaked Motoko agent costs about 5 MiB of resident memory (its heap, its shadow copy,
+# its compiled instance), so 100 measured cycles that leaked would grow by about 500 MiB; the bound
+# leaves room for the allocator's own noise.
+WARM_UP = 20
+CYCLES = 100
+GROWTH_MIB = 24
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def _no_llm(method: str, arg: bytes, caller: str, cycles: int) -> Response:
+    raise AssertionError("these cycles make no LLM call")
+
+
+@pytest.mark.parametrize("drop", ["remove", "clear"])
+def test_a_canister_installed_and_dropped_many_times_leaves_memory_flat(drop: str) -> None:
+    wasm = module_path("motoko-agent").read_bytes()
+
+    async def cycle(ic: CanisterRuntime) -> None:
+        canister = ic.install(wasm)
+        assert await ic.call(canister.id, "asked_count", b"DIDL\0\0", query=True) == b"DIDL\0\x01}\0"
+        if drop == "remove":
+            ic.remove(canister.id)
+        else:
+            ic.clear()
+
+    async def main() -> tuple[float, float]:
+        ic = CanisterRuntime(VirtualClock(), _no_llm)
+        for _ in range(WARM_UP):
+            await cycle(ic)
+        before = rss_mib()
+        for _ in range(CYCLES):
+            await cycle(ic)
+        return before, rss_mib()
+
+    before, after = asyncio.run(main())
+    assert after - before < GROWTH_MIB, (
+        f"{CYCLES} install-and-{drop} cycles of the Motoko agent grew the process from {before:.0f} to "
+        f"{after:.0f} MiB ({(after - before) / CYCLES:.2f} MiB a cycle)"
+    )
+
+
+FIXTURE_CYCLES = textwrap.dedent(
+    """
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    WASM = Path(os.environ["ICLLM_LEAK_WASM"])
+    RSS = Path(os.environ["ICLLM_LEAK_RSS"])
+
+    @pytest.fixture(autouse=True)
+    def sample():
+        yield
+        status = Path("/proc/self/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        with RSS.open("a") as out:
+            out.write(kib + "\\n")
+
+    @pytest.mark.parametrize("n", range({count}))
+    def test_agent(icllm_canister, n):
+        agent = icllm_canister(WASM)
+        assert agent.update("prompt", f"question {{n}}")
+    """
+)
+
+
+def test_tests_that_each_install_a_canister_leave_memory_flat(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Each test's canisters are freed when its `icllm_canister` fixture ends (in a pytest of its own)."""
+    rss = tmp_path / "rss.txt"
+    pytester.makepyfile(test_leak=FIXTURE_CYCLES.format(count=WARM_UP + CYCLES))
+    pytester.makeini("[pytest]\naddopts = -p no:hypothesispytest -p no:faker\n")
+    env = {"ICLLM_LEAK_WASM": str(module_path("motoko-agent")), "ICLLM_LEAK_RSS": str(rss)}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        result = pytester.runpytest_subprocess("-q")
+    result.assert_outcomes(passed=WARM_UP + CYCLES)
+    samples = [int(line) / 1024 for line in rss.read_text().split()]
+    before, after = samples[WARM_UP - 1], samples[-1]
+    assert after - before < GROWTH_MIB, (
+        f"{CYCLES} tests that each installed the Motoko agent grew pytest from {before:.0f} to "
+        f"{after:.0f} MiB ({(after - before) / CYCLES:.2f} MiB a test)"
+    )
