@@ -121,7 +121,7 @@ class CanisterRuntime:
         self._timers: dict[bytes, tuple[int, asyncio.Task[None]]] = {}
         self._last_ns = 0
         # Compiled modules by the hash of their prepared bytes: a second install skips even the disk cache.
-        self._compiled: dict[bytes, wasmtime.Module] = {}
+        self.compiled = modules.CompiledCache()
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -138,10 +138,11 @@ class CanisterRuntime:
         info = modules.inspect(raw)
         prepared = modules.prepare(raw, info)
         key = hashlib.sha256(prepared).digest()
-        compiled = self._compiled.get(key)
+        compiled = self.compiled.get(key)
         if compiled is None:
-            compiled, _ = modules.compile_module(self.engine, prepared, use_cache=self.use_cache)
-            self._compiled[key] = compiled
+            entry = modules.compile_module(self.engine, prepared, use_cache=self.use_cache)
+            self.compiled.put(key, entry)
+            compiled = entry.module
         return info, compiled
 
     async def install_async(

@@ -4,7 +4,8 @@ The runtime restores a message's mutable globals after a trap and calls reply/re
 through function table 0. Motoko exports its table; Rust/LLVM and ic-cdk modules export neither the
 table nor their globals, so `prepare` appends those exports (under names no canister uses) to the export
 section. Nothing else in the module changes. Compiled modules are cached on disk, keyed by the prepared
-bytes, the engine settings and the wasmtime version, so a second run installs in milliseconds.
+bytes, the engine settings and the wasmtime version, so a second run installs in milliseconds; both that
+cache and a runtime's compiled modules in memory are bounded, the least recently used going first.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import io
 import os
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import NamedTuple
 
 import wasmtime
 from icp_candid.candid import LEB128
@@ -31,6 +35,15 @@ GLOBAL_EXPORT = "__icllm_global_"
 # The IC's limit on an installed module (after decompression): 100 MiB, with 30 MiB of code sections.
 MAX_MODULE_BYTES = 100 * 1024 * 1024
 CACHE_ENV = "ICLLM_MODULE_CACHE"
+# Compiled code is several times the size of its module (the Motoko agent's 0.4 MB compile to 1.5 MB), and
+# a module made to compile badly costs far more (98 KiB that compile to 99 MiB). The disk cache is shared
+# by every run on the machine: 1 GiB holds the test canisters of many projects, while a stream of distinct
+# modules (generated ones, a fuzzer) can no longer fill the disk.
+DISK_CACHE_BYTES = 1024**3
+# What one runtime keeps compiled in memory, so that installing a module again skips even the disk cache:
+# 256 MiB holds well over a hundred canisters the size of the Motoko agent, and bounds the process when
+# many distinct modules are installed (the disk cache still answers in about a millisecond).
+MEMORY_CACHE_BYTES = 256 * 1024**2
 # Sections that come after the export section: start, element, data count, code, data.
 _AFTER_EXPORT = frozenset({8, 9, 10, 11, 12})
 
@@ -282,28 +295,98 @@ def make_engine() -> wasmtime.Engine:
     return wasmtime.Engine(config)
 
 
+class Compiled(NamedTuple):
+    """A compiled module, whether it came from the disk cache, and its compiled size in bytes."""
+
+    module: wasmtime.Module
+    cached: bool
+    size: int
+
+
 def compile_module(
-    engine: wasmtime.Engine, wasm: bytes, *, use_cache: bool = True
-) -> tuple[wasmtime.Module, bool]:
-    """The compiled module and whether it came from the cache (compiling a 3.5 MB module takes seconds)."""
+    engine: wasmtime.Engine, wasm: bytes, *, use_cache: bool = True, disk_limit: int = DISK_CACHE_BYTES
+) -> Compiled:
+    """The compiled module, from the disk cache if it has it (compiling a 3.5 MB module takes seconds).
+
+    A cache hit marks the entry as recently used; a new entry evicts the least recently used ones until
+    the cache holds at most `disk_limit` bytes.
+    """
     key = hashlib.sha256(wasm + ENGINE_SETTINGS.encode() + version("wasmtime").encode()).hexdigest()
     path = cache_dir() / f"{key}.cwasm"
     if use_cache and path.is_file():
         try:
             # Read, not mapped: a cache file replaced or truncated by another run cannot fault this one.
-            return wasmtime.Module.deserialize(engine, path.read_bytes()), True
+            data = path.read_bytes()
+            module = wasmtime.Module.deserialize(engine, data)
+            os.utime(path)
+            return Compiled(module, True, len(data))
         except (wasmtime.WasmtimeError, OSError):
             path.unlink(missing_ok=True)  # a stale or damaged cache entry is compiled again
     try:
         module = wasmtime.Module(engine, wasm)
     except wasmtime.WasmtimeError as error:
         raise ModuleError(f"the module does not validate as WebAssembly: {explain(error)}") from None
-    if use_cache:
+    code = module.serialize()
+    if use_cache and len(code) <= disk_limit:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
-                handle.write(module.serialize())
+                handle.write(code)
             os.replace(handle.name, path)
+            _trim(path.parent, disk_limit)
         except OSError:
             pass  # an unwritable cache only costs the next run a compile
-    return module, False
+    return Compiled(module, False, len(code))
+
+
+def _trim(folder: Path, limit: int) -> None:
+    """Delete the least recently used compiled modules until the folder holds at most `limit` bytes."""
+    entries = []
+    for path in folder.glob("*.cwasm"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # deleted by another run meanwhile
+        entries.append((stat.st_mtime_ns, stat.st_size, path))
+    kept = 0
+    for _, size, path in sorted(entries, reverse=True):
+        kept += size
+        if kept > limit:
+            path.unlink(missing_ok=True)
+
+
+class CompiledCache:
+    """A runtime's compiled modules by key, at most `limit_bytes` of them, least recently used evicted.
+
+    Safe to use from several threads (modules are compiled off the event loop).
+    """
+
+    def __init__(self, limit_bytes: int = MEMORY_CACHE_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self.size = 0
+        self._entries: OrderedDict[bytes, Compiled] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> wasmtime.Module | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry.module
+
+    def put(self, key: bytes, compiled: Compiled) -> None:
+        with self._lock:
+            if key in self._entries or compiled.size > self.limit_bytes:
+                return
+            self._entries[key] = compiled
+            self.size += compiled.size
+            while self.size > self.limit_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.size -= evicted.size
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)

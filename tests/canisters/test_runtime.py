@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,15 +92,63 @@ def test_compiled_modules_are_cached_on_disk_across_runtimes(
     monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
     raw = bytes(wasmtime.wat2wasm(COUNTER))
     prepared = modules.prepare(raw, modules.inspect(raw))
-    _, cached = modules.compile_module(modules.make_engine(), prepared)
+    cached = modules.compile_module(modules.make_engine(), prepared).cached
     assert not cached
     assert len(list(tmp_path.glob("*.cwasm"))) == 1
-    _, cached = modules.compile_module(modules.make_engine(), prepared)
+    cached = modules.compile_module(modules.make_engine(), prepared).cached
     assert cached
     (entry,) = tmp_path.glob("*.cwasm")
     entry.write_bytes(b"damaged")
-    _, cached = modules.compile_module(modules.make_engine(), prepared)
+    cached = modules.compile_module(modules.make_engine(), prepared).cached
     assert not cached  # a damaged entry is compiled again, not fatal
+
+
+def counter_variant(n: int) -> bytes:
+    """The counter canister, made distinct (its count starts at `n`): another module to compile."""
+    return bytes(wasmtime.wat2wasm(COUNTER.replace("(i32.const 0))", f"(i32.const {n}))", 1)))
+
+
+def test_the_disk_cache_of_compiled_modules_is_bounded_and_forgets_the_least_recently_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+    engine = modules.make_engine()
+    prepared = [modules.prepare(raw, modules.inspect(raw)) for raw in map(counter_variant, range(5))]
+    size = modules.compile_module(engine, prepared[0]).size
+    limit = 3 * size + size // 2  # room for three
+    for wasm in prepared[1:3]:
+        modules.compile_module(engine, wasm, disk_limit=limit)
+    assert modules.compile_module(engine, prepared[0], disk_limit=limit).cached  # now the most recent
+    for wasm in prepared[3:]:
+        modules.compile_module(engine, wasm, disk_limit=limit)
+        entries = list(tmp_path.glob("*.cwasm"))
+        assert sum(p.stat().st_size for p in entries) <= limit and len(entries) == 3
+    assert modules.compile_module(engine, prepared[0], disk_limit=limit).cached, "used lately, kept"
+    assert modules.compile_module(engine, prepared[4], disk_limit=limit).cached, "the newest, kept"
+    assert not modules.compile_module(engine, prepared[1], disk_limit=limit).cached, "least recent, gone"
+
+
+def test_a_runtime_keeps_a_bounded_number_of_compiled_modules_in_memory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+
+    def key(wasm: bytes) -> bytes:
+        return hashlib.sha256(modules.prepare(wasm, modules.inspect(wasm))).digest()
+
+    ic = runtime(tmp_path)
+    first, *others = map(counter_variant, range(6))
+    ic.compile(first)
+    ic.compiled.limit_bytes = 2 * ic.compiled.size + ic.compiled.size // 2  # room for two
+    ic.compile(others[0])
+    ic.compile(first)  # used again: the most recent
+    for wasm in others[1:]:
+        ic.compile(wasm)
+        assert ic.compiled.size <= ic.compiled.limit_bytes and len(ic.compiled) <= 2
+    assert key(others[-1]) in ic.compiled and key(others[0]) not in ic.compiled
+    ic.compile(others[-2])
+    ic.compile(first)
+    assert key(first) in ic.compiled and key(others[-1]) not in ic.compiled
 
 
 def test_ids_and_randomness_start_over_after_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
