@@ -148,6 +148,7 @@ class Canister:
         def settle(outcome: Answer | Reject) -> None:
             tokens = record.input_tokens + outcome.output_tokens if isinstance(outcome, Answer) else None
             self.ledger.settle(receipt, caller, price, tokens)
+            self.history.job_finished(record)
 
         try:
             record.warnings = tuple(self.check(request))
@@ -184,7 +185,7 @@ class Canister:
             raise
         self.history.close(record, outcome)
         if isinstance(outcome, Reject):
-            raise outcome
+            raise outcome.bare()  # the job's own reject stays free of this call's frames
         return outcome
 
     def deposit(self, caller: str, cycles: int, beneficiary: str | None = None) -> int:

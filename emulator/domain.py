@@ -37,6 +37,10 @@ class Reject(Exception):
         self.code = RejectCode(code)
         self.message = message
 
+    def bare(self) -> Reject:
+        """This reject without the traceback of where it was raised (its frames hold whole requests)."""
+        return Reject(self.code, self.message)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Reject) and (self.code, self.message) == (other.code, other.message)
 

@@ -1,6 +1,8 @@
 """Every call the canister received, what happened to it, and running totals.
 
 A record refers to its job, so the job's lifecycle (leases, attempts, worker) is read, not copied.
+What the budget counts is all that stays of a call: a finished job keeps the request as the record
+stores it, and a stored reject has no traceback (whose frames would hold the whole request).
 The list keeps the newest records, at most `limit` of them and about `limit_bytes` of requests; what is
 stored of an oversized request (over 64 KiB) or a rejected one (over 4 KiB) is shortened, and the record
 says so. The totals count every call since the last reset.
@@ -14,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from icllm_emulator.billing import Receipt
-from icllm_emulator.domain import Answer, Api, AssistantMessage, ChatRequest, Reject
+from icllm_emulator.domain import Answer, Api, AssistantMessage, ChatRequest, Message, Reject
 from icllm_emulator.queue import Job, JobState, PromptQueue
 
 
@@ -35,6 +37,8 @@ class CallRecord:
     latency_ms: float | None = None
     request_truncated: bool = False
     size: int = 0
+    # Whether the history holds it now (and counts its size): not once it is forgotten or cleared.
+    stored: bool = field(default=False, repr=False)
 
     @property
     def job_state(self) -> str:
@@ -64,13 +68,16 @@ KEEP_REJECTED_BYTES = 4 * 1024
 DEFAULT_LIMIT_BYTES = 64 * 1024 * 1024
 
 
+def _message_size(message: Message) -> int:
+    size = len(message.content or "")
+    if isinstance(message, AssistantMessage):
+        size += sum(len(a.value) + len(a.name) for c in message.tool_calls for a in c.function.arguments)
+    return size
+
+
 def request_size(request: ChatRequest) -> int:
     """About what a stored request costs: the bytes of its texts."""
-    size = 0
-    for message in request.messages:
-        size += len(message.content or "")
-        if isinstance(message, AssistantMessage):
-            size += sum(len(a.value) + len(a.name) for c in message.tool_calls for a in c.function.arguments)
+    size = sum(map(_message_size, request.messages))
     for tool in request.tools:
         size += len(tool.name) + len(tool.description or "")
         if tool.parameters is not None:
@@ -122,9 +129,9 @@ class History:
         if record.size > KEEP_BYTES:
             self._shorten(record, KEEP_BYTES)
         self.records.append(record)
+        record.stored = True
         self._bytes += record.size
-        while self.records and (len(self.records) > self.limit or self._bytes > self.limit_bytes):
-            self._bytes -= self.records.popleft().size
+        self._evict()
         self._open.add(record)
         self.calls += 1
         self.input_tokens += record.input_tokens
@@ -132,12 +139,18 @@ class History:
 
     def close(self, record: CallRecord, outcome: Answer | Reject) -> None:
         """What the caller received: called exactly once per call."""
-        record.outcome = outcome
+        record.outcome = outcome.bare() if isinstance(outcome, Reject) else outcome
         record.latency_ms = (time.perf_counter() - record.started) * 1000
+        before = record.size
         if isinstance(outcome, Reject) and record.size > KEEP_REJECTED_BYTES and not record.request_truncated:
-            self._bytes -= record.size
             self._shorten(record, KEEP_REJECTED_BYTES)
-            self._bytes += record.size
+        if isinstance(outcome, Answer):  # the answer is stored too, and counts
+            record.size += _message_size(outcome.message)
+        if record.stored:
+            self._bytes += record.size - before
+            self._evict()
+        if record.job is not None and record.job.finished:
+            self.job_finished(record)
         if record not in self._open:
             return  # received before the last clear: it is not among the totals
         self._open.remove(record)
@@ -149,6 +162,18 @@ class History:
             self.rejected += 1
             self.rejects_by_code[int(outcome.code)] += 1
 
+    def _evict(self) -> None:
+        """Forget the oldest records until the history is within its bounds."""
+        while self.records and (len(self.records) > self.limit or self._bytes > self.limit_bytes):
+            forgotten = self.records.popleft()
+            forgotten.stored = False
+            self._bytes -= forgotten.size
+
+    def job_finished(self, record: CallRecord) -> None:
+        """The record's job is over: it keeps only the request the history stores, not the whole one."""
+        if record.job is not None:
+            record.job.request = record.request
+
     def _shorten(self, record: CallRecord, keep: int) -> None:
         """Keep less of this record's request (a huge or rejected one), and say so."""
         record.request = shortened(
@@ -158,6 +183,8 @@ class History:
         record.size = request_size(record.request)
 
     def clear(self) -> None:
+        for record in self.records:
+            record.stored = False
         self.records.clear()
         self._bytes = 0
         self._latencies.clear()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import tracemalloc
 
 import pytest
 
@@ -121,3 +123,46 @@ def test_percentiles_pick_the_nearest_rank() -> None:
     values = [float(n) for n in range(1, 101)]
     assert [_percentile(values, q) for q in (0.5, 0.9, 0.99, 1.0)] == [51.0, 90.0, 99.0, 100.0]
     assert _percentile([], 0.5) == 0.0
+
+
+# A call of 1 MiB and what the history may keep of it: 64 KiB of an answered request, 4 KiB of a rejected one.
+BIG = 1024 * 1024
+KEPT = 64 * 1024
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("outcome", ["too long", "scripted reject", "answered"])
+async def test_the_history_keeps_no_more_of_a_large_call_than_its_budget(outcome: str) -> None:
+    """What the history stores of a call is all that stays of it: not the request held through the
+    traceback of its reject, nor through its finished job."""
+    from icllm_emulator import candid
+    from icllm_emulator.domain import Api
+
+    profile = "current" if outcome == "too long" else "unlimited"
+    engine = Engine(EmulatorConfig(ollama_port=None, profile=profile))
+    if outcome == "scripted reject":
+        engine.add_rule(Rule(Match(), Reject(RejectCode.SYS_TRANSIENT, "busy"), times=None))
+    engine.start()
+
+    async def call(n: int) -> None:
+        request = ChatRequest(
+            "llama3.1:8b", (UserMessage(f"{n} " + ("y" * 99 + " ") * (BIG // 100)),), api=Api.V0
+        )
+        with contextlib.suppress(Reject):
+            await engine.call_candid("v0_chat", candid.encode_chat_request(request), "2vxsx-fae")
+
+    calls = 8
+    tracemalloc.start()
+    try:
+        await call(0)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(1, calls + 1):
+            await call(n)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        await engine.stop()
+    assert len(engine.records()) == calls + 1
+    assert grown < calls * KEPT + BIG, f"{calls} calls of 1 MiB ({outcome}) left {grown / BIG:.1f} MiB behind"
