@@ -88,8 +88,9 @@ lint: $(LLAMA_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The long reliability run: 64 clients for minutes, every answer checked, memory sampled.
-soak: $(STAMP)
+# The long reliability run: 64 clients for minutes, every answer checked, memory sampled; then the
+# Motoko agent installed and dropped hundreds of times.
+soak: $(STAMP) canisters
 	$(BIN)/python -m bench soak $(ARGS)
 
 bench: $(LLAMA_STAMP) canisters
