@@ -11,7 +11,7 @@ import pytest
 import wasmtime
 
 from icllm_emulator.clock import VirtualClock
-from icllm_emulator.runtime import CanisterRuntime, Response
+from icllm_emulator.runtime import CanisterReject, CanisterRuntime, Response
 from icllm_emulator.runtime import module as modules
 from tests.conftest import Stubs
 from tests.pytester_support import pt, run
@@ -149,6 +149,60 @@ def test_a_runtime_keeps_a_bounded_number_of_compiled_modules_in_memory(
     ic.compile(others[-2])
     ic.compile(first)
     assert key(first) in ic.compiled and key(others[-1]) not in ic.compiled
+
+
+# A module whose canister_init traps: its install fails after the store and host functions exist.
+INIT_TRAPS = """
+(module
+  (import "ic0" "trap" (func $trap (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "canister_init") (call $trap (i32.const 0) (i32.const 0)))
+)
+"""
+
+
+def test_every_way_a_canister_goes_frees_its_store_and_host_functions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """wasmtime-py keeps host functions in one table for the whole process until their store is deleted."""
+    from wasmtime import _func
+
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+
+    def registered() -> int:
+        return len(_func.FUNCTIONS.handles)
+
+    async def main() -> None:
+        ic = runtime(tmp_path)
+        start = registered()
+        removed = ic.install(COUNTER_WASM)
+        assert registered() > start
+        ic.remove(removed.id)
+        assert removed.closed and registered() == start
+        cleared = [ic.install(COUNTER_WASM) for _ in range(3)]
+        ic.clear()
+        assert all(c.closed for c in cleared) and registered() == start
+        with pytest.raises(CanisterReject, match="canister_init trapped"):
+            ic.install(bytes(wasmtime.wat2wasm(INIT_TRAPS)))
+        assert registered() == start and not ic.canisters
+
+    asyncio.run(main())
+
+
+def test_a_call_that_reaches_a_canister_removed_on_its_way_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+
+    async def main() -> None:
+        ic = runtime(tmp_path)
+        canister = ic.install(COUNTER_WASM)
+        ic.remove(canister.id)
+        response = await ic.deliver(canister, "bump", b"", b"", 7)
+        assert (response.reject_code, response.error_code, response.refund) == (3, "IC0301", 7)
+        assert f"Canister {canister.id} was removed" in response.reject_message
+
+    asyncio.run(main())
 
 
 def test_ids_and_randomness_start_over_after_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
