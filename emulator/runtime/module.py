@@ -41,8 +41,8 @@ CACHE_ENV = "ICLLM_MODULE_CACHE"
 # modules (generated ones, a fuzzer) can no longer fill the disk.
 DISK_CACHE_BYTES = 1024**3
 # What one runtime keeps compiled in memory, so that installing a module again skips even the disk cache:
-# 256 MiB holds well over a hundred canisters the size of the Motoko agent, and bounds the process when
-# many distinct modules are installed (the disk cache still answers in about a millisecond).
+# 256 MiB holds twenty Azle (ic-cdk) canisters of 12 MB compiled, or over a hundred Motoko agents of
+# 1.5 MB, and bounds the process when many distinct modules are installed (the disk cache still answers).
 MEMORY_CACHE_BYTES = 256 * 1024**2
 # Sections that come after the export section: start, element, data count, code, data.
 _AFTER_EXPORT = frozenset({8, 9, 10, 11, 12})
