@@ -691,8 +691,10 @@ SETTINGS: tuple[Setting, ...] = (
         "control_token",
         optional_text,
         None,
-        "the token Control calls must carry (needed with a non-loopback --host; in pytest, the token of "
-        "the emulator at --icllm-url)",
+        "the token Control, Canisters and AiWorker calls must carry (needed with a non-loopback --host; "
+        "pytest: that of --icllm-url)",
+        EVERYWHERE,
+        worker=(None, "the emulator's control token, sent with every AiWorker call"),
     ),
     Setting("idle_timeout", seconds, 120.0, "seconds before an idle HTTP or gRPC connection is closed"),
     Setting("header_timeout", seconds, 10.0, "seconds an HTTP request's headers may take to arrive"),

@@ -97,8 +97,9 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 CONTROL_TOKEN_KEY = "icllm-control-token"
 
 
-def token_checked(handler: grpc.RpcMethodHandler, token: str) -> grpc.RpcMethodHandler:
-    """A Control handler that answers only calls carrying the emulator's control token."""
+def token_checked(handler: grpc.RpcMethodHandler, token: str, service: str) -> grpc.RpcMethodHandler:
+    """A handler that answers only calls carrying the emulator's control token: that of every service
+    through which a caller can change the emulator, install and run code, or take prompts' work."""
     inner = handler.unary_unary
     if inner is None:
         return handler
@@ -108,8 +109,9 @@ def token_checked(handler: grpc.RpcMethodHandler, token: str) -> grpc.RpcMethodH
         if not hmac.compare_digest(given.encode(), token.encode()):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                f"the Control service needs the emulator's control token as metadata {CONTROL_TOKEN_KEY} "
-                "(with pytest: --icllm-control-token or ICLLM_CONTROL_TOKEN)"
+                f"the {service} service needs the emulator's control token (its --control-token) as "
+                f"metadata {CONTROL_TOKEN_KEY} (with pytest: --icllm-control-token; an external worker: "
+                "--control-token; either: ICLLM_CONTROL_TOKEN)"
                 + (": the one given is wrong" if given else ""),
             )
         return await inner(request, context)

@@ -17,10 +17,14 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+import wasmtime
 from grpc_health.v1 import health_pb2
 
 from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canisters_pb2 as canisters_pb
+from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator._proto.icllm.v1 import worker_pb2 as worker_pb
 from icllm_emulator.cassettes.settings import CassetteSettings
 from tests.conftest import Stubs, user_request
 
@@ -409,6 +413,38 @@ def test_listening_beyond_loopback_needs_a_control_token() -> None:
     result = serve("--host", "0.0.0.0")
     assert result.returncode == 2
     assert "give it a token with --control-token TOKEN" in result.stderr
+
+
+# Every method of the services that change the emulator, run code or take prompts' work.
+GUARDED = [
+    (service.full_name, method.name)
+    for proto in (cpb, canisters_pb, worker_pb)
+    for service in proto.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+]
+
+
+def test_with_a_token_every_door_that_runs_code_needs_it(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(control_token="s3cret")
+    assert {name for name, _ in GUARDED} == {"icllm.v1.Control", "icllm.v1.Canisters", "icllm.v1.AiWorker"}
+    for service, method in GUARDED:
+        call = emu.channel.unary_unary(f"/{service}/{method}")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"", timeout=10)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED, (service, method)
+        short = service.rsplit(".", 1)[-1]
+        assert (
+            f"the {short} service needs the emulator's control token (its --control-token) as metadata "
+            "icllm-control-token"
+        ) in caught.value.details()
+    token = (("icllm-control-token", "s3cret"),)
+    canisters = canisters_pb2_grpc.CanistersStub(emu.channel)
+    module = bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))
+    installed = canisters.Install(canisters_pb.InstallRequest(wasm=module), metadata=token, timeout=10)
+    listed = canisters.ListCanisters(canisters_pb.ListCanistersRequest(), metadata=token, timeout=10)
+    assert [c.canister_id for c in listed.canisters] == [installed.canister_id]
+    polled = emu.worker.Poll(worker_pb.PollRequest(worker_id="w", wait_seconds=0), metadata=token, timeout=10)
+    assert not polled.HasField("job")
 
 
 def test_with_a_token_control_answers_only_calls_that_carry_it(
