@@ -38,7 +38,7 @@ from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api.canisters import CanistersServicer
 from icllm_emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
 from icllm_emulator.grpc_api.status import (
-    MAX_MESSAGE_BYTES,
+    SEND_MAX_BYTES,
     TRANSPORT_MAX_BYTES,
     guarded,
     token_checked,
@@ -150,7 +150,7 @@ class EmulatorServer:
             options=[
                 # above the IC's 2 MiB: the handlers refuse those at once (see grpc_api/status.py)
                 ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", SEND_MAX_BYTES),
                 ("grpc.so_reuseport", 0),
                 # An idle connection is closed (clients reconnect by themselves); a handshake that does
                 # not finish in time (a slowloris client) is dropped.

@@ -41,6 +41,10 @@ GRPC_STATUS: dict[RejectCode, grpc.StatusCode] = {
 # and every handler refuses at once, with this status, what the IC would refuse.
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 TRANSPORT_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
+# What the server sends at most: a gRPC client's default receive limit, room for a 2 MiB reply. Lists
+# come in pages well below it and long parts are shortened (grpc_api/pages.py); an answer that is over
+# it all the same is refused by the handler with a message, not by the transport with a traceback.
+SEND_MAX_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 async def abort_with_reject(context: grpc.aio.ServicerContext, reject: Reject) -> NoReturn:
@@ -190,11 +194,19 @@ def rpc(handler: Handler) -> Handler:
                 ),
             )
         try:
-            return await handler(self, request, context)
+            answer = await handler(self, request, context)
         except Reject as reject:
             await abort_with_reject(context, reject)
         except IcllmError as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             await context.abort(MISUSE_STATUS[error.kind], message)
+        size = answer.ByteSize()
+        if size > SEND_MAX_BYTES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the answer to {handler.__name__} is {size} bytes, over the {SEND_MAX_BYTES} a gRPC answer "
+                "of the emulator may have",
+            )
+        return answer
 
     return wrapper  # type: ignore[return-value]
