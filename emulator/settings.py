@@ -295,7 +295,8 @@ def prices(value: Any) -> dict[str, Price] | None:
     for spec in _text(value).split(","):
         model, equals, amounts = spec.strip().rpartition("=")
         per_call, _, per_token = amounts.partition("/")
-        if not equals or not model or not per_call.isdigit() or not (per_token or "0").isdigit():
+        amounts_ok = all(part.isascii() and part.isdigit() for part in (per_call, per_token or "0"))
+        if not equals or not model or not amounts_ok:
             raise SettingError(
                 f"{spec.strip()!r} is not MODEL=PER_CALL[/PER_TOKEN] in cycles, "
                 "e.g. gemma3:27b=2000000000/1000000"
