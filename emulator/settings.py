@@ -764,6 +764,14 @@ SETTINGS: tuple[Setting, ...] = (
         PYTEST_ONLY,
     ),
     Setting(
+        "canister_timeout",
+        duration,
+        60.0,
+        "seconds a test's canister call may take (waiting for a held LLM answer, a paused worker, a "
+        "canister that never replies) before the test fails, saying what is pending",
+        PYTEST_ONLY,
+    ),
+    Setting(
         "assert_all_used",
         boolean,
         True,
