@@ -44,12 +44,14 @@ def canisters(emu: Stubs) -> canisters_pb2_grpc.CanistersStub:
 
 
 def install(emu: Stubs, wasm: bytes) -> str:
-    return canisters(emu).Install(pb.InstallRequest(wasm=wasm), timeout=60).canister_id
+    installed: pb.InstallResponse = canisters(emu).Install(pb.InstallRequest(wasm=wasm), timeout=60)
+    return installed.canister_id
 
 
 def call(emu: Stubs, canister_id: str, method: str, arg: bytes) -> pb.CanisterCallResponse:
     request = pb.CanisterCallRequest(canister_id=canister_id, method=method, arg=arg)
-    return canisters(emu).Call(request, timeout=60)
+    response: pb.CanisterCallResponse = canisters(emu).Call(request, timeout=60)
+    return response
 
 
 def with_custom_section(wasm: bytes, name: str, data: bytes) -> bytes:
