@@ -3,6 +3,7 @@ goes on serving. Every test here failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import math
@@ -13,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -474,3 +476,25 @@ def test_with_a_token_control_answers_only_calls_that_carry_it(
     result = pytester.runpytest("--icllm-url", target, "--icllm-control-token", "s3cret")
     result.assert_outcomes(passed=1)
     assert "s3cret" not in result.stdout.str()  # the report header does not show it
+
+
+def test_an_answer_over_the_send_limit_is_refused_with_a_message_not_by_the_transport() -> None:
+    from icllm_emulator.grpc_api.status import SEND_MAX_BYTES, rpc
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise Aborted(code, details)
+
+    class Servicer:
+        @rpc
+        async def GetLogs(self, request: canisters_pb.GetLogsRequest, context: Any) -> Any:
+            return canisters_pb.GetLogsResponse(entries=[canisters_pb.LogEntry(text="x" * SEND_MAX_BYTES)])
+
+    with pytest.raises(Aborted) as caught:
+        asyncio.run(Servicer().GetLogs(canisters_pb.GetLogsRequest(), Context()))
+    code, details = caught.value.args
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"the answer to GetLogs is {SEND_MAX_BYTES + 10} bytes, over the {SEND_MAX_BYTES}" in details
