@@ -165,7 +165,13 @@ async def run_worker(args: argparse.Namespace, environ: Mapping[str, str] | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with grpc.aio.insecure_channel(args.connect) as channel:
-        source = GrpcSource(channel, models=models, poll_seconds=args.poll_seconds, target=args.connect)
+        source = GrpcSource(
+            channel,
+            models=models,
+            poll_seconds=args.poll_seconds,
+            target=args.connect,
+            control_token=args.control_token,
+        )
         task = asyncio.create_task(Worker(worker_id, source, backend, RealClock()).run())
         log.info("worker %s serving %s for the emulator at %s", worker_id, backend.name, args.connect)
         stopping = asyncio.ensure_future(stop.wait())

@@ -295,7 +295,8 @@ def prices(value: Any) -> dict[str, Price] | None:
     for spec in _text(value).split(","):
         model, equals, amounts = spec.strip().rpartition("=")
         per_call, _, per_token = amounts.partition("/")
-        if not equals or not model or not per_call.isdigit() or not (per_token or "0").isdigit():
+        amounts_ok = all(part.isascii() and part.isdigit() for part in (per_call, per_token or "0"))
+        if not equals or not model or not amounts_ok:
             raise SettingError(
                 f"{spec.strip()!r} is not MODEL=PER_CALL[/PER_TOKEN] in cycles, "
                 "e.g. gemma3:27b=2000000000/1000000"
@@ -691,8 +692,10 @@ SETTINGS: tuple[Setting, ...] = (
         "control_token",
         optional_text,
         None,
-        "the token Control calls must carry (needed with a non-loopback --host; in pytest, the token of "
-        "the emulator at --icllm-url)",
+        "the token Control, Canisters and AiWorker calls must carry (needed with a non-loopback --host; "
+        "pytest: that of --icllm-url)",
+        EVERYWHERE,
+        worker=(None, "the emulator's control token, sent with every AiWorker call"),
     ),
     Setting("idle_timeout", seconds, 120.0, "seconds before an idle HTTP or gRPC connection is closed"),
     Setting("header_timeout", seconds, 10.0, "seconds an HTTP request's headers may take to arrive"),
@@ -758,6 +761,14 @@ SETTINGS: tuple[Setting, ...] = (
         grpc_address,
         None,
         "use a running emulator at HOST:PORT instead of starting one (env ICLLM_URL)",
+        PYTEST_ONLY,
+    ),
+    Setting(
+        "canister_timeout",
+        duration,
+        60.0,
+        "seconds a test's canister call may take (waiting for a held LLM answer, a paused worker, a "
+        "canister that never replies) before the test fails, saying what is pending",
         PYTEST_ONLY,
     ),
     Setting(

@@ -24,32 +24,53 @@ from icllm_emulator.runtime.values import Interface
 T = TypeVar("T")
 # How long a call from a test waits for its canister before the test fails (a held LLM answer that is
 # never released, a canister that never replies): generous, so that only a wedged test reaches it.
+# The setting canister_timeout (--icllm-canister-timeout) changes it.
 DEFAULT_TIMEOUT = 60.0
 
 
 class Loop:
-    """Runs coroutines on the runtime's event loop from the test's thread."""
+    """Runs coroutines on the runtime's event loop from the test's thread.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    `explain` says, when a call times out, what it may be waiting for (the LLM answers still pending).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float = DEFAULT_TIMEOUT,
+        explain: Callable[[], str] | None = None,
+    ) -> None:
         self.loop = loop
+        self.timeout = timeout
+        self.explain = explain
 
     def submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(work, self.loop)
 
-    def run(self, work: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_TIMEOUT) -> T:
+    def run(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """The work's result, waiting at most `timeout` s (default: the loop's)."""
         future = self.submit(work)
+        try:
+            return self.wait(future, timeout, "the canister runtime did not finish")
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def wait(self, future: concurrent.futures.Future[T], timeout: float | None, what: str) -> T:
+        """The future's result; a TimeoutError that says what is pending when it takes too long."""
+        timeout = self.timeout if timeout is None else timeout
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"the canister runtime did not finish within {timeout} s") from None
+            why = self.explain() if self.explain is not None else ""
+            raise TimeoutError(f"{what} within {timeout} s (--icllm-canister-timeout){why}") from None
 
 
 class PrivateLoop(Loop):
     """An event loop of its own in a daemon thread, for a runtime whose LLM canister is remote."""
 
-    def __init__(self) -> None:
-        super().__init__(asyncio.new_event_loop())
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, explain: Callable[[], str] | None = None) -> None:
+        super().__init__(asyncio.new_event_loop(), timeout, explain)
         self._thread = threading.Thread(target=self.loop.run_forever, name="icllm-canisters", daemon=True)
         self._thread.start()
 
@@ -90,16 +111,12 @@ class PendingCall:
     def done(self) -> bool:
         return self._future.done()
 
-    def result(self, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
-        """The decoded reply (a `CanisterReject` if the call was rejected); waits up to `timeout` s."""
+    def result(self, timeout: float | None = None) -> Any:
+        """The decoded reply (a `CanisterReject` if the call was rejected); waits up to `timeout` s
+        (default: the canister_timeout setting)."""
         __tracebackhide__ = True
-        try:
-            reply = self._future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(
-                f"{self._method!r} on {self._canister.id} is still running after {timeout} s: is an LLM "
-                "answer it waits for held (icllm.release) or its worker paused?"
-            ) from None
+        what = f"{self._method!r} on {self._canister.id} did not finish"
+        reply = self._canister._ic.loop.wait(self._future, timeout, what)
         return self._canister._decode(self._method, reply)
 
 
@@ -267,7 +284,8 @@ class CanisterIC:
             )
             return await self.runtime.install_async(raw, settings), interface
 
-        instance, interface = self.loop.run(install())
+        # Compiling a large module takes its time, whatever a call may take.
+        instance, interface = self.loop.run(install(), max(self.loop.timeout, DEFAULT_TIMEOUT))
         canister = Canister(self, instance, interface)
         self.canisters.append(canister)
         return canister

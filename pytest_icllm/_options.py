@@ -91,6 +91,7 @@ class Settings:
     idle_timeout: float = 120.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    canister_timeout: float = 60.0
 
     def details(self) -> str:
         """Every other setting, as `icllm settings: name=value, ...` (the header's second line)."""

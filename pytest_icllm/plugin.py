@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -298,8 +299,9 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
     from pytest_icllm._canisters import CanisterIC, Loop, PrivateLoop
 
     emulator = _icllm_session.emulator
+    timeout, explain = icllm.settings.canister_timeout, partial(_pending_answers, icllm)
     if emulator is not None:
-        loop = Loop(emulator.loop)
+        loop = Loop(emulator.loop, timeout, explain)
         engine = emulator.engine
 
         async def runtime() -> CanisterRuntime:
@@ -317,7 +319,7 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
     from icllm_emulator.runtime import CanisterRuntime as Runtime
     from icllm_emulator.runtime.llm import OverGrpc
 
-    private = PrivateLoop()
+    private = PrivateLoop(timeout, explain)
     target = _icllm_session.address.grpc_target
 
     async def remote() -> tuple[Runtime, OverGrpc]:
@@ -335,6 +337,30 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
         private.run(close())
         private.close()
+
+
+def _pending_answers(icllm: IcllmController) -> str:
+    """What a canister call that timed out may wait for: the LLM answers held, queued or being made."""
+    try:
+        jobs = icllm.jobs()
+    except Exception as error:  # a diagnosis that fails must not hide the timeout
+        return f"; the emulator's jobs could not be listed ({type(error).__name__}: {error})"
+    if not jobs:
+        return "; no LLM answer is pending: the canister itself has not replied"
+    held = [job.id for job in jobs if job.state == "HELD"]
+    parts = []
+    if held:
+        listed = ", ".join(repr(job_id) for job_id in held)
+        parts.append(
+            f"{len(held)} LLM answer{'s are' if len(held) > 1 else ' is'} held ({listed}): release "
+            f"{'them' if len(held) > 1 else 'it'} with icllm.release({listed}) or icllm.release_all()"
+        )
+    for job in jobs:
+        if job.state == "QUEUED":
+            parts.append(f"{job.id!r} ({job.model}) waits for a worker: are they paused (icllm.resume())?")
+        elif job.state == "LEASED":
+            parts.append(f"{job.id!r} ({job.model}) is being answered by {job.worker_id or 'a worker'}")
+    return "; " + "; ".join(parts)
 
 
 def _use_cassette(controller: IcllmController) -> None:

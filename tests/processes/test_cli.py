@@ -306,6 +306,27 @@ def test_external_worker_answers_like_an_in_process_emulator(
     assert server.stop() == 0, server.stderr()
 
 
+def test_an_external_worker_passes_the_emulators_control_token(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    server, target = start_serve(spawn, tmp_path, "--workers", "0", "--control-token", "s3cret")
+    refused = run_cli("worker", "--connect", target, "--poll-seconds", "1")
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        f"the emulator at {target} refused this worker: the AiWorker service needs the emulator's control "
+        "token (its --control-token) as metadata icllm-control-token"
+    ) in refused.stderr
+    assert "Traceback" not in refused.stderr
+    worker = spawn(
+        "worker", "--connect", target, "--poll-seconds", "1", env={"ICLLM_CONTROL_TOKEN": "s3cret"}
+    )
+    with grpc.insecure_channel(target) as channel:
+        answer = canister_pb2_grpc.LlmCanisterStub(channel).V1Chat(user_request("hi"), timeout=CALL_TIMEOUT)
+    assert answer.message.content
+    assert worker.stop() == 0, worker.stderr()
+    assert server.stop() == 0, server.stderr()
+
+
 # -- help ------------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from docs.generate import pages
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.cli import build_parser
 from icllm_emulator.config import config_from_settings
-from icllm_emulator.settings import PYTEST, SERVE, SETTINGS, WORKER, Door, SettingError, at, defaults
+from icllm_emulator.settings import PYTEST, SERVE, SETTINGS, WORKER, Door, SettingError, at, defaults, prices
 from pytest_icllm._options import CONFIGURED, Settings
 
 # ConfigureRequest fields that are not one setting: a limit override, and the "clear" switches.
@@ -130,3 +130,9 @@ def test_configure_changes_each_plain_setting_by_its_own_field() -> None:
         "strict_rules": True,
         "lease_seconds": 9.5,
     }
+
+
+@pytest.mark.parametrize("bad", ["gemma3:27b=\uff15", "gemma3:27b=2000/-1", "gemma3:27b=2000/1 000"])
+def test_prices_take_decimal_digits_only(bad: str) -> None:
+    with pytest.raises(SettingError, match="is not MODEL=PER_CALL"):
+        prices(bad)
