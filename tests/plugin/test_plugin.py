@@ -30,6 +30,7 @@ def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_
         "JobInfo",
         "LlmReject",
         "Stats",
+        "Stub",
         "__version__",
     ]
     assert pytest_icllm.__version__ == importlib.metadata.version("pytest-icllm")
