@@ -54,12 +54,25 @@ class Loop:
         return asyncio.run_coroutine_threadsafe(work, self.loop)
 
     def run(self, work: Coroutine[Any, Any, T], timeout: float | None = DEFAULT_TIMEOUT) -> T:
+        if _running_loop() is self.loop:  # waiting here would wedge the loop that has to do the work
+            work.close()
+            raise RuntimeUsageError(
+                "the canister runtime was called from its own event loop: a stand-in's reply_with "
+                "function runs there, and may only compute its reply from its argument and caller"
+            )
         future = self.submit(work)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"the canister runtime did not finish within {timeout} s") from None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class PrivateLoop(Loop):

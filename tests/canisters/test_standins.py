@@ -212,12 +212,34 @@ def test_the_teardown_reports_unused_rules_unexpected_calls_and_failing_function
         def test_switched_off(icllm_canister):
             icllm_canister.stub(LEDGER, did=DID).on("transfer").reply({{"Ok": 1}})
 
+        def test_calling_the_fixture_from_reply_with(icllm_canister):
+            ledger = icllm_canister.stub(LEDGER, did=DID)
+            ledger.on("transfer").reply_with(lambda arg, caller: {{"Ok": len(ledger.calls)}})
+            wallet = icllm_canister({str(motoko_wallet)!r})
+            assert wallet.update("pay", bytes(32), 5).startswith("canister_error: ")
+
+        @pytest.mark.icllm(assert_all_used=False, assert_all_expected=False)
+        def test_leaves_calls_in_flight(icllm_canister):
+            ledger = icllm_canister.stub(LEDGER, did=DID)
+            ledger.on("transfer").hang()
+            ledger.on("account_balance").reply({{"e8s": 1}})
+            ledger.hold()
+            wallet = icllm_canister({str(motoko_wallet)!r})
+            wallet.submit("pay", bytes(32), 5)
+            wallet.submit("balance_at", LEDGER, bytes(32))
+            ledger.held(1)
+            icllm_canister.faults.on(method="transfer").times(1).hang()
+
         def test_the_next_test_starts_afresh(icllm_canister):
             ledger = icllm_canister.stub(LEDGER, did=DID)
             assert ledger.calls == []
+            ledger.on("account_balance").reply({{"e8s": 2}})
+            wallet = icllm_canister({str(motoko_wallet)!r})
+            assert wallet.update("balance_at", LEDGER, bytes(32)) == "2 e8s"
+            assert icllm_canister.runtime.faults.states == []
         """,
     )
-    result.assert_outcomes(passed=5, errors=3)
+    result.assert_outcomes(passed=7, errors=4)  # the first four
     result.stdout.fnmatch_lines(
         [
             "*rules of the stand-in at ryjl3-tyaaa-aaaaa-aaaba-cai that no call used*",
@@ -226,6 +248,8 @@ def test_the_teardown_reports_unused_rules_unexpected_calls_and_failing_function
             "*  call-1 transfer(*) from *: rejected (CANISTER_REJECT): no rule of the stand-in*",
             "*rule-1 on('transfer').reply_with(<lambda>) of the stand-in at ryjl3-* failed on call-1 from *: "
             "RuntimeUsageError: *nat64*",
+            "*RuntimeUsageError: the canister runtime was called from its own event loop: a stand-in's "
+            "reply_with function runs there*",
         ]
     )
 
@@ -285,3 +309,15 @@ def test_a_delay_fault_holds_a_call_between_real_canisters_until_the_clock_passe
         "virtual",
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_fault_strikes_a_call_to_a_stand_in_before_its_rules(
+    icllm_canister: CanisterIC, motoko_wallet: Path
+) -> None:
+    ledger = icllm_canister.stub(LEDGER_ID, did=LEDGER_DID)
+    ledger.on("account_balance").reply({"e8s": 5})
+    wallet = icllm_canister(motoko_wallet)
+    icllm_canister.faults.on(callee=ledger, caller=wallet).times(1).reject(4, "not today")
+    assert wallet.update("balance_at", LEDGER_ID, ACCOUNT) == "canister_reject: not today"
+    assert wallet.update("balance_at", LEDGER_ID, ACCOUNT) == "5 e8s"
+    assert len(ledger.calls) == 1  # the faulted call never reached the stand-in
