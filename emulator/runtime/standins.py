@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,11 @@ from icllm_emulator.runtime.messages import Response
 from icllm_emulator.runtime.values import Interface, Method, describe
 
 log = logging.getLogger("icllm.canister")
+
+# Values in messages: a 32-byte account or a long text shortened, so that a line stays readable.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxdict = 8
 
 # `reply_with`'s function: (the decoded argument, the caller's principal as text) -> the reply's values.
 Answer = Callable[[Any, str], Any]
@@ -291,7 +297,7 @@ class StandIn:
         """What arrived and why each rule did not answer it."""
         lines = [
             f"no rule of the stand-in at {self.id} answers {call.method!r} from {call.caller} "
-            f"(argument {call.arg!r:.200})"
+            f"(argument {_SHORT.repr(call.arg)})"
         ]
         if not self.states:
             lines.append(f"no rules are defined; add one with .on({call.method!r})")
@@ -317,7 +323,8 @@ class StandIn:
                 f"calls that no rule of the stand-in at {self.id} expected (the caller got a reject; turn "
                 "this check off with @pytest.mark.icllm(assert_all_expected=False)):\n"
                 + "\n".join(
-                    f"  {c.id} {c.method}({c.arg!r:.120}) from {c.caller}: {c.outcome}" for c in unexpected
+                    f"  {c.id} {c.method}({_SHORT.repr(c.arg)}) from {c.caller}: {c.outcome}"
+                    for c in unexpected
                 )
             )
         return found
