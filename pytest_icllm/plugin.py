@@ -296,8 +296,7 @@ def icllm(
 def icllm_canister(
     request: pytest.FixtureRequest, icllm: IcllmController, _icllm_session: _Session
 ) -> Iterator[CanisterIC]:
-    """Install canister modules in this test's IC: `icllm_canister(wasm, did=, init=, env=, cycles=)`;
-    stand-ins with `icllm_canister.stub(principal, did=)`, faults with `icllm_canister.faults.on(...)`."""
+    """This test's IC: `icllm_canister(wasm, did=, init=)`, `.stub(id, did=)`, `.faults.on()`."""
     from pytest_icllm._canisters import CanisterIC, Loop, PrivateLoop
 
     emulator = _icllm_session.emulator
