@@ -5,7 +5,8 @@ interface decodes each call, and its rules, tried in the order they were added, 
 (values, a function of the argument and caller, a reject, a trap, or nothing ever). A **fault** changes a
 call between the canisters of the IC before it is delivered: rejected, never answered, or late. Both are
 scripted answers like the LLM canister's rules (`icllm_emulator.rules`): first rule with uses left wins,
-`times` limits the uses, and a call that no rule answers is rejected with what each rule wanted.
+`times` limits the uses, and a call to a stand-in that no rule answers is rejected with what each rule
+wanted (a call that no fault matches goes through).
 
 Everything here runs on the runtime's event loop; its errors are `RuntimeUsageError`/`RuleError` for
 misuse and IC rejects for the calling canister.
@@ -15,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from icllm_emulator.domain import Reject, RejectCode
-from icllm_emulator.rules import Hang, RuleError, check_delay, check_times, miss_line, used_up
+from icllm_emulator.rules import Hang, check_delay, check_times, miss_line, used_up
 from icllm_emulator.runtime.errors import (
     CALLED_TRAP,
     EXPLICIT_REJECT,
@@ -32,8 +32,6 @@ from icllm_emulator.runtime.errors import (
 )
 from icllm_emulator.runtime.messages import Response
 from icllm_emulator.runtime.values import Interface, Method, describe
-
-log = logging.getLogger("icllm.canister")
 
 # Values in messages: a 32-byte account or a long text shortened, so that a line stays readable.
 _SHORT = reprlib.Repr()
@@ -170,8 +168,6 @@ class StandIn:
 
     def add(self, rule: StandInRule) -> StandInRule:
         self.method(rule.method)
-        if isinstance(rule.action, Reject) and not isinstance(rule.action.code, RejectCode):
-            raise RuleError(f"reject code {rule.action.code!r} is not an IC reject code")
         rule = StandInRule(rule.method, rule.action, rule.times, rule.id or f"rule-{next(self._rule_ids)}")
         self.states.append(_State(rule))
         return rule
