@@ -103,10 +103,30 @@ class Rule:
     id: str = ""
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.delay) or self.delay < 0:
-            raise RuleError(f"delay must be a finite number of seconds, 0 or more, got {self.delay}")
-        if self.times is not None and self.times < 1:
-            raise RuleError(f"times must be 1 or more (leave it out for any number), got {self.times}")
+        check_delay(self.delay)
+        check_times(self.times)
+
+
+def check_delay(delay: float) -> None:
+    """A scripted answer's delay: seconds on the engine's clock (LLM rules, stand-ins, faults)."""
+    if not math.isfinite(delay) or delay < 0:
+        raise RuleError(f"delay must be a finite number of seconds, 0 or more, got {delay}")
+
+
+def check_times(times: int | None) -> None:
+    """How often a scripted answer may answer: None for any number (LLM rules, stand-ins, faults)."""
+    if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+        raise RuleError(f"times must be 1 or more (leave it out for any number), got {times!r}")
+
+
+def used_up(uses: int, times: int | None) -> bool:
+    return times is not None and uses >= times
+
+
+def miss_line(rule_id: str, description: str, uses: int, times: int | None, why: list[str]) -> str:
+    """A scripted answer that did not answer a call, and why (one wording for LLM rules and stand-ins)."""
+    reasons = [f"used up ({uses} of {times} uses)"] if used_up(uses, times) else []
+    return f"- {rule_id} {description}: {'; '.join(reasons + why)}"
 
 
 @dataclass(slots=True)
@@ -116,7 +136,7 @@ class RuleState:
 
     @property
     def exhausted(self) -> bool:
-        return self.rule.times is not None and self.uses >= self.rule.times
+        return used_up(self.uses, self.rule.times)
 
 
 @dataclass
@@ -167,9 +187,8 @@ class RuleBook:
             lines.append("no rules are defined; add one with the Control service or --rules FILE")
         for state in self.states:
             rule = state.rule
-            why = ["used up" + f" ({state.uses} of {rule.times} uses)"] if state.exhausted else []
-            why += rule.match.mismatches(request)
-            lines.append(f"- {rule.id} {rule.match.describe()}: {'; '.join(why)}")
+            why = rule.match.mismatches(request)
+            lines.append(miss_line(rule.id, rule.match.describe(), state.uses, rule.times, why))
         return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from icllm_emulator.grpc_api.control import Call, JobInfo
     from icllm_emulator.history import Stats
     from icllm_emulator.runtime.errors import CanisterReject
-    from pytest_icllm._canisters import Canister
+    from pytest_icllm._canisters import Canister, Stub
     from pytest_icllm._controller import IcllmController
 
 __version__ = version("pytest-icllm")
@@ -29,6 +29,7 @@ __all__ = [
     "JobInfo",
     "LlmReject",
     "Stats",
+    "Stub",
     "__version__",
 ]
 
@@ -41,6 +42,7 @@ _LAZY = {
     "Call": "icllm_emulator.grpc_api.control",
     "JobInfo": "icllm_emulator.grpc_api.control",
     "Stats": "icllm_emulator.history",
+    "Stub": "pytest_icllm._canisters",
 }
 
 

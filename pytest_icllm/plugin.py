@@ -294,8 +294,10 @@ def icllm(
 
 
 @pytest.fixture
-def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator[CanisterIC]:
-    """Install canister modules in this test's IC: `icllm_canister(wasm, did=, init=, env=, cycles=)`."""
+def icllm_canister(
+    request: pytest.FixtureRequest, icllm: IcllmController, _icllm_session: _Session
+) -> Iterator[CanisterIC]:
+    """This test's IC: `icllm_canister(wasm, did=, init=)`, `.stub(id, did=)`, `.faults.on()`."""
     from pytest_icllm._canisters import CanisterIC, Loop, PrivateLoop
 
     emulator = _icllm_session.emulator
@@ -309,11 +311,14 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
         ic = CanisterIC(loop.run(runtime()), loop)
         yield ic
+        problems = _canister_problems(request.node, ic, icllm.settings)
 
         async def clear() -> None:
             engine.runtime.clear()
 
         loop.run(clear())
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
         return
     from icllm_emulator.clock import RealClock
     from icllm_emulator.runtime import CanisterRuntime as Runtime
@@ -327,8 +332,11 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
         return Runtime(RealClock(), llm, seed=icllm.settings.seed), llm
 
     runtime_, llm = private.run(remote())
+    found: list[str] = []
     try:
-        yield CanisterIC(runtime_, private)
+        remote_ic = CanisterIC(runtime_, private)
+        yield remote_ic
+        found = _canister_problems(request.node, remote_ic, icllm.settings)
     finally:
 
         async def close() -> None:
@@ -337,6 +345,16 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
         private.run(close())
         private.close()
+    if found:
+        pytest.fail("\n\n".join(found), pytrace=False)
+
+
+def _canister_problems(item: pytest.Item, ic: CanisterIC, settings: Settings) -> list[str]:
+    """The stand-ins' and faults' teardown checks, unless the test failed on its own."""
+    reports = item.stash.get(REPORTS_KEY, {})
+    if any(not report.passed for report in reports.values()):
+        return []
+    return ic._problems(settings.assert_all_used, settings.assert_all_expected)
 
 
 def _pending_answers(icllm: IcllmController) -> str:

@@ -30,6 +30,7 @@ def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_
         "JobInfo",
         "LlmReject",
         "Stats",
+        "Stub",
         "__version__",
     ]
     assert pytest_icllm.__version__ == importlib.metadata.version("pytest-icllm")
@@ -53,8 +54,8 @@ FIXTURE_DOCS = {
     "icllm_server [[]session scope[]]": "The session's emulator: started in a background thread, "
     "or the one at --icllm-url / ICLLM_URL.",
     "icllm_config": "Per-test emulator settings; override this fixture in a conftest, at any scope.",
-    "icllm_canister": "Install canister modules in this test's IC: "
-    "`icllm_canister(wasm, did=, init=, env=, cycles=)`.",
+    "icllm_canister": "This test's IC: "
+    "`icllm_canister(wasm, did=, init=)`, `.stub(id, did=)`, `.faults.on()`.",
 }
 
 
