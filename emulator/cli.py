@@ -72,7 +72,8 @@ class _Repeatable(argparse.Action):
 def _add_settings(parser: argparse.ArgumentParser, door: Door, environ: Mapping[str, str]) -> None:
     """One flag per setting of `door`; its env var, when set, is the flag's default."""
     for setting in settings.at(door):
-        default, text = (setting.worker if door is Door.WORKER else None) or (setting.default, setting.help)
+        own = setting.worker if door is Door.WORKER else None
+        default, text = own or (setting.default, setting.flag_help)
         if setting.env in environ:
             given = environ[setting.env]
             try:
@@ -86,6 +87,7 @@ def _add_settings(parser: argparse.ArgumentParser, door: Door, environ: Mapping[
             default=default,
             action=_Repeatable if setting.repeatable else "store",
             help=f"{text} [env {setting.env}]",
+            **({"nargs": "?", "const": "true"} if setting.switch else {}),
         )
 
 

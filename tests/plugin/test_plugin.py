@@ -80,6 +80,18 @@ def test_report_header_shows_the_effective_settings(pt: pytest.Pytester) -> None
     )
 
 
+def test_a_boolean_option_alone_means_true(pt: pytest.Pytester) -> None:
+    result = pt.runpytest("--icllm-strict-rules", "--icllm-outcalls-loopback")
+    result.stdout.fnmatch_lines(["icllm: *strict_rules=True", "icllm settings: outcalls_loopback=True"])
+
+
+def test_the_settings_line_shows_only_what_differs_from_the_defaults(pt: pytest.Pytester) -> None:
+    result = pt.runpytest()
+    result.stdout.fnmatch_lines(["icllm settings: the others at their defaults"])
+    result = pt.runpytest("--icllm-lease-seconds", "5", "--icllm-history-bytes", "2048")
+    result.stdout.fnmatch_lines(["icllm settings: lease_seconds=5.0, history_bytes=2048"])
+
+
 def test_plugin_can_be_disabled_by_name(pt: pytest.Pytester) -> None:
     result = run(pt, "def test_plain():\n    pass\n", "-p", "no:icllm")
     result.assert_outcomes(passed=1)
@@ -100,6 +112,35 @@ def test_sketch_example_scripts_an_answer_and_records_the_request(pt: pytest.Pyt
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_rule_for_the_last_message_answers_its_turn_only(pt: pytest.Pytester) -> None:
+    """A multi-turn agent sends every earlier turn again: `last=True` scripts one turn of it."""
+    result = run(
+        pt,
+        """
+        from icllm_emulator.client import assistant, user
+
+        def test_two_turns(icllm, icllm_client):
+            icllm.on(contains="weather", last=True).reply("Sunny.")
+            icllm.on(contains="tomorrow", last=True).reply("Rain.")
+            chat = icllm_client.chat("llama3.1:8b")
+            assert chat.with_messages([user("What's the weather?")]).send().content == "Sunny."
+            turns = [user("What's the weather?"), assistant("Sunny."), user("And tomorrow?")]
+            assert chat.with_messages(turns).send().content == "Rain."
+            assert len(icllm.assert_prompted(contains="weather")) == 2
+            assert len(icllm.assert_prompted(contains="weather", last=True)) == 1
+        """,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_last_alone_is_refused_at_the_tests_line(pt: pytest.Pytester) -> None:
+    result = run(pt, "def test_it(icllm):\n    icllm.on(last=True)\n")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [">*icllm.on(last=True)", "E   *ValueError: last=True narrows contains, regex or role to the last*"]
+    )
 
 
 def test_replies_with_text_and_tool_calls_whose_arguments_travel_as_text(pt: pytest.Pytester) -> None:
@@ -734,7 +775,12 @@ def test_rules_history_hold_pause_and_busy_workers_do_not_leak_into_the_next_tes
         ),
         (
             ["--icllm-url", "localhost"],
-            "option --icllm-url: 'localhost' is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051",
+            "option --icllm-url: 'localhost' is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051 *",
+        ),
+        (
+            ["--icllm-url", "http://127.0.0.1:50051"],
+            "option --icllm-url: 'http://127.0.0.1:50051' is not a gRPC address: leave out http://; "
+            "use HOST:PORT, e.g. 127.0.0.1:50051 (the emulator's gRPC port, not its HTTP one)",
         ),
         (
             ["--icllm-max-attempts", "0"],
@@ -832,7 +878,7 @@ def test_bad_url_in_the_environment_names_the_variable(
     result.stderr.fnmatch_lines(
         [
             "ERROR: pytest-icllm: environment variable ICLLM_URL: 'nowhere' is not a gRPC address; "
-            "use HOST:PORT, e.g. 127.0.0.1:50051"
+            "use HOST:PORT, e.g. 127.0.0.1:50051 *"
         ]
     )
 
