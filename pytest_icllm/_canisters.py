@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+from icllm_emulator.errors import IcllmError
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
 from icllm_emulator.runtime.errors import ModuleError
 from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
@@ -22,9 +24,25 @@ from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.values import Interface
 
 T = TypeVar("T")
+P = ParamSpec("P")
 # How long a call from a test waits for its canister before the test fails (a held LLM answer that is
 # never released, a canister that never replies): generous, so that only a wedged test reaches it.
 DEFAULT_TIMEOUT = 60.0
+
+
+def at_the_tests_line(method: Callable[P, T]) -> Callable[P, T]:
+    """A test's mistake, a bad module or a canister's reject points at the test's line: the runtime's
+    frames (in this thread or in the runtime's loop) are dropped, as the controller's errors drop gRPC's."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        __tracebackhide__ = True
+        try:
+            return method(*args, **kwargs)
+        except (IcllmError, CanisterReject, TimeoutError) as error:
+            raise error.with_traceback(None)  # noqa: B904 (the same error, its cause kept)
+
+    return call
 
 
 class Loop:
@@ -64,8 +82,14 @@ def _read_wasm(wasm: bytes | str | Path) -> tuple[bytes, str]:
         return bytes(wasm), "the module"
     path = Path(wasm)
     if not path.is_file():
+        where = (
+            ""
+            if path.is_absolute()
+            else f" (that is {path.absolute()}: a relative path starts at the "
+            "working directory, not at the test's folder; Path(__file__).parent / NAME is the test's)"
+        )
         raise ModuleError(
-            f"no canister module at {path}: give the path of a .wasm or .wasm.gz file, or its bytes"
+            f"no canister module at {path}{where}: give the path of a .wasm or .wasm.gz file, or its bytes"
         )
     return path.read_bytes(), str(path)
 
@@ -90,6 +114,7 @@ class PendingCall:
     def done(self) -> bool:
         return self._future.done()
 
+    @at_the_tests_line
     def result(self, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """The decoded reply (a `CanisterReject` if the call was rejected); waits up to `timeout` s."""
         __tracebackhide__ = True
@@ -126,6 +151,7 @@ class Canister:
 
     # -- calls ----------------------------------------------------------------------------------
 
+    @at_the_tests_line
     def update(self, method: str, *args: Any, caller: str | None = None, cycles: int = 0) -> Any:
         """Call `method` as an update (with `cycles` attached) and return its decoded reply."""
         __tracebackhide__ = True
@@ -133,21 +159,25 @@ class Canister:
             method, self._call(method, self._encode(method, args, query=False), caller, cycles)
         )
 
+    @at_the_tests_line
     def query(self, method: str, *args: Any, caller: str | None = None) -> Any:
         """Call a query method; whatever it changes is discarded, as on the IC."""
         __tracebackhide__ = True
         arg = self._encode(method, args, query=True)
         return self._decode(method, self._call(method, arg, caller, 0, query=True))
 
+    @at_the_tests_line
     def update_raw(self, method: str, arg: bytes, *, caller: str | None = None, cycles: int = 0) -> bytes:
         """Call `method` with Candid bytes as they are; returns the reply's bytes."""
         __tracebackhide__ = True
         return self._call(method, arg, caller, cycles)
 
+    @at_the_tests_line
     def query_raw(self, method: str, arg: bytes, *, caller: str | None = None) -> bytes:
         __tracebackhide__ = True
         return self._call(method, arg, caller, 0, query=True)
 
+    @at_the_tests_line
     def submit(self, method: str, *args: Any, caller: str | None = None, cycles: int = 0) -> PendingCall:
         """Send an update call and return at once: the test steers the LLM while the canister waits."""
         arg = self._encode(method, args, query=False)
@@ -204,6 +234,7 @@ class CanisterIC:
         self.loop = loop
         self.canisters: list[Canister] = []
 
+    @at_the_tests_line
     def __call__(
         self,
         wasm: bytes | str | Path,
@@ -272,6 +303,7 @@ class CanisterIC:
         self.canisters.append(canister)
         return canister
 
+    @at_the_tests_line
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait until no call between canisters or to the LLM is in flight (False if some still are)."""
         return self.loop.run(self.runtime.settle(timeout), timeout + 5)
