@@ -328,3 +328,26 @@ def test_the_http_reference_lists_every_route_the_app_serves() -> None:
         path.replace("{model:path}", "{model}") for path in re.findall(r'Route\("([^"]+)", api\.', source)
     }
     assert served == documented
+
+
+def test_the_cli_reference_names_every_key_of_the_port_file(tmp_path: Path) -> None:
+    import json
+
+    from icllm_emulator.server import Ports, write_port_file
+
+    page = " ".join((DOCS / "reference" / "cli.md").read_text(encoding="utf-8").split())
+    (documented,) = re.findall(r"\(JSON `\{([^}]*)\}`", page)
+    path = tmp_path / "ports.json"
+    write_port_file(path, Ports("127.0.0.1", 50051, 11434, (("agent", "lxzze-o7777-77777-aaaaa-cai"),)))
+    written = json.loads(path.read_text(encoding="utf-8"))
+    assert [key.strip(' "') for key in documented.split(",")] == list(written)
+
+
+def test_the_site_keeps_names_whole_in_tables_and_wraps_long_code_lines() -> None:
+    """Material breaks code in a table anywhere (`--icllm-strict-rul` / `es`) and scrolls a long code
+    line out of sight; the site's stylesheet says otherwise, and mkdocs.yml loads it."""
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8").replace("!!python", "#"))
+    (sheet,) = config["extra_css"]
+    css = " ".join((DOCS / sheet).read_text(encoding="utf-8").split())
+    assert ".md-typeset table:not([class]) code { word-break: normal; overflow-wrap: normal;" in css
+    assert ".md-typeset pre > code { white-space: pre-wrap;" in css
