@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from icllm_emulator import settings
+from icllm_emulator import motoko, settings
 from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.cassettes.commands import add_cassette_commands, run_cassette_command
@@ -97,6 +97,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_settings(commands.add_parser("serve", help="run the emulator"), Door.SERVE, environ)
     _add_settings(commands.add_parser("worker", help="run an external AI worker"), Door.WORKER, environ)
     add_cassette_commands(commands)
+    motoko.add_command(commands)
     return parser
 
 
@@ -185,6 +186,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = build_parser(environ).parse_args(argv)
     if args.command == "cassette":
         return run_cassette_command(args)
+    if args.command == "build-motoko":
+        return motoko.run_command(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

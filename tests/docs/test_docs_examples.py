@@ -9,8 +9,9 @@ its fence, the runner that checks it: `<!-- example: KIND -->`. Kinds:
 - `client`: a program run against a started emulator (its address `127.0.0.1:50051` replaced).
 - `rules`: a rules file the emulator loads at start.
 - `cassette`: a cassette file that `icllm-emulator cassette check` accepts.
-- `canister`: a Motoko block, compiled by `moc`, and the python tests right after it, run with its
-  module in place of their `"x.wasm"`; `canister uses=PAGE` runs python tests with PAGE's first agent.
+- `canister`: a Motoko block, compiled by `moc`, and the next `canister` python tests of its page, run
+  with its module in place of their `"x.wasm"`; `canister uses=PAGE` runs python tests with PAGE's
+  first agent. The shell commands that build the canister tutorial's agent are run too.
 - `ts`: a TypeScript harness, run with node against the emulator process and the Rust test agent.
 - `not run: REASON`: shown only (it needs what a test machine lacks); the reason is required.
 Shell and text blocks are commands and output, not examples.
@@ -209,15 +210,16 @@ def test_cassette_example_is_valid(block: Block, tmp_path: Path) -> None:
 
 
 def _canister_pairs() -> list[tuple[Block, Block]]:
-    """(motoko, python tests) pairs: a `canister` Motoko block and the python block after it, or a
-    `canister uses=PAGE` python block and the first such Motoko block of PAGE."""
+    """(motoko, python tests) pairs: a `canister` Motoko block and the next `canister` python block of
+    its page, or a `canister uses=PAGE` python block and the first such Motoko block of PAGE."""
     pairs = []
     for index, block in enumerate(BLOCKS):
         if block.kind != "canister":
             continue
         if block.lang == "motoko":
-            tests = BLOCKS[index + 1]
-            assert tests.lang == "python" and tests.kind == "canister", f"{block.where}: no tests follow"
+            after = (b for b in BLOCKS[index + 1 :] if b.page == block.page and b.kind == "canister")
+            tests = next(after, None)
+            assert tests is not None and tests.lang == "python", f"{block.where}: no tests follow"
             pairs.append((block, tests))
         elif block.options.startswith("uses="):
             page = DOCS / block.options.removeprefix("uses=")
@@ -245,6 +247,43 @@ def test_canister_example_compiles_and_its_tests_pass(
         pytester.makepyfile(**{name.removesuffix(".py"): WASM_LITERAL.sub(repr(str(wasm)), text)})
     result = pytester.runpytest()
     result.assert_outcomes(passed=tests.text.count("\ndef test_") + tests.text.startswith("def test_"))
+
+
+def test_the_canister_tutorials_build_commands_build_its_agent(pytester: pytest.Pytester) -> None:
+    """The shell lines that build the tutorial's agent, as a user types them in a fresh folder: the npm
+    install (offline here: the project's own npm `motoko`, checked to be the version the line names)
+    and `icllm-emulator build-motoko`; then the tutorial's tests pass against the module it wrote."""
+    import shlex
+
+    from icllm_emulator.motoko import MOTOKO_VERSION
+    from tests.canisters.conftest import BUILD
+
+    page = DOCS / "tutorials" / "canister.md"
+    blocks = page_blocks(page)
+    (commands,) = [b for b in blocks if b.lang == "sh" and "build-motoko" in b.text]
+    agent = next(b for b in blocks if b.lang == "motoko" and b.kind == "canister")
+    tests = next(b for b in blocks if b.lang == "python" and b.kind == "canister")
+    (pytester.path / "agent.mo").write_text(agent.text, encoding="utf-8")
+    lines = [shlex.split(line, comments=True) for line in commands.text.splitlines() if line.strip()]
+    assert lines[0] == ["npm", "install", f"motoko@{MOTOKO_VERSION}"], commands.where
+    (pytester.path / "node_modules").symlink_to(BUILD.NODE_MODULES)  # what that install makes
+    for argv in lines[1:]:
+        assert argv[0] == "icllm-emulator", f"{commands.where}: {argv}"
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+            cwd=pytester.path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, f"{commands.where}: {shlex.join(argv)}: {result.stderr}"
+    wasm = pytester.path / "agent.wasm"
+    assert wasm.is_file() and wasm.with_suffix(".did").is_file()
+    pytester.makeini(INI)
+    files, _ = split_files(tests)
+    for name, text in files.items():
+        pytester.makepyfile(**{name.removesuffix(".py"): WASM_LITERAL.sub(repr(str(wasm)), text)})
+    pytester.runpytest().assert_outcomes(passed=tests.text.count("\ndef test_"))
 
 
 @pytest.mark.parametrize("block", of_kind("ts"), ids=ids(of_kind("ts")))
