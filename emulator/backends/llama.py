@@ -28,16 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icllm_emulator.backends import LLAMA_INSTALL_HINT as INSTALL_HINT
 from icllm_emulator.config import ConfigError
-
-INSTALL_HINT = (
-    "the llama backend needs the llama extra, which is not installed: "
-    "pip install '/path/to/pytest-icllm[llama]' (your clone of pytest-icllm, or the wheel its `make dist` "
-    "builds, with [llama] after it); PyPI has llama-cpp-python as source only, and where its default "
-    "build stops with 'Illegal instruction', build it portably: CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" "
-    "pip install --no-cache-dir '/path/to/pytest-icllm[llama]' (`make run-llama` and `make test` do this "
-    "for you)"
-)
 
 # Before the chat-template module, which imports jinja2: every package of the extra is checked here.
 try:
@@ -46,15 +38,15 @@ try:
 except ImportError as missing:
     raise ConfigError(f"{INSTALL_HINT}; importing it failed: {missing}") from None
 
-from icllm_emulator.backends import Backend  # noqa: E402
-from icllm_emulator.backends.fake import canonical_request  # noqa: E402
-from icllm_emulator.backends.llama_chat import (  # noqa: E402
+from icllm_emulator.backends import Backend
+from icllm_emulator.backends.fake import canonical_request
+from icllm_emulator.backends.llama_chat import (
     LLAMA_31_TEMPLATE,
     ChatTemplate,
     TemplateError,
     parse_tool_calls,
 )
-from icllm_emulator.domain import (  # noqa: E402
+from icllm_emulator.domain import (
     Answer,
     AssistantMessage,
     ChatRequest,
