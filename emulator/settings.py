@@ -438,6 +438,7 @@ class Setting:
 
     @property
     def flag(self) -> str:
+        """Its flag of `icllm-emulator serve` and `worker`: `--x-y`."""
         return "--" + self.name.replace("_", "-")
 
     @property
@@ -452,14 +453,17 @@ class Setting:
 
     @property
     def env(self) -> str:
+        """Its environment variable: `ICLLM_X_Y`."""
         return ENV_PREFIX + self.name.upper()
 
     @property
     def pytest_flag(self) -> str:
+        """Its pytest option: `--icllm-x-y`."""
         return "--icllm-" + self.name.replace("_", "-")
 
     @property
     def ini(self) -> str:
+        """Its ini key: `icllm_x_y`."""
         return "icllm_" + self.name
 
     def check(self, value: Any, origin: str) -> Any:

@@ -112,6 +112,7 @@ class PendingCall:
         self._future = future
 
     def done(self) -> bool:
+        """Whether the call has finished (replied or been rejected)."""
         return self._future.done()
 
     @at_the_tests_line
@@ -174,6 +175,7 @@ class Canister:
 
     @at_the_tests_line
     def query_raw(self, method: str, arg: bytes, *, caller: str | None = None) -> bytes:
+        """Call a query method with Candid bytes as they are; returns the reply's bytes."""
         __tracebackhide__ = True
         return self._call(method, arg, caller, 0, query=True)
 

@@ -347,6 +347,7 @@ class IcllmController:
         return dict(response.balances)
 
     def balance(self, principal: str) -> int:
+        """The prepaid cycle balance of `principal` (0 when it has none)."""
         return self.balances().get(principal, 0)
 
     def set_prices(self, prices: Mapping[str, tuple[int, int]]) -> None:

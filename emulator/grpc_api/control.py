@@ -70,6 +70,7 @@ class Call:
 
     @property
     def messages(self) -> tuple[Message, ...]:
+        """The request's messages."""
         return self.request.messages
 
     @property
@@ -78,6 +79,7 @@ class Call:
         return (self.request.messages[-1].content or "") if self.request.messages else ""
 
     def describe(self) -> str:
+        """One line: id, method, model and the last message (as failure messages list calls)."""
         last = self.request.messages[-1] if self.request.messages else None
         role = last.role.value if last else "-"
         return f"{self.id} {self.method} {self.request.model!r}, last {role}: {self.prompt[:120]!r}"

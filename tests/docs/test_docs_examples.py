@@ -390,3 +390,52 @@ def test_the_site_keeps_names_whole_in_tables_and_wraps_long_code_lines() -> Non
     css = " ".join((DOCS / sheet).read_text(encoding="utf-8").split())
     assert ".md-typeset table:not([class]) code { word-break: normal; overflow-wrap: normal;" in css
     assert ".md-typeset pre > code { white-space: pre-wrap;" in css
+
+
+def test_the_python_api_page_names_public_objects_whose_every_method_it_shows() -> None:
+    """The page's objects by the names a user imports; mkdocstrings leaves out what has no docstring, so
+    every public method and property of each class has one."""
+    import importlib
+    import inspect
+
+    page = (DOCS / "reference" / "python-api.md").read_text(encoding="utf-8")
+    names = re.findall(r"^::: ([\w.]+)$", page, re.MULTILINE)
+    private = [name for name in names if any(part.startswith("_") for part in name.split("."))]
+    assert private == [], "objects named by a private module path"
+    undocumented = []
+    for name in names:
+        module, _, attribute = name.rpartition(".")
+        obj = getattr(importlib.import_module(module), attribute)
+        members = vars(obj).items() if inspect.isclass(obj) else ()
+        for member, value in members:
+            shown = member == "__call__" or not member.startswith("_")
+            if shown and (callable(value) or isinstance(value, property)) and not inspect.getdoc(value):
+                undocumented.append(f"{name}.{member}")
+    assert undocumented == []
+    shown = set(names)
+    assert {"pytest_icllm.Canister", "pytest_icllm.CanisterIC", "icllm_emulator.client.LlmClient"} <= shown
+
+
+def test_the_fixtures_reference_lists_every_fixture_and_every_canister_method() -> None:
+    """Where a user looks first: each fixture of the plugin, and each public method and property of what
+    `icllm_canister` gives, is named on the fixtures page."""
+    from pytest_icllm import Canister, CanisterIC, PendingCall, plugin
+
+    page = (DOCS / "reference" / "fixtures.md").read_text(encoding="utf-8")
+    fixtures = [
+        name for name, value in vars(plugin).items() if type(value).__name__ == "FixtureFunctionDefinition"
+    ]
+    missing = [name for name in fixtures if not name.startswith("_") and f"| `{name}` |" not in page]
+    assert "icllm_canister" in fixtures
+    # how the page writes a member of each: `icllm_canister.settle(`, `canister.update(`, `done()`
+    written = {CanisterIC: "`icllm_canister.{}", Canister: "`canister.{}", PendingCall: "`{}("}
+    for cls, form in written.items():
+        for member, value in vars(cls).items():
+            public = not member.startswith("_") and member != "read"  # read: Canister's way onto the loop
+            if (
+                public
+                and (callable(value) or isinstance(value, property))
+                and form.format(member) not in page
+            ):
+                missing.append(f"{cls.__name__}.{member}")
+    assert missing == []

@@ -24,11 +24,13 @@ def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_
     assert pytest_icllm.__all__ == [
         "Call",
         "Canister",
+        "CanisterIC",
         "CanisterReject",
         "EmulatorError",
         "IcllmController",
         "JobInfo",
         "LlmReject",
+        "PendingCall",
         "Stats",
         "__version__",
     ]
@@ -36,6 +38,11 @@ def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_
     assert pytest_icllm.LlmReject is icllm_emulator.client.LlmReject
     assert pytest_icllm.EmulatorError is icllm_emulator.client.EmulatorError
     assert pytest_icllm.IcllmController.__module__ == "pytest_icllm._controller"
+    # what the icllm_canister fixture gives, and what its canisters' submit() returns, for type hints
+    assert (pytest_icllm.CanisterIC.__module__, pytest_icllm.PendingCall.__module__) == (
+        "pytest_icllm._canisters",
+        "pytest_icllm._canisters",
+    )
     assert (pytest_icllm.Call, pytest_icllm.JobInfo, pytest_icllm.Stats) == (
         control.Call,
         control.JobInfo,
