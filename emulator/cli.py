@@ -87,7 +87,8 @@ def _add_settings(parser: argparse.ArgumentParser, door: Door, environ: Mapping[
             default=default,
             action=_Repeatable if setting.repeatable else "store",
             help=f"{text} [env {setting.env}]",
-            **({"nargs": "?", "const": "true"} if setting.switch else {}),
+            nargs="?" if setting.switch else None,  # a boolean's flag alone means true
+            const="true" if setting.switch else None,
         )
 
 

@@ -412,8 +412,7 @@ def test_the_python_api_page_names_public_objects_whose_every_method_it_shows() 
             if shown and (callable(value) or isinstance(value, property)) and not inspect.getdoc(value):
                 undocumented.append(f"{name}.{member}")
     assert undocumented == []
-    shown = set(names)
-    assert {"pytest_icllm.Canister", "pytest_icllm.CanisterIC", "icllm_emulator.client.LlmClient"} <= shown
+    assert {"pytest_icllm.Canister", "pytest_icllm.CanisterIC", "icllm_emulator.client.LlmClient"} <= {*names}
 
 
 def test_the_fixtures_reference_lists_every_fixture_and_every_canister_method() -> None:
