@@ -154,7 +154,16 @@ def resolve(
     for name, value in ini.items():
         take(name, value, f"ini option {BY_NAME[name].ini}")
     for name, value in cli.items():
-        take(name, value, f"option {BY_NAME[name].pytest_flag}", trusted=True)
+        try:
+            take(name, value, f"option {BY_NAME[name].pytest_flag}", trusted=True)
+        except SettingError as error:
+            if not BY_NAME[name].switch:
+                raise
+            # `pytest --icllm-strict-rules tests/`: argparse gave the path to the option
+            flag = BY_NAME[name].pytest_flag
+            raise SettingError(
+                f"{error} (alone, {flag} means true: put it after the test paths, or write {flag}=true)"
+            ) from None
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if config:
         layers.append(("the icllm_config fixture", config))

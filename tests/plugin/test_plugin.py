@@ -92,6 +92,20 @@ def test_a_boolean_option_alone_means_true(pt: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["icllm: *strict_rules=True", "icllm settings: outcalls_loopback=True"])
 
 
+def test_a_boolean_option_alone_before_a_path_says_where_to_put_it(pt: pytest.Pytester) -> None:
+    pt.makepyfile(test_it="def test_it():\n    pass\n")
+    result = pt.runpytest("--icllm-strict-rules", "test_it.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-icllm: option --icllm-strict-rules: 'test_it.py' is not a boolean; use true or "
+            "false (alone, --icllm-strict-rules means true: put it after the test paths, or write "
+            "--icllm-strict-rules=true)"
+        ]
+    )
+    pt.runpytest("test_it.py", "--icllm-strict-rules").assert_outcomes(passed=1)
+
+
 def test_the_settings_line_shows_only_what_differs_from_the_defaults(pt: pytest.Pytester) -> None:
     result = pt.runpytest()
     result.stdout.fnmatch_lines(["icllm settings: the others at their defaults"])
@@ -778,7 +792,8 @@ def test_rules_history_hold_pause_and_busy_workers_do_not_leak_into_the_next_tes
         (["--icllm-seed", "-1"], "option --icllm-seed: '-1' is not a whole number of 0 or more"),
         (
             ["--icllm-strict-rules", "maybe"],
-            "option --icllm-strict-rules: 'maybe' is not a boolean; use true or false",
+            "option --icllm-strict-rules: 'maybe' is not a boolean; use true or false (alone, --icllm-strict-"
+            "rules means true: put it after the test paths, or write --icllm-strict-rules=true)",
         ),
         (
             ["--icllm-url", "localhost"],
