@@ -117,6 +117,8 @@ def test_an_install_line_installs_a_working_plugin(line: str, clone: Path, tmp_p
         f"    assert pytest_icllm.__file__.startswith({str(venv)!r})\n"
         f"    extras = importlib.metadata.metadata('pytest-icllm').get_all('Provides-Extra')\n"
         f"    assert set({named!r}) <= set(extras)\n"
+        "    import icllm_emulator.motoko as motoko  # build-motoko's script is installed beside it\n"
+        f"    assert motoko._SCRIPT.is_file() and str(motoko._SCRIPT).startswith({str(venv)!r})\n"
         "    icllm.on(contains='hi').reply('installed')\n"
         "    assert icllm_client.prompt('llama3.1:8b', 'hi') == 'installed'\n"
     )
