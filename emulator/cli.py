@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from icllm_emulator import settings
+from icllm_emulator import motoko, settings
 from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.cassettes.commands import add_cassette_commands, run_cassette_command
@@ -72,7 +72,8 @@ class _Repeatable(argparse.Action):
 def _add_settings(parser: argparse.ArgumentParser, door: Door, environ: Mapping[str, str]) -> None:
     """One flag per setting of `door`; its env var, when set, is the flag's default."""
     for setting in settings.at(door):
-        default, text = (setting.worker if door is Door.WORKER else None) or (setting.default, setting.help)
+        own = setting.worker if door is Door.WORKER else None
+        default, text = own or (setting.default, setting.flag_help)
         if setting.env in environ:
             given = environ[setting.env]
             try:
@@ -86,6 +87,8 @@ def _add_settings(parser: argparse.ArgumentParser, door: Door, environ: Mapping[
             default=default,
             action=_Repeatable if setting.repeatable else "store",
             help=f"{text} [env {setting.env}]",
+            nargs="?" if setting.switch else None,  # a boolean's flag alone means true
+            const="true" if setting.switch else None,
         )
 
 
@@ -95,6 +98,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_settings(commands.add_parser("serve", help="run the emulator"), Door.SERVE, environ)
     _add_settings(commands.add_parser("worker", help="run an external AI worker"), Door.WORKER, environ)
     add_cassette_commands(commands)
+    motoko.add_command(commands)
     return parser
 
 
@@ -189,6 +193,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = build_parser(environ).parse_args(argv)
     if args.command == "cassette":
         return run_cassette_command(args)
+    if args.command == "build-motoko":
+        return motoko.run_command(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -315,12 +315,17 @@ def model_map(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def grpc_address(value: Any) -> str | None:
+    """HOST:PORT of a gRPC server (a `grpc://` in front is allowed); a URL of another scheme is refused."""
     if value is None or _text(value) == "":
         return None
     text = _text(value).removeprefix("grpc://")
+    valid = "use HOST:PORT, e.g. 127.0.0.1:50051 (the emulator's gRPC port, not its HTTP one)"
+    if "://" in text:
+        scheme = text.partition("://")[0]
+        raise SettingError(f"{value!r} is not a gRPC address: leave out {scheme}://; {valid}")
     host, _, number = text.rpartition(":")
-    if not host or not number.isdigit():
-        raise SettingError(f"{value!r} is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051")
+    if not host or "/" in host or not number.isdigit() or int(number) > 65535:
+        raise SettingError(f"{value!r} is not a gRPC address; {valid}")
     return text
 
 
@@ -434,18 +439,32 @@ class Setting:
 
     @property
     def flag(self) -> str:
+        """Its flag of `icllm-emulator serve` and `worker`: `--x-y`."""
         return "--" + self.name.replace("_", "-")
 
     @property
+    def switch(self) -> bool:
+        """A boolean: its flag takes true or false, and alone means true (`--x-y` is `--x-y true`)."""
+        return self.parse is boolean
+
+    @property
+    def flag_help(self) -> str:
+        """The help of its flag: a boolean's says which values it takes."""
+        return f"{self.help} (true or false; the flag alone: true)" if self.switch else self.help
+
+    @property
     def env(self) -> str:
+        """Its environment variable: `ICLLM_X_Y`."""
         return ENV_PREFIX + self.name.upper()
 
     @property
     def pytest_flag(self) -> str:
+        """Its pytest option: `--icllm-x-y`."""
         return "--icllm-" + self.name.replace("_", "-")
 
     @property
     def ini(self) -> str:
+        """Its ini key: `icllm_x_y`."""
         return "icllm_" + self.name
 
     def check(self, value: Any, origin: str) -> Any:

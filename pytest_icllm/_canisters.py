@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from icllm_emulator.domain import Reject, RejectCode
+from icllm_emulator.errors import IcllmError
 from icllm_emulator.rules import Hang, RuleError, parse_reject_code
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
 from icllm_emulator.runtime.errors import ModuleError
@@ -39,10 +41,26 @@ from icllm_emulator.runtime.standins import (
 from icllm_emulator.runtime.values import Interface
 
 T = TypeVar("T")
+P = ParamSpec("P")
 # How long a call from a test waits for its canister before the test fails (a held LLM answer that is
 # never released, a canister that never replies): generous, so that only a wedged test reaches it.
 # The setting canister_timeout (--icllm-canister-timeout) changes it.
 DEFAULT_TIMEOUT = 60.0
+
+
+def at_the_tests_line(method: Callable[P, T]) -> Callable[P, T]:
+    """A test's mistake, a bad module or a canister's reject points at the test's line: the runtime's
+    frames (in this thread or in the runtime's loop) are dropped, as the controller's errors drop gRPC's."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        __tracebackhide__ = True
+        try:
+            return method(*args, **kwargs)
+        except (IcllmError, CanisterReject, TimeoutError) as error:
+            raise error.with_traceback(None)  # noqa: B904 (the same error, its cause kept)
+
+    return call
 
 
 class Loop:
@@ -115,8 +133,14 @@ def _read_wasm(wasm: bytes | str | Path) -> tuple[bytes, str]:
         return bytes(wasm), "the module"
     path = Path(wasm)
     if not path.is_file():
+        where = (
+            ""
+            if path.is_absolute()
+            else f" (that is {path.absolute()}: a relative path starts at the "
+            "working directory, not at the test's folder; Path(__file__).parent / NAME is the test's)"
+        )
         raise ModuleError(
-            f"no canister module at {path}: give the path of a .wasm or .wasm.gz file, or its bytes"
+            f"no canister module at {path}{where}: give the path of a .wasm or .wasm.gz file, or its bytes"
         )
     return path.read_bytes(), str(path)
 
@@ -139,8 +163,10 @@ class PendingCall:
         self._future = future
 
     def done(self) -> bool:
+        """Whether the call has finished (replied or been rejected)."""
         return self._future.done()
 
+    @at_the_tests_line
     def result(self, timeout: float | None = None) -> Any:
         """The decoded reply (a `CanisterReject` if the call was rejected); waits up to `timeout` s
         (default: the canister_timeout setting)."""
@@ -173,6 +199,7 @@ class Canister:
 
     # -- calls ----------------------------------------------------------------------------------
 
+    @at_the_tests_line
     def update(self, method: str, *args: Any, caller: str | None = None, cycles: int = 0) -> Any:
         """Call `method` as an update (with `cycles` attached) and return its decoded reply."""
         __tracebackhide__ = True
@@ -180,21 +207,26 @@ class Canister:
             method, self._call(method, self._encode(method, args, query=False), caller, cycles)
         )
 
+    @at_the_tests_line
     def query(self, method: str, *args: Any, caller: str | None = None) -> Any:
         """Call a query method; whatever it changes is discarded, as on the IC."""
         __tracebackhide__ = True
         arg = self._encode(method, args, query=True)
         return self._decode(method, self._call(method, arg, caller, 0, query=True))
 
+    @at_the_tests_line
     def update_raw(self, method: str, arg: bytes, *, caller: str | None = None, cycles: int = 0) -> bytes:
         """Call `method` with Candid bytes as they are; returns the reply's bytes."""
         __tracebackhide__ = True
         return self._call(method, arg, caller, cycles)
 
+    @at_the_tests_line
     def query_raw(self, method: str, arg: bytes, *, caller: str | None = None) -> bytes:
+        """Call a query method with Candid bytes as they are; returns the reply's bytes."""
         __tracebackhide__ = True
         return self._call(method, arg, caller, 0, query=True)
 
+    @at_the_tests_line
     def submit(self, method: str, *args: Any, caller: str | None = None, cycles: int = 0) -> PendingCall:
         """Send an update call and return at once: the test steers the LLM while the canister waits."""
         arg = self._encode(method, args, query=False)
@@ -484,6 +516,7 @@ class CanisterIC:
 
         return self.loop.run(self.read(gather))
 
+    @at_the_tests_line
     def __call__(
         self,
         wasm: bytes | str | Path,
@@ -553,6 +586,7 @@ class CanisterIC:
         self.canisters.append(canister)
         return canister
 
+    @at_the_tests_line
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait until no call between canisters or to the LLM is in flight (False if some still are)."""
         return self.loop.run(self.runtime.settle(timeout), timeout + 5)

@@ -56,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             dest=f"icllm_{option.name}",
             default=None,
             action="append" if option.repeatable else "store",
-            help=option.help + (" (repeatable)" if option.repeatable else ""),
+            help=option.flag_help + (" (repeatable)" if option.repeatable else ""),
+            **({"nargs": "?", "const": "true"} if option.switch else {}),
         )
         parser.addini(option.ini, option.help, default=None)
 

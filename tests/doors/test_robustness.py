@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -351,6 +352,31 @@ def test_a_hang_up_logs_no_error(emu: Stubs, caplog: pytest.LogCaptureFixture) -
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     (call,) = emu.control.GetHistory(cpb.GetHistoryRequest()).calls
     assert call.reject.code == 6  # SYS_UNKNOWN: the caller went away
+
+
+def test_clients_that_leave_mid_stream_flood_no_log(emu: Stubs, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that resets its connection while a stream is being written: the server stops quietly
+    (asyncio would log "socket.send() raised exception." for each piece written after the reset)."""
+    url = emu.emulator.ports.http_url
+    assert url
+    words = " ".join(f"w{n}" for n in range(2000))
+    emu.control.AddRules(
+        cpb.AddRulesRequest(rules=[cpb.Rule(action=cpb.RuleAction(reply=cpb.ReplyAction(content=words)))])
+    )
+    body = b'{"model": "llama3.1:8b", "messages": [{"role": "user", "content": "talk"}]}'
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            sock = _connect(url)
+            sock.sendall(
+                b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            assert sock.recv(200).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not FIN
+            sock.close()
+        for _ in range(20):  # the server notices the resets, and goes on
+            assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
+    noise = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noise == []
 
 
 def test_slow_clients_are_cut_off(start_emulator: Callable[..., Stubs]) -> None:

@@ -343,9 +343,10 @@ def test_help_lists_the_commands() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "{serve,worker,cassette}" in result.stdout
+    assert "{serve,worker,cassette,build-motoko}" in result.stdout
     assert "run the emulator" in result.stdout and "run an external AI worker" in result.stdout
     assert "list, show and check cassette files" in result.stdout
+    assert "compile a Motoko actor to a canister module" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -367,3 +368,41 @@ def test_worker_poll_longer_than_the_service_allows_fails_fast(tmp_path: Path) -
     result = run_cli("worker", "--poll-seconds", "100", cwd=tmp_path)
     assert result.returncode == 2
     assert "longer than a poll may wait (0-60 s)" in result.stderr
+
+
+# Hides packages from a child process, as if they were not installed: a finder ahead of every other one
+# that refuses them by name (a fresh `pip install` of the base package has neither jinja2 nor llama_cpp).
+WITHOUT_PACKAGES = """
+import importlib.abc, sys
+HIDDEN = {hidden!r}
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Hide())
+from icllm_emulator.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_the_llama_backend_without_its_extra_exits_2_with_the_install_line(tmp_path: Path) -> None:
+    """The packages of the `llama` extra hidden: the install line, not a traceback from jinja2."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    argv = ["serve", "--grpc-port", "0", "--ollama-port", "0", "--backend", "llama", "--model", str(model)]
+    code = WITHOUT_PACKAGES.format(hidden=("jinja2", "llama_cpp", "gguf"), argv=argv)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "the llama backend needs the llama extra" in result.stderr
+    assert "pip install '/path/to/pytest-icllm[llama]'" in result.stderr
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF"' in result.stderr
+    assert "Traceback" not in result.stderr

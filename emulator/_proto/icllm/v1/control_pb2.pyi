@@ -370,6 +370,7 @@ class RuleMatch(_message.Message):
     REGEX_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     contains: _builtins.str
     """A substring of some message's content (of `role` messages only, when `role` is set)."""
@@ -379,6 +380,10 @@ class RuleMatch(_message.Message):
     """user, system, assistant or tool."""
     tool: _builtins.str
     """The request offers a tool of this name."""
+    last: _builtins.bool
+    """`contains`, `regex` and `role` look at the last message only (as the turn that asks, in a
+    conversation whose earlier turns every later call repeats); needs one of them.
+    """
     def __init__(
         self,
         *,
@@ -387,10 +392,11 @@ class RuleMatch(_message.Message):
         regex: _builtins.str | None = ...,
         role: _builtins.str | None = ...,
         tool: _builtins.str | None = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_contains", b"_contains", "_model", b"_model", "_regex", b"_regex", "_role", b"_role", "_tool", b"_tool", "contains", b"contains", "model", b"model", "regex", b"regex", "role", b"role", "tool", b"tool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contains", b"_contains", "_model", b"_model", "_regex", b"_regex", "_role", b"_role", "_tool", b"_tool", "contains", b"contains", "model", b"model", "regex", b"regex", "role", b"role", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contains", b"_contains", "_model", b"_model", "_regex", b"_regex", "_role", b"_role", "_tool", b"_tool", "contains", b"contains", "last", b"last", "model", b"model", "regex", b"regex", "role", b"role", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__contains: _TypeAlias = _typing.Literal["contains"]  # noqa: Y015
     _WhichOneofArgType__contains: _TypeAlias = _typing.Literal["_contains", b"_contains"]  # noqa: Y015
