@@ -136,6 +136,8 @@ def test_configure_changes_each_plain_setting_by_its_own_field() -> None:
 def test_prices_take_decimal_digits_only(bad: str) -> None:
     with pytest.raises(SettingError, match="is not MODEL=PER_CALL"):
         prices(bad)
+
+
 BOOLEANS = [s for s in SETTINGS if s.switch]
 
 
