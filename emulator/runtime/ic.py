@@ -30,13 +30,13 @@ from icllm_emulator.runtime.errors import (
     EXPLICIT_REJECT,
     METHOD_NOT_FOUND,
     CanisterReject,
-    ModuleError,
     RuntimeUsageError,
     UnknownCanister,
     error_code_for,
 )
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.management import Management
+from icllm_emulator.runtime.management.lifecycle import CanisterRecord, InstallMode, Lifecycle, SettingsChange
 from icllm_emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
 
 log = logging.getLogger("icllm.canister")
@@ -87,6 +87,9 @@ class InstallSettings:
     name: str = ""
     # Wasm instructions per message for this canister (None: the runtime's limit).
     instruction_limit: int | None = None
+    # The principal to install at (None: the next free id), and every controller (None: `controller`).
+    canister_id: bytes | None = None
+    controllers: tuple[bytes, ...] | None = None
 
 
 class CanisterRuntime:
@@ -116,6 +119,7 @@ class CanisterRuntime:
         self.engine = modules.make_engine()
         self.canisters: dict[bytes, CanisterInstance] = {}
         self.management = Management(self)
+        self.lifecycle = Lifecycle(self)
         self._next_index = FIRST_CANISTER_INDEX
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[bytes, tuple[int, asyncio.Task[None]]] = {}
@@ -163,45 +167,37 @@ class CanisterRuntime:
         A module that is not Wasm or does not instantiate is a `ModuleError`; a trap in `canister_init`
         is a `CanisterReject` (the canister is not created), as `install_code` fails on the IC.
         """
-        info, module = self.compile(wasm) if compiled is None else compiled
-        principal = self._new_id()
-        text = principal_text(principal)
+        compiled = self.compile(wasm) if compiled is None else compiled
         env = dict(settings.env)
         env.setdefault(LLM_ENV_VAR, LLM_CANISTER_ID)
-        instance = CanisterInstance(
-            self,
-            principal,
-            text,
-            module,
-            info,
-            env=env,
+        controllers = settings.controllers or (settings.controller,)
+        record = self.lifecycle.create(
+            settings.controller,
             cycles=settings.cycles,
-            controllers=frozenset({settings.controller}),
-            candid=info.candid,
-            name=settings.name or text,
-            instruction_limit=settings.instruction_limit or self.instruction_limit,
+            settings=SettingsChange(controllers=controllers, environment_variables=tuple(env.items())),
+            specified_id=settings.canister_id,
         )
-        if "canister_init" in instance.functions:
-            message = Message(
-                MessageKind.INIT,
-                None,
-                arg=settings.init_arg,
-                caller=settings.controller,
-                time_ns=self.now_ns(),
+        try:
+            return self.lifecycle.install_compiled(
+                record,
+                modules.unpack(wasm),
+                compiled,
+                settings.init_arg,
+                InstallMode.INSTALL,
+                sender=controllers[0],
+                name=settings.name,
+                instruction_limit=settings.instruction_limit,
             )
-            trap = instance.run(message, "canister_init")
-            if trap is not None:
-                raise CanisterReject(
-                    RejectCode.CANISTER_ERROR,
-                    f"Error from Canister {text}: canister_init trapped: {trap.message}",
-                    trap.error_code,
-                )
-            self._finish(instance, message, None)
-        elif settings.init_arg and settings.init_arg != b"DIDL\0\0":
-            raise ModuleError("an init argument was given, but the module has no canister_init to take it")
-        self.canisters[principal] = instance
-        self._schedule_timer(instance)
-        return instance
+        except BaseException:
+            del self.lifecycle.records[record.principal]  # a failed install leaves no canister behind
+            raise
+
+    def next_id(self) -> bytes:
+        """The next canister id that no canister has (a specified id may have taken one in the sequence)."""
+        while True:
+            principal = self._new_id()
+            if principal not in self.lifecycle.records:
+                return principal
 
     def _new_id(self) -> bytes:
         index = self._next_index
@@ -219,6 +215,7 @@ class CanisterRuntime:
         """Uninstall a canister: its pending calls end, their callers get SYS_... rejects as on the IC."""
         instance = self.get(canister_id)
         del self.canisters[instance.principal]
+        self.lifecycle.records.pop(instance.principal, None)
         timer = self._timers.pop(instance.principal, None)
         if timer is not None:
             timer[1].cancel()
@@ -230,6 +227,39 @@ class CanisterRuntime:
                 CANISTER_NOT_FOUND,
             ),
         )
+
+    def retire(self, instance: CanisterInstance, why: str) -> None:
+        """An instance replaced by another module (upgrade, reinstall, uninstall, snapshot): calls that
+        wait on it end with a reject, its timer stops; the new instance takes its place."""
+        timer = self._timers.pop(instance.principal, None)
+        if timer is not None:
+            timer[1].cancel()
+        self.end_calls(instance, why)
+
+    def end_calls(self, instance: CanisterInstance, why: str) -> None:
+        self._end_calls(
+            instance,
+            Response.rejected(
+                RejectCode.CANISTER_ERROR,
+                f"Canister {instance.id} was {why} before it answered",
+                CANISTER_NOT_FOUND if why == "removed" else "IC0503",
+            ),
+        )
+
+    def schedule_timer(self, instance: CanisterInstance) -> None:
+        self._schedule_timer(instance)
+
+    def after_system_message(self, instance: CanisterInstance, message: Message) -> None:
+        """A committed canister_init or post_upgrade: its calls are sent, its timer set."""
+        self._finish(instance, message, None)
+
+    def record(self, canister_id: str) -> CanisterRecord:
+        """A canister's record, installed or empty (an `UnknownCanister` if there is none)."""
+        record = self.lifecycle.records.get(principal_bytes(canister_id))
+        if record is None:
+            self.get(canister_id)  # raises with the list of installed canisters
+            raise UnknownCanister(f"no canister {canister_id} exists")
+        return record
 
     @staticmethod
     def _end_calls(instance: CanisterInstance, response: Response) -> None:
@@ -256,6 +286,7 @@ class CanisterRuntime:
         self._next_index = FIRST_CANISTER_INDEX  # each test's first canister gets the same id
         self._last_ns = 0  # the clock may have been reset
         self.management = Management(self)
+        self.lifecycle = Lifecycle(self)
 
     # -- calls from outside (ingress) ------------------------------------------------------------
 
@@ -312,10 +343,18 @@ class CanisterRuntime:
                 refund=cycles,
             )
         export, as_query = entry
+        refused = self.lifecycle.admit(instance.principal)
+        if refused is not None:
+            return Response(None, refused.reject_code, refused.reject_message, refused.error_code, cycles)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         context = CallContext(caller, method, 0 if as_query else cycles, deadline_ns, future)
         instance.open_contexts.add(context)
-        future.add_done_callback(lambda _: instance.open_contexts.discard(context))
+
+        def ended(_: object) -> None:
+            instance.open_contexts.discard(context)
+            self.lifecycle.context_ended(instance)
+
+        future.add_done_callback(ended)
         message = Message(
             MessageKind.QUERY if as_query else MessageKind.UPDATE,
             context,
@@ -429,6 +468,9 @@ class CanisterRuntime:
         if call.callee == MANAGEMENT:
             return await self.management.call(instance, call)
         target = self.canisters.get(call.callee)
+        empty = self.lifecycle.empty_reject(call.callee) if target is None else None
+        if empty is not None:
+            return Response(None, empty.reject_code, empty.reject_message, empty.error_code, call.cycles)
         if target is None:
             return Response.rejected(
                 RejectCode.DESTINATION_INVALID,
@@ -488,6 +530,8 @@ class CanisterRuntime:
         if self.canisters.get(instance.principal) is not instance or instance.timer != when_ns:
             return
         self._timers.pop(instance.principal, None)
+        if self.lifecycle.admit(instance.principal) is not None:
+            return  # a stopped canister's timer waits for start_canister
         instance.timer = 0  # the IC deactivates the timer as it fires
         if "canister_global_timer" not in instance.functions:
             return

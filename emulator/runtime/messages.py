@@ -17,6 +17,10 @@ class MessageKind(enum.StrEnum):
     REJECT_CALLBACK = "a reject callback"
     CLEANUP = "a cleanup callback"
     TIMER = "canister_global_timer"
+    HEARTBEAT = "canister_heartbeat"
+    PRE_UPGRADE = "canister_pre_upgrade"
+    POST_UPGRADE = "canister_post_upgrade"
+    INSPECT = "canister_inspect_message"
     START = "the start function"
 
     @classmethod
@@ -31,7 +35,15 @@ class MessageKind(enum.StrEnum):
     @classmethod
     def calling(cls) -> tuple[MessageKind, ...]:
         """Messages that may make calls (a query may not: composite queries are not emulated)."""
-        return (cls.INIT, cls.UPDATE, cls.REPLY_CALLBACK, cls.REJECT_CALLBACK, cls.TIMER)
+        return (
+            cls.INIT,
+            cls.POST_UPGRADE,
+            cls.UPDATE,
+            cls.REPLY_CALLBACK,
+            cls.REJECT_CALLBACK,
+            cls.TIMER,
+            cls.HEARTBEAT,
+        )
 
 
 @dataclass(frozen=True, slots=True)
