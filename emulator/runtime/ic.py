@@ -540,6 +540,19 @@ class CanisterRuntime:
         trap = instance.run(message, "canister_global_timer")
         self._finish(instance, message, trap)
 
+    async def tick(self) -> None:
+        """One round: every running canister's heartbeat, then what is due runs until nothing is in flight."""
+        for instance in list(self.canisters.values()):
+            if (
+                "canister_heartbeat" in instance.functions
+                and self.lifecycle.admit(instance.principal) is None
+            ):
+                message = Message(MessageKind.HEARTBEAT, None, time_ns=self.now_ns(), caller=MANAGEMENT)
+                trap = instance.run(message, "canister_heartbeat")
+                self._finish(instance, message, trap)
+        await asyncio.sleep(0)
+        await self.settle()
+
     # -- waiting ------------------------------------------------------------------------------------
 
     def _busy(self) -> list[asyncio.Task[Any]]:

@@ -53,3 +53,15 @@ def rust_agent() -> Path:
 @pytest.fixture(scope="session")
 def azle_agent() -> Path:
     return module_path("azle-agent")
+
+
+@pytest.fixture(scope="session")
+def motoko_agent_classical() -> Path:
+    """The Motoko agent, classical persistence (wasm32): stable variables survive upgrades."""
+    return module_path("motoko-agent-classical")
+
+
+@pytest.fixture(scope="session")
+def motoko_factory() -> Path:
+    """A Motoko factory whose actor class creates child agents through the management canister."""
+    return module_path("motoko-factory")

@@ -292,7 +292,11 @@ class Lifecycle:
         record = self.controlled(principal, sender)
         try:
             raw = modules.unpack(wasm, "the wasm_module")
-            compiled = await asyncio.to_thread(self.runtime.compile, raw)
+            # an upgrade that keeps the heap runs the start function itself, on the kept heap
+            keep = mode is InstallMode.UPGRADE and options.wasm_memory_persistence == "keep"
+            compiled = await asyncio.to_thread(
+                self.runtime.compile, modules.defer_start(raw) if keep else raw
+            )
         except ModuleError as error:
             raise reject(
                 RejectCode.CANISTER_ERROR,
@@ -365,9 +369,8 @@ class Lifecycle:
         options: UpgradeOptions,
         sender: bytes,
     ) -> CanisterInstance:
-        info, module = compiled
         keep = options.wasm_memory_persistence == "keep"
-        needs_keep = _has_eop(info)
+        needs_keep = _has_eop(compiled[0])
         if needs_keep and options.wasm_memory_persistence is None:
             raise reject(
                 RejectCode.CANISTER_ERROR,
@@ -383,6 +386,7 @@ class Lifecycle:
                 "orthogonal persistence.",
                 CANISTER_CONTRACT_VIOLATION,
             )
+        info, module = compiled
         before = old.image()
         balance = old.balance
         try:
@@ -397,7 +401,11 @@ class Lifecycle:
                 instruction_limit=old.instruction_limit,
                 balance=old.balance,
             )
-            instance.load_image(replace(kept, timer=0, certified_data=kept.certified_data), heap=keep)
+            instance.load_image(replace(kept, timer=0), heap=False)  # stable memory, certified data
+            if keep:  # the heap as the old module left it; the globals are the new module's own
+                instance.load_heap(kept.heap)
+                if modules.START_EXPORT in instance.functions:
+                    self._run_entry(record, instance, modules.START_EXPORT, MessageKind.START, b"", sender)
             self._run_entry(record, instance, "canister_post_upgrade", MessageKind.POST_UPGRADE, arg, sender)
         except BaseException:
             old.load_image(before)
@@ -609,8 +617,8 @@ class Lifecycle:
         instance = self.instance(record)
         balance = record.balance if instance is None else instance.balance
         if instance is not None:
-            self.runtime.remove(record.id)
-        del self.records[principal]
+            self.runtime.remove(record.id)  # drops the record too
+        self.records.pop(principal, None)
         return balance
 
     def deposit_cycles(self, principal: bytes, cycles: int) -> None:
