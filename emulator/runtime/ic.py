@@ -36,7 +36,13 @@ from icllm_emulator.runtime.errors import (
 )
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.management import Management
-from icllm_emulator.runtime.management.lifecycle import CanisterRecord, InstallMode, Lifecycle, SettingsChange
+from icllm_emulator.runtime.management.lifecycle import (
+    CanisterRecord,
+    InstallMode,
+    Lifecycle,
+    SettingsChange,
+    inspect_message,
+)
 from icllm_emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
 
 log = logging.getLogger("icllm.canister")
@@ -309,6 +315,8 @@ class CanisterRuntime:
             raise RuntimeUsageError(
                 f"the argument is {len(arg)} bytes; the IC accepts at most 2 MiB per message"
             )
+        if not query and instance.entry_point(method, False) == (f"canister_update {method}", False):
+            inspect_message(self, instance, method, arg, caller_bytes)
         response = await self.deliver(instance, method, arg, caller_bytes, cycles, query=query)
         if response.reply is None:
             assert response.reject_code is not None

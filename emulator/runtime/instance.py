@@ -203,7 +203,7 @@ class CanisterInstance:
             error = CanisterTrap(f"Canister trapped: {_first_line(failure)}", WASM_TRAP)
         finally:
             self.api.message = None
-        if error is not None or message.kind is MessageKind.QUERY:
+        if error is not None or message.kind in (MessageKind.QUERY, MessageKind.INSPECT):
             self._restore(snapshot, context)
         else:
             del self._journal[snapshot.journal_start :]

@@ -129,6 +129,7 @@ class Message:
     building: Call | None = None
     calls: list[Call] = field(default_factory=list)
     fuel: int = 0
+    accepted: bool = False  # canister_inspect_message called accept_message
 
     @property
     def replied(self) -> bool:

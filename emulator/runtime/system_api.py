@@ -181,10 +181,10 @@ class SystemApi:
         self._copy_out("msg_method_name_copy", name, dst, offset, size)
 
     def ic0_accept_message(self) -> None:
-        raise CanisterTrap(
-            "ic0.accept_message can be called only in canister_inspect_message, which ingress "
-            "calls in the canister runtime do not run (not emulated)"
-        )
+        message = self._running("accept_message", MessageKind.INSPECT)
+        if message.accepted:
+            raise CanisterTrap("ic0.accept_message was called twice in canister_inspect_message")
+        message.accepted = True
 
     def ic0_msg_reject_code(self) -> int:
         return self._running("msg_reject_code").reject_code

@@ -839,6 +839,32 @@ class Lifecycle:
         ]
 
 
+def inspect_message(
+    runtime: CanisterRuntime, instance: CanisterInstance, method: str, arg: bytes, caller: bytes
+) -> None:
+    """An update call from outside (ingress) passes the canister's `canister_inspect_message` first:
+    a trap or a message it does not accept is rejected before the call runs, as on the IC."""
+    if "canister_inspect_message" not in instance.functions or runtime.lifecycle.admit(instance.principal):
+        return
+    message = Message(
+        MessageKind.INSPECT, None, method=method, arg=arg, caller=caller, time_ns=runtime.now_ns()
+    )
+    trap = instance.run(message, "canister_inspect_message")
+    if trap is not None:
+        raise reject(
+            RejectCode.CANISTER_ERROR,
+            f"Error from Canister {instance.id}: canister_inspect_message trapped: {trap.message}",
+            trap.error_code,
+        )
+    if not message.accepted:
+        raise reject(
+            RejectCode.CANISTER_REJECT,
+            f"Canister {instance.id} rejected the message: its canister_inspect_message did not call "
+            f"ic0.accept_message for {method!r}",
+            "IC0406",
+        )
+
+
 def _has_eop(info: modules.ModuleInfo) -> bool:
     return any(name.endswith(EOP_SECTION) for name in info.custom)
 
