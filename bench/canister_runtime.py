@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="installs and compiles per module")
     parser.add_argument("--only", choices=["messages", "installs", "lifecycle"], help="one part only")
     args = parser.parse_args(argv)
-    parts = {
+    parts: dict[str, Callable[[], int]] = {
         "messages": lambda: per_message(args.calls, args.rounds),
         "installs": lambda: installs(args.repeat),
         "lifecycle": lambda: lifecycle(max(args.repeat, 20)),

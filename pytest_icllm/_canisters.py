@@ -335,10 +335,12 @@ class Canister:
 class CanisterIC:
     """This test's IC: install canisters with `icllm_canister(...)`, wait for in-flight work with `settle`."""
 
-    def __init__(self, runtime: CanisterRuntime, loop: Loop) -> None:
+    def __init__(self, runtime: CanisterRuntime, loop: Loop, *, session: bool = False) -> None:
         self.runtime = runtime
         self.loop = loop
         self.canisters: list[Canister] = []
+        # Canisters installed through the session fixture outlive each test's reset.
+        self.session = session
 
     @staticmethod
     def sender(caller: str | None) -> bytes:
@@ -403,7 +405,10 @@ class CanisterIC:
                 name=Path(source).stem if source != "the module" else "",
                 instruction_limit=instruction_limit,
             )
-            return await self.runtime.install_async(raw, settings), interface
+            instance = await self.runtime.install_async(raw, settings)
+            if self.session:
+                self.runtime.lifecycle.pinned.add(instance.principal)
+            return instance, interface
 
         instance, interface = self.loop.run(install())
         canister = Canister(self, instance.id, interface)

@@ -294,7 +294,7 @@ def icllm(
 
 @pytest.fixture
 def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator[CanisterIC]:
-    """Install canister modules in this test's IC: `icllm_canister(wasm, did=, init=, env=, cycles=)`."""
+    """Install canister modules in this test's IC: `icllm_canister(wasm, did=, init=, env=, cycles=, id=)`."""
     from pytest_icllm._canisters import CanisterIC, Loop, PrivateLoop
 
     emulator = _icllm_session.emulator
@@ -335,6 +335,27 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
         private.run(close())
         private.close()
+
+
+@pytest.fixture(scope="session")
+def icllm_canister_session(_icllm_session: _Session) -> CanisterIC:
+    """Install canisters once for the session (snapshot them, `restore` in each test): as icllm_canister."""
+    from pytest_icllm._canisters import CanisterIC, Loop
+
+    emulator = _icllm_session.emulator
+    if emulator is None:
+        pytest.fail(
+            "icllm_canister_session needs the in-process emulator: with --icllm-url each test's canisters "
+            "run in a runtime of their own; install them per test with icllm_canister",
+            pytrace=False,
+        )
+    loop = Loop(emulator.loop)
+    engine = emulator.engine
+
+    async def runtime() -> CanisterRuntime:
+        return engine.runtime
+
+    return CanisterIC(loop.run(runtime()), loop, session=True)
 
 
 def _use_cassette(controller: IcllmController) -> None:

@@ -274,7 +274,8 @@ class CanisterRuntime:
             context.respond(response)
 
     def clear(self) -> None:
-        """Remove every canister and stop everything in flight (between tests)."""
+        """Remove every canister but the session's and stop everything in flight (between tests)."""
+        kept = self.lifecycle.set_aside_pinned()
         for instance in self.canisters.values():
             self._end_calls(
                 instance,
@@ -293,6 +294,7 @@ class CanisterRuntime:
         self._last_ns = 0  # the clock may have been reset
         self.management = Management(self)
         self.lifecycle = Lifecycle(self)
+        self.lifecycle.put_back_pinned(kept)
 
     # -- calls from outside (ingress) ------------------------------------------------------------
 

@@ -54,7 +54,9 @@ FIXTURE_DOCS = {
     "or the one at --icllm-url / ICLLM_URL.",
     "icllm_config": "Per-test emulator settings; override this fixture in a conftest, at any scope.",
     "icllm_canister": "Install canister modules in this test's IC: "
-    "`icllm_canister(wasm, did=, init=, env=, cycles=)`.",
+    "`icllm_canister(wasm, did=, init=, env=, cycles=, id=)`.",
+    "icllm_canister_session [[]session scope[]]": "Install canisters once for the session "
+    "(snapshot them, `restore` in each test): as icllm_canister.",
 }
 
 

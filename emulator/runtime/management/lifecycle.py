@@ -164,6 +164,33 @@ class Lifecycle:
     def __init__(self, runtime: CanisterRuntime) -> None:
         self.runtime = runtime
         self.records: dict[bytes, CanisterRecord] = {}
+        # Canisters installed for a whole test session: a reset between tests keeps them.
+        self.pinned: set[bytes] = set()
+
+    def set_aside_pinned(self) -> list[tuple[CanisterRecord, CanisterInstance | None]]:
+        """Take the session's canisters out of the runtime before a reset; their calls in flight end."""
+        kept = []
+        for principal in sorted(self.pinned):
+            record = self.records.get(principal)
+            if record is None:
+                continue
+            instance = self.runtime.canisters.pop(principal, None)
+            if instance is not None:
+                self.runtime.retire(instance, "reset between tests")
+            kept.append((record, instance))
+        return kept
+
+    def put_back_pinned(self, kept: list[tuple[CanisterRecord, CanisterInstance | None]]) -> None:
+        """After a reset: the session's canisters, running again, their state as the last test left it."""
+        for record, instance in kept:
+            for waiter in record.stop_waiters:
+                waiter.cancel()
+            record.stop_waiters.clear()
+            record.status = Status.RUNNING
+            self.records[record.principal] = record
+            self.pinned.add(record.principal)
+            if instance is not None:
+                self.runtime.canisters[record.principal] = instance
 
     # -- looking up ---------------------------------------------------------------------------------
 
