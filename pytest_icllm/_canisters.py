@@ -203,8 +203,13 @@ class Canister:
 
     @property
     def balance(self) -> int:
-        """The canister's cycle balance."""
-        return int(self.status()["cycles"])
+        """The canister's cycle balance (read by the test whoever controls the canister)."""
+
+        def read() -> int:
+            instance = self._ic.runtime.canisters.get(self._principal)
+            return self._ic.runtime.record(self.id).balance if instance is None else instance.balance
+
+        return self._ic.loop.run(self._ic.read(read))
 
     @property
     def stable_memory(self) -> bytes:

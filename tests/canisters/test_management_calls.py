@@ -185,3 +185,29 @@ def test_a_canister_that_stops_itself_waits_until_the_stop_times_out(
         "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
+
+
+def test_nothing_of_a_failed_test_leaks_into_the_next(pt: pytest.Pytester, motoko_factory: Path) -> None:
+    result = run(
+        pt,
+        f"""
+        import pytest
+
+        def test_leaves_a_mess(icllm, icllm_canister):
+            icllm.hold()
+            factory = icllm_canister({str(motoko_factory)!r}, cycles=10 * 10**12,
+                                     id="ryjl3-tyaaa-aaaaa-aaaba-cai")
+            child = icllm_canister.get(factory.update("spawn", "x"))
+            child.submit("ask", "never answered")
+            icllm.held(count=1)
+            factory.snapshot()
+            assert False, "fails with a call in flight, a child and a snapshot"
+
+        def test_starts_clean(icllm_canister):
+            assert icllm_canister.runtime.canisters == {{}}
+            assert icllm_canister.runtime.lifecycle.records == {{}}
+            factory = icllm_canister({str(motoko_factory)!r}, id="ryjl3-tyaaa-aaaaa-aaaba-cai")
+            assert factory.query("children_list") == []
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
