@@ -435,6 +435,7 @@ class CanisterRuntime:
 
     async def _send(self, instance: CanisterInstance, call: Call) -> None:
         """Deliver one outgoing call and run the callback with its response."""
+        epoch = instance.epoch
         if call.timeout is None:
             response = await self._route(instance, call, 0)
         else:
@@ -454,7 +455,8 @@ class CanisterRuntime:
                     f"{call.method!r} got no response within {call.timeout} s; its outcome is unknown",
                     error_code_for(RejectCode.SYS_UNKNOWN),
                 )
-        self._callback(instance, call, response)
+        if instance.epoch == epoch:  # else a snapshot was loaded: the callback belongs to a past state
+            self._callback(instance, call, response)
 
     async def _route(self, instance: CanisterInstance, call: Call, deadline_ns: int) -> Response:
         arg = bytes(call.arg)

@@ -90,6 +90,8 @@ class CanisterInstance:
         self.controllers = controllers
         self.candid = candid
         self.version = 1
+        # Bumped when a snapshot is loaded in place: responses to calls made before it are dropped.
+        self.epoch = 0
         self.timer = 0
         self.certified_data = b""
         self.stable = bytearray()

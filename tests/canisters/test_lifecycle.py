@@ -271,3 +271,23 @@ def test_rust_canister_upgrade_keeps_stable_memory_and_replaces_the_heap(
 def agent_arg(text: str) -> bytes:
     data = text.encode()
     return b"DIDL\x00\x01\x71" + bytes([len(data)]) + data
+
+
+def test_a_restore_ends_the_calls_in_flight_and_drops_their_late_answers(
+    icllm: IcllmController, icllm_canister: CanisterIC, motoko_agent: Path
+) -> None:
+    icllm.on().reply("late")
+    agent = icllm_canister(motoko_agent)
+    snapshot = agent.snapshot()
+    icllm.hold()
+    pending = agent.submit("prompt", "slow")
+    (held,) = icllm.held(count=1)
+    agent.restore(snapshot)
+    with pytest.raises(CanisterReject, match="its snapshot was loaded"):
+        pending.result()
+    icllm.hold(False)
+    icllm.release(held)
+    assert icllm_canister.settle()
+    assert agent.query("asked_count") == 0  # the snapshot's state; the late answer reached no one
+    assert not [line for line in agent.logs if "TRAP" in line]  # no callback ran on the restored state
+    assert agent.update("prompt", "again") == "late"

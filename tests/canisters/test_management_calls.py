@@ -211,3 +211,22 @@ def test_nothing_of_a_failed_test_leaks_into_the_next(pt: pytest.Pytester, motok
         """,
     )
     result.assert_outcomes(passed=1, failed=1)
+
+
+def test_a_module_that_cannot_be_installed_is_a_reject_to_the_calling_canister(
+    icllm_canister: CanisterIC,
+) -> None:
+    boss = manager(icllm_canister)
+    created = manage(boss, "provisional_create_canister_with_cycles", {"amount": None, "settings": None})
+    assert isinstance(created, dict)
+    target = {"canister_id": created["canister_id"]}
+    with pytest.raises(
+        CanisterReject, match="Wasm module is not valid: the wasm_module is not a WebAssembly"
+    ):
+        manage(boss, "install_code", {"mode": "install", "arg": b"", "wasm_module": b"junk", **target})
+    module = bytes(wasmtime.wat2wasm(MANAGER))
+    with pytest.raises(CanisterReject, match="has no canister_init to take it"):
+        arg = b"DIDL\x00\x01\x71\x01x"
+        manage(boss, "install_code", {"mode": "install", "arg": arg, "wasm_module": module, **target})
+    status = manage(boss, "canister_status", target)
+    assert isinstance(status, dict) and status["module_hash"] is None  # still empty, and usable

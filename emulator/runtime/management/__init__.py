@@ -19,7 +19,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from icllm_emulator.domain import RejectCode
-from icllm_emulator.runtime.errors import EXPLICIT_REJECT, CanisterReject, RuntimeUsageError
+from icllm_emulator.runtime.errors import EXPLICIT_REJECT, CanisterReject, ModuleError, RuntimeUsageError
 from icllm_emulator.runtime.management.http import HttpOutcalls, blob_reply, http_request_cost
 from icllm_emulator.runtime.management.lifecycle import (
     CREATION_FEE,
@@ -91,7 +91,7 @@ class Management:
             values, kept = await handler(self, instance, call, arg)
         except CanisterReject as reject:
             return Response.rejected(reject.code, reject.message, reject.error_code, refund=call.cycles)
-        except RuntimeUsageError as error:  # a malformed principal in the argument, say
+        except (RuntimeUsageError, ModuleError) as error:  # a malformed principal, a module that fails
             return Response.rejected(
                 RejectCode.CANISTER_ERROR, f"{call.method}: {error}", "IC0505", refund=call.cycles
             )

@@ -821,6 +821,7 @@ class Lifecycle:
         if instance is not None and record.wasm == snapshot.wasm and record.wasm is not None:
             instance.load_image(snapshot.image)
             instance.version += 1
+            instance.epoch += 1
         else:
             compiled = await asyncio.to_thread(self.runtime.compile, snapshot.wasm)
             info, module = compiled
