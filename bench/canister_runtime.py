@@ -170,7 +170,7 @@ def installs(repeat: int) -> int:
 def lifecycle(repeat: int) -> int:
     """Restore a snapshot vs install afresh vs upgrade, the Motoko agent, in one runtime."""
     from icllm_emulator.clock import RealClock
-    from icllm_emulator.runtime.ic import ANONYMOUS
+    from icllm_emulator.runtime.ids import ANONYMOUS
     from icllm_emulator.runtime.management.lifecycle import InstallMode, UpgradeOptions
     from icllm_emulator.runtime.messages import Response
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
 from icllm_emulator.runtime.errors import ModuleError
-from icllm_emulator.runtime.ic import ANONYMOUS, DEFAULT_CYCLES, principal_bytes
+from icllm_emulator.runtime.ids import ANONYMOUS, DEFAULT_CYCLES, principal_bytes
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.management.lifecycle import EOP_SECTION, InstallMode, UpgradeOptions
 from icllm_emulator.runtime.module import inspect, unpack

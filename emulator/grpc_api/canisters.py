@@ -11,7 +11,7 @@ from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api.convert import BadRequest
 from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
 from icllm_emulator.runtime import CanisterReject, InstallSettings
-from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
+from icllm_emulator.runtime.ids import DEFAULT_CYCLES, principal_bytes
 
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
 # one can be gzipped (the IC's limit is 100 MiB decompressed) or installed at start-up with --canister.

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
-from icp_principal import Principal
 
 from icllm_emulator.clock import Clock
 from icllm_emulator.domain import RejectCode
@@ -34,6 +33,15 @@ from icllm_emulator.runtime.errors import (
     UnknownCanister,
     error_code_for,
 )
+from icllm_emulator.runtime.ids import (
+    ANONYMOUS,
+    DEFAULT_CYCLES,
+    LLM_CANISTER_ID,
+    LLM_ENV_VAR,
+    MANAGEMENT,
+    principal_bytes,
+    principal_text,
+)
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.management import Management
 from icllm_emulator.runtime.management.lifecycle import (
@@ -47,13 +55,6 @@ from icllm_emulator.runtime.messages import Call, CallContext, Message, MessageK
 
 log = logging.getLogger("icllm.canister")
 
-LLM_CANISTER_ID = "w36hm-eqaaa-aaaal-qr76a-cai"
-# The env var by which icp-cli projects name the LLM canister to their canisters.
-LLM_ENV_VAR = "PUBLIC_CANISTER_ID:llm"
-ANONYMOUS = Principal.anonymous().bytes
-MANAGEMENT = b""
-# What a canister is given at install unless a test says otherwise (the IC's default for a new canister).
-DEFAULT_CYCLES = 100_000_000_000_000
 # Wasm instructions per message. The IC allows 40 billion for an update; Wasm runs here at 1-2 billion
 # a second, so an endless loop would take half a minute to stop: 5 billion (the IC's query limit) ends
 # it in a few seconds, and is far above what a canister's LLM logic executes.
@@ -67,19 +68,6 @@ MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 FIRST_CANISTER_INDEX = 0xFFFFFFFFFFF00000
 
 LlmCall = Callable[[str, bytes, str, int], Awaitable[Response]]
-
-
-def principal_bytes(text: str, what: str = "canister id") -> bytes:
-    try:
-        return bytes(Principal.from_str(text).bytes)
-    except Exception:
-        raise RuntimeUsageError(
-            f"{what} {text!r} is not a textual principal (like {LLM_CANISTER_ID})"
-        ) from None
-
-
-def principal_text(raw: bytes) -> str:
-    return str(Principal(bytes(raw)).to_str())
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,7 +208,7 @@ def test_raw_rand_repeats_for_a_seed(icllm_canister: CanisterIC) -> None:
 def test_calls_between_canisters_and_to_itself(icllm_canister: CanisterIC) -> None:
     replier = icllm_canister(wasm(REPLIER))
     caller = icllm_canister(wasm(CALLER))
-    from icllm_emulator.runtime.ic import principal_bytes
+    from icllm_emulator.runtime.ids import principal_bytes
 
     assert caller.update_raw("call", call_arg(principal_bytes(replier.id), "ok")) == b"DIDL\x00\x01\x71\x02ok"
     rejected = caller.update_raw("call", call_arg(principal_bytes(replier.id), "silent"))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from icllm_emulator.domain import RejectCode
 from icllm_emulator.runtime.errors import EXPLICIT_REJECT, CanisterReject, ModuleError, RuntimeUsageError
+from icllm_emulator.runtime.ids import DEFAULT_CYCLES, principal_bytes
 from icllm_emulator.runtime.management.http import HttpOutcalls, blob_reply, http_request_cost
 from icllm_emulator.runtime.management.lifecycle import (
     CREATION_FEE,
@@ -103,8 +104,6 @@ class Management:
 
 
 def _principal(text: str) -> bytes:
-    from icllm_emulator.runtime.ic import principal_bytes
-
     return principal_bytes(text)
 
 
@@ -145,8 +144,6 @@ async def _create(
 async def _provisional(
     m: Management, instance: CanisterInstance, call: Call, arg: Any
 ) -> tuple[tuple[Any, ...], int]:
-    from icllm_emulator.runtime.ic import DEFAULT_CYCLES
-
     specified = arg.get("specified_id")
     record = m.lifecycle.create(
         instance.principal,

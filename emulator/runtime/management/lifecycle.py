@@ -31,6 +31,7 @@ from icllm_emulator.runtime.errors import (
     ModuleError,
     error_code_for,
 )
+from icllm_emulator.runtime.ids import principal_text
 from icllm_emulator.runtime.instance import CanisterInstance, Image, LogLine
 from icllm_emulator.runtime.messages import Message, MessageKind, Response
 
@@ -197,8 +198,6 @@ class Lifecycle:
     def record(self, principal: bytes) -> CanisterRecord:
         found = self.records.get(principal)
         if found is None:
-            from icllm_emulator.runtime.ic import principal_text
-
             raise reject(
                 RejectCode.DESTINATION_INVALID,
                 f"Canister {principal_text(principal)} not found",
@@ -208,8 +207,6 @@ class Lifecycle:
 
     def controlled(self, principal: bytes, sender: bytes) -> CanisterRecord:
         """The canister's record, if `sender` controls it (else the IC's IC0512 reject)."""
-        from icllm_emulator.runtime.ic import principal_text
-
         record = self.record(principal)
         if sender not in self._controllers(record):
             controllers = " ".join(sorted(principal_text(c) for c in self._controllers(record)))
@@ -270,8 +267,6 @@ class Lifecycle:
         specified_id: bytes | None = None,
     ) -> CanisterRecord:
         """A new empty canister; its controllers are the sender unless the settings say otherwise."""
-        from icllm_emulator.runtime.ic import principal_text
-
         if len(self.records) >= MAX_CANISTERS:
             raise reject(
                 RejectCode.SYS_TRANSIENT,
@@ -699,8 +694,6 @@ class Lifecycle:
         }
 
     def definite_settings(self, record: CanisterRecord) -> dict[str, Any]:
-        from icllm_emulator.runtime.ic import principal_text
-
         s = record.settings
         visibility: Any = (
             {s.log_visibility: None}
