@@ -436,6 +436,16 @@ class SystemApi:
         reject_fun: int,
         reject_env: int,
     ) -> None:
+        current = self.message
+        if (
+            current is not None
+            and current.kind is MessageKind.QUERY
+            and (f"canister_composite_query {current.method}" in self.instance.functions)
+        ):
+            raise CanisterTrap(
+                f"ic0.call_new in the composite query {current.method!r}: calls from a composite query to "
+                "other canisters' queries are not emulated by the canister runtime of pytest-icllm"
+            )
         message = self._running("call_new", *MessageKind.calling())
         if message.building is not None:  # an unperformed call is discarded, its cycles returned
             self.instance.balance += message.building.cycles

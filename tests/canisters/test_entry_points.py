@@ -59,3 +59,20 @@ def test_a_tick_runs_the_heartbeat_once_per_round(icllm_canister: CanisterIC) ->
     icllm_canister.tick()
     canister.start()
     assert beats(canister) == 4  # a stopped canister has no heartbeat
+
+
+COMPOSITE = """
+(module
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "canister_composite_query ask_around")
+    (call $call_new (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 3)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
+)
+"""
+
+
+def test_a_composite_query_calling_out_fails_by_name(icllm_canister: CanisterIC) -> None:
+    canister = icllm_canister(bytes(wasmtime.wat2wasm(COMPOSITE)))
+    with pytest.raises(CanisterReject, match=r"composite query 'ask_around'.* are not emulated"):
+        canister.query_raw("ask_around", b"DIDL\0\0")
