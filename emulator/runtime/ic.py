@@ -23,6 +23,7 @@ from icllm_emulator.clock import Clock
 from icllm_emulator.domain import RejectCode
 from icllm_emulator.outcalls import OutcallBook
 from icllm_emulator.runtime import module as modules
+from icllm_emulator.runtime.composite import COMPOSITE_PREFIX, composite_state
 from icllm_emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
     DID_NOT_REPLY,
@@ -345,7 +346,10 @@ class CanisterRuntime:
         if refused is not None:
             return Response(None, refused.reject_code, refused.reject_message, refused.error_code, cycles)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        context = CallContext(caller, method, 0 if as_query else cycles, deadline_ns, future)
+        composite = export.startswith(COMPOSITE_PREFIX)
+        context = CallContext(
+            caller, method, 0 if as_query else cycles, deadline_ns, future, composite=composite
+        )
         instance.open_contexts.add(context)
 
         def ended(_: object) -> None:
@@ -354,7 +358,9 @@ class CanisterRuntime:
 
         future.add_done_callback(ended)
         message = Message(
-            MessageKind.QUERY if as_query else MessageKind.UPDATE,
+            MessageKind.COMPOSITE_QUERY
+            if composite
+            else (MessageKind.QUERY if as_query else MessageKind.UPDATE),
             context,
             method=method,
             arg=arg,
@@ -362,7 +368,8 @@ class CanisterRuntime:
             time_ns=self.now_ns(),
             deadline_ns=deadline_ns,
         )
-        trap = instance.run(message, export, context)
+        with composite_state(instance, context):
+            trap = instance.run(message, export, context)
         self._finish(instance, message, trap)
         response = await future
         if as_query and cycles:
@@ -481,7 +488,13 @@ class CanisterRuntime:
             )
         await asyncio.sleep(0)  # the callee's message runs after the caller's, never inside it
         return await self.deliver(
-            target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns
+            target,
+            call.method,
+            arg,
+            instance.principal,
+            call.cycles,
+            query=call.query_only,
+            deadline_ns=deadline_ns,
         )
 
     def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
@@ -504,12 +517,13 @@ class CanisterRuntime:
             reject_message="" if replied else response.reject_message,
             refunded=response.refund,
         )
-        trap = instance.run(message, call.reply if replied else call.reject, context)
-        if trap is not None and call.cleanup is not None:
-            cleanup = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
-            failed = instance.run(cleanup, call.cleanup, context)
-            if failed is not None:
-                instance.log_trap(cleanup, failed)
+        with composite_state(instance, context):
+            trap = instance.run(message, call.reply if replied else call.reject, context)
+            if trap is not None and call.cleanup is not None:
+                cleanup = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
+                failed = instance.run(cleanup, call.cleanup, context)
+                if failed is not None:
+                    instance.log_trap(cleanup, failed)
         self._finish(instance, message, trap)
 
     # -- timers ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from icllm_emulator.domain import RejectCode
 
@@ -13,6 +14,7 @@ class MessageKind(enum.StrEnum):
     INIT = "canister_init"
     UPDATE = "an update"
     QUERY = "a query"
+    COMPOSITE_QUERY = "a composite query"
     REPLY_CALLBACK = "a reply callback"
     REJECT_CALLBACK = "a reject callback"
     CLEANUP = "a cleanup callback"
@@ -26,7 +28,7 @@ class MessageKind(enum.StrEnum):
     @classmethod
     def replying(cls) -> tuple[MessageKind, ...]:
         """Messages that may reply to (or reject) their call context."""
-        return (cls.UPDATE, cls.QUERY, cls.REPLY_CALLBACK, cls.REJECT_CALLBACK)
+        return (cls.UPDATE, cls.QUERY, cls.COMPOSITE_QUERY, cls.REPLY_CALLBACK, cls.REJECT_CALLBACK)
 
     @classmethod
     def callbacks(cls) -> tuple[MessageKind, ...]:
@@ -39,6 +41,7 @@ class MessageKind(enum.StrEnum):
             cls.INIT,
             cls.POST_UPGRADE,
             cls.UPDATE,
+            cls.COMPOSITE_QUERY,
             cls.REPLY_CALLBACK,
             cls.REJECT_CALLBACK,
             cls.TIMER,
@@ -73,6 +76,9 @@ class CallContext:
     deadline_ns: int
     response: asyncio.Future[Response]
     outstanding: int = 0
+    # A composite query's call: its calls reach queries only; `private` is its state between messages.
+    composite: bool = False
+    private: Any = None
 
     @property
     def responded(self) -> bool:
@@ -107,6 +113,7 @@ class Call:
     arg: bytearray = field(default_factory=bytearray)
     cycles: int = 0
     timeout: int | None = None  # seconds, for a bounded-wait (best-effort) call
+    query_only: bool = False  # made by a composite query: the callee runs it as a query
 
 
 @dataclass(eq=False)

@@ -307,7 +307,9 @@ class SystemApi:
         return int(principal in self.instance.controllers)
 
     def ic0_in_replicated_execution(self) -> int:
-        return int(self._running("in_replicated_execution").kind is not MessageKind.QUERY)
+        message = self._running("in_replicated_execution")
+        composite = message.context is not None and message.context.composite
+        return int(message.kind is not MessageKind.QUERY and not composite)
 
     def ic0_time(self) -> int:
         return self._running("time").time_ns
@@ -436,16 +438,6 @@ class SystemApi:
         reject_fun: int,
         reject_env: int,
     ) -> None:
-        current = self.message
-        if (
-            current is not None
-            and current.kind is MessageKind.QUERY
-            and (f"canister_composite_query {current.method}" in self.instance.functions)
-        ):
-            raise CanisterTrap(
-                f"ic0.call_new in the composite query {current.method!r}: calls from a composite query to "
-                "other canisters' queries are not emulated by the canister runtime of pytest-icllm"
-            )
         message = self._running("call_new", *MessageKind.calling())
         if message.building is not None:  # an unperformed call is discarded, its cycles returned
             self.instance.balance += message.building.cycles
@@ -457,6 +449,7 @@ class SystemApi:
             reply=(reply_fun, reply_env),
             reject=(reject_fun, reject_env),
             context=message.context,
+            query_only=message.context is not None and message.context.composite,
         )
 
     def ic0_call_on_cleanup(self, fun: int, env: int) -> None:
