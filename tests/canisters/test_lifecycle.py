@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from icllm_emulator.runtime.ids import principal_bytes
 from pytest_icllm import CanisterReject, IcllmController
 from pytest_icllm._canisters import CanisterIC
 
@@ -46,11 +47,20 @@ def test_keep_is_refused_for_a_classical_module(
         agent.upgrade(wasm_memory_persistence="keep")
 
 
-def test_reinstall_wipes_the_state(icllm_canister: CanisterIC, any_motoko_agent: Path) -> None:
-    agent = icllm_canister(any_motoko_agent)
+def test_reinstall_wipes_the_state_and_keeps_the_cycles(
+    icllm_canister: CanisterIC, any_motoko_agent: Path
+) -> None:
+    agent = icllm_canister(any_motoko_agent, cycles=10**13)
     agent.update("prompt", "one")
+    runtime = icllm_canister.runtime
+    icllm_canister.loop.run(
+        icllm_canister.read(lambda: runtime.lifecycle.deposit_cycles(principal_bytes(agent.id), 7))
+    )
+    balance = agent.balance
+    assert balance == 10**13 + 7
     agent.reinstall()
     assert agent.query("asked_count") == 0
+    assert agent.balance == balance
 
 
 def test_status_reports_every_field(icllm_canister: CanisterIC, motoko_agent: Path) -> None:

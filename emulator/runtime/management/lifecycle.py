@@ -374,6 +374,7 @@ class Lifecycle:
             module,
             name=name or (old.name if old else ""),
             instruction_limit=instruction_limit or (old.instruction_limit if old else None),
+            balance=old.balance if old else None,  # a reinstall keeps the cycles
         )
         self._run_entry(record, instance, "canister_init", MessageKind.INIT, arg, sender)
         if old is not None:
