@@ -12,7 +12,7 @@ from icllm_emulator.grpc_api.convert import BadRequest
 from icllm_emulator.grpc_api.pages import ANSWER_BYTES, page, shortened
 from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
 from icllm_emulator.runtime import CanisterReject, InstallSettings
-from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
+from icllm_emulator.runtime.ids import DEFAULT_CYCLES, principal_bytes
 from icllm_emulator.runtime.instance import CanisterInstance, LogLine
 
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
