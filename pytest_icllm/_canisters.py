@@ -347,10 +347,21 @@ class Canister:
         )
         self.interface = interface
 
-    def stop(self, *, caller: str | None = None) -> None:
-        """Stop the canister: calls in flight finish, new ones are rejected (IC0509, then IC0508)."""
+    def stop(self, *, caller: str | None = None, wait: bool = True) -> None:
+        """Stop the canister: calls in flight finish, new ones are rejected (IC0509, then IC0508).
+
+        Returns once it is stopped; with `wait=False`, as soon as it is stopping, so that the test can
+        watch the calls in flight finish."""
         __tracebackhide__ = True
-        self._ic.loop.run(self._ic.runtime.lifecycle.stop(self._ic.sender(caller), self._principal))
+        stopping = self._ic.loop.submit(
+            self._ic.runtime.lifecycle.stop(self._ic.sender(caller), self._principal)
+        )
+        if wait:
+            stopping.result(DEFAULT_TIMEOUT)
+            return
+        self._ic.loop.run(asyncio.sleep(0))  # the stop has begun: checked, and the canister stopping
+        if stopping.done():
+            stopping.result()
 
     def start(self, *, caller: str | None = None) -> None:
         __tracebackhide__ = True

@@ -108,17 +108,14 @@ def test_stopping_waits_for_the_call_in_flight_and_then_rejects_new_calls(
     agent = icllm_canister(motoko_agent)
     pending = agent.submit("prompt", "slow")
     (held,) = icllm.held(count=1)
-    stopping = icllm_canister.loop.submit(
-        icllm_canister.runtime.lifecycle.stop(icllm_canister.sender(None), agent._principal)
-    )
-    icllm_canister.settle(0.2)
+    agent.stop(wait=False)
     assert agent.status()["status"] == "stopping"
     with pytest.raises(CanisterReject) as caught:
         agent.update("prompt", "new")
     assert caught.value.error_code == "IC0509"
     icllm.release(held)
     assert pending.result() == "late answer"  # the call in flight finishes
-    stopping.result(10)
+    assert icllm_canister.settle()
     assert agent.status()["status"] == "stopped"
     with pytest.raises(CanisterReject) as caught:
         agent.query("asked_count")
