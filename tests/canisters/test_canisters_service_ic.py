@@ -29,7 +29,7 @@ def stub(emu: Stubs) -> canisters_pb2_grpc.CanistersStub:
 
 
 def error_code(error: grpc.RpcError) -> str:
-    return dict(error.trailing_metadata() or ()).get("icllm-error-code", "")
+    return str(dict(error.trailing_metadata() or ()).get("icllm-error-code", ""))
 
 
 def refused(call: object, status: grpc.StatusCode, match: str) -> grpc.RpcError:
@@ -318,7 +318,7 @@ def test_stand_in_methods_refuse_bad_input(emu: Stubs, motoko_agent: Path) -> No
             "reject code 9 is not an IC reject code",
         ),
     ):
-        refused(lambda rule=rule: rules(rule), status, match)  # type: ignore[misc]
+        refused(lambda rule=rule: rules(rule), status, match)
     listed = canisters.ListStubCalls(pb.ListStubCallsRequest(canister_id=LEDGER_ID))
     assert list(listed.rules) == []  # a refused rule adds none, nor the good ones beside it
     refused(
@@ -380,7 +380,7 @@ def test_a_fault_rejects_a_call_between_two_canisters_once(
         (pb.Fault(delay_seconds=-1), "delay must be a finite number of seconds"),
     ):
         refused(
-            lambda fault=fault: canisters.AddFaults(pb.AddFaultsRequest(faults=[fault])),  # type: ignore[misc]
+            lambda fault=fault: canisters.AddFaults(pb.AddFaultsRequest(faults=[fault])),
             grpc.StatusCode.INVALID_ARGUMENT,
             match,
         )
