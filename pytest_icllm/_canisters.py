@@ -375,7 +375,7 @@ class Canister:
         if persistence == "auto":
             persistence = auto_persistence(info)
         options = UpgradeOptions(skip_pre_upgrade, persistence)
-        sender = self._ic.sender(caller)
+        sender = self._ic._sender(caller)
         self._ic.loop.run(
             self._ic.runtime.lifecycle.install_code(sender, self._principal, raw, arg, mode, options)
         )
@@ -389,7 +389,7 @@ class Canister:
         watch the calls in flight finish."""
         __tracebackhide__ = True
         stopping = self._ic.loop.submit(
-            self._ic.runtime.lifecycle.stop(self._ic.sender(caller), self._principal)
+            self._ic.runtime.lifecycle.stop(self._ic._sender(caller), self._principal)
         )
         if wait:
             stopping.result(DEFAULT_TIMEOUT)
@@ -400,6 +400,7 @@ class Canister:
 
     @at_the_tests_line
     def start(self, *, caller: str | None = None) -> None:
+        """Start a stopped (or stopping) canister: it takes calls again."""
         __tracebackhide__ = True
         self._manage(lambda s: self._ic.runtime.lifecycle.start(s, self._principal), caller)
 
@@ -432,12 +433,12 @@ class Canister:
         """Load a snapshot: the module, heap, stable memory and chunks as they were when it was taken."""
         __tracebackhide__ = True
         self._ic.loop.run(
-            self._ic.runtime.lifecycle.load_snapshot(self._ic.sender(caller), self._principal, snapshot_id)
+            self._ic.runtime.lifecycle.load_snapshot(self._ic._sender(caller), self._principal, snapshot_id)
         )
 
     def _manage(self, work: Callable[[bytes], T], caller: str | None) -> T:
         __tracebackhide__ = True
-        sender = self._ic.sender(caller)
+        sender = self._ic._sender(caller)
         return self._ic.loop.run(self._ic.read(lambda: work(sender)))
 
 
@@ -685,7 +686,7 @@ class CanisterIC:
         return self.loop.run(self.read(gather))
 
     @staticmethod
-    def sender(caller: str | None) -> bytes:
+    def _sender(caller: str | None) -> bytes:
         """Who manages a canister: the anonymous principal (the test) unless a caller is named."""
         return ANONYMOUS if caller is None else principal_bytes(caller, "caller")
 
