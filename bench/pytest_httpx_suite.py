@@ -93,23 +93,25 @@ def suites(tests: int) -> tuple[Suite, ...]:
             "httpx",
             "pytest-httpx: add_response + POST",
             HTTPX_HEAD + "\n\n".join(httpx_test(n) for n in range(tests)),
-            ("-p", "no:icllm"),
+            NO_ICLLM,
         ),
         Suite(
             "icllm",
             "pytest-icllm: on().reply + prompt",
             "\n\n".join(icllm_test(n) for n in range(tests)),
-            ("-p", "no:pytest_httpx"),
+            NO_HTTPX,
         ),
     )
 
 
 # One-test sessions for start-up: the plugin disabled, the plugin with a test that takes `icllm`, and
 # pytest-httpx with a test that takes `httpx_mock`.
+NO_HTTPX = ("-p", "no:pytest_httpx")
+NO_ICLLM = ("-p", "no:icllm")
 STARTUP = (
-    Suite("start_none", "one test, no plugin", "def test_0():\n    pass\n", ("-p", "no:icllm", "-p", "no:pytest_httpx")),
-    Suite("start_icllm", "one test taking icllm", "def test_0(icllm):\n    pass\n", ("-p", "no:pytest_httpx")),
-    Suite("start_httpx", "one test taking httpx_mock", "def test_0(httpx_mock):\n    pass\n", ("-p", "no:icllm")),
+    Suite("start_none", "one test, no plugin", "def test_0():\n    pass\n", (*NO_ICLLM, *NO_HTTPX)),
+    Suite("start_icllm", "one test taking icllm", "def test_0(icllm):\n    pass\n", NO_HTTPX),
+    Suite("start_httpx", "one test taking httpx_mock", "def test_0(httpx_mock):\n    pass\n", NO_ICLLM),
 )
 
 
@@ -141,7 +143,8 @@ def run(root: Path, suite: Suite, marks: Path | None) -> tuple[float, float]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stdout[-3000:]}{completed.stderr[-3000:]}")
+        output = completed.stdout[-3000:] + completed.stderr[-3000:]
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 

@@ -269,8 +269,13 @@ def icllm(
         markers = [
             _marker_layer(node, mark) for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
         ]
-        # The session's values come first, as the command line would give them (CI keeps their mode).
-        settings = resolve({}, _session_layer(session), icllm_config, markers, ci=ci)
+        # The session's values come first, as the command line would give them (CI keeps their mode);
+        # a test with no marker and no icllm_config has exactly the session's settings.
+        settings = (
+            resolve({}, _session_layer(session), icllm_config, markers, ci=ci)
+            if markers or icllm_config
+            else session
+        )
     except SettingError as error:
         problem = str(error)
     else:
@@ -278,8 +283,8 @@ def icllm(
     if problem:
         pytest.fail(problem, pytrace=False)
     controller = IcllmController(_icllm_session.control, settings, _cassette_use(item, settings, ci))
-    restored = _icllm_session.resets_to_session and all(
-        getattr(settings, o.name) == getattr(session, o.name) for o in CONFIGURED
+    restored = _icllm_session.resets_to_session and (
+        settings is session or all(getattr(settings, o.name) == getattr(session, o.name) for o in CONFIGURED)
     )
     controller._begin(configure=not restored)
     _use_cassette(controller)
