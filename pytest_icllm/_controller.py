@@ -430,7 +430,9 @@ class IcllmController:
         """What the teardown checks find wrong, as readable paragraphs."""
         s = self.settings
         # Everything the checks below read, in one trip (the checks themselves read it through `_rpc`).
-        reads = [("ListRules", cpb.ListRulesRequest())] if s.assert_all_used and self._scripted else []
+        reads: list[tuple[str, Any]] = []
+        if s.assert_all_used and self._scripted:
+            reads.append(("ListRules", cpb.ListRulesRequest()))
         if s.strict_rules and s.assert_all_expected:
             reads.append(("GetHistory", cpb.GetHistoryRequest()))
         self._prefetch(reads + self.outcalls._reads(s.assert_all_used, s.assert_all_expected))
