@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,11 +134,19 @@ class EmulatorAddress:
     """Where the session's emulator listens: its gRPC target (HOST:PORT) and Ollama-compatible HTTP URL.
 
     `http_url` is None for an emulator given by --icllm-url, whose HTTP port the plugin cannot know.
+    The in-process emulator opens its HTTP door when a test first asks for `http_url` (or
+    `ollama_env()`): a session that never speaks HTTP does not load the HTTP server.
     """
 
     grpc_target: str
     in_process: bool
-    http_url: str | None = None
+    # Opens the in-process emulator's HTTP door and gives its URL; None for an emulator at --icllm-url.
+    open_http: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def http_url(self) -> str | None:
+        """The Ollama-compatible HTTP API's base URL, e.g. http://127.0.0.1:PORT (None, see above)."""
+        return None if self.open_http is None else self.open_http()
 
     def ollama_env(self) -> dict[str, str]:
         """`OLLAMA_HOST` and friends: Ollama and OpenAI clients (or a local network) reach the emulator."""
@@ -183,8 +191,9 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
     emulator = ThreadedEmulator(_start_config(settings, pytestconfig.stash.get(UPSTREAM_KEY, None)))
     emulator.start()
     try:
-        ports = emulator.ports
-        address = EmulatorAddress(ports.grpc_target, in_process=True, http_url=ports.http_url)
+        address = EmulatorAddress(
+            emulator.ports.grpc_target, in_process=True, open_http=lambda: emulator.start_http().http_url
+        )
         yield _Session(address, InProcessControl(emulator), resets_to_session=True, emulator=emulator)
     finally:
         emulator.stop()
@@ -208,9 +217,10 @@ def _start_config(settings: Settings, api_key: str | None = None) -> EmulatorCon
     return config_from_settings(
         {
             **values,
-            # Free ports: never Ollama's own 11434, which a real Ollama may hold.
+            # A free port: never Ollama's own 11434, which a real Ollama may hold. The HTTP door opens on
+            # another free port when a test first asks for it (`EmulatorAddress.http_url`).
             "grpc_port": 0,
-            "ollama_port": 0,
+            "ollama_port": None,
             # Its cassettes live beside the test modules, and their scrubbers are the test suite's own.
             "cassette_paths_anywhere": True,
             "allow_scrubber_imports": True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 
 from icllm_emulator._proto.icllm.v1 import canisters_pb2 as pb
@@ -11,9 +13,10 @@ from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api.convert import BadRequest
 from icllm_emulator.grpc_api.pages import ANSWER_BYTES, page, shortened
 from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
-from icllm_emulator.runtime import CanisterReject, InstallSettings
-from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
-from icllm_emulator.runtime.instance import CanisterInstance, LogLine
+from icllm_emulator.runtime.errors import CanisterReject
+
+if TYPE_CHECKING:
+    from icllm_emulator.runtime.instance import CanisterInstance, LogLine
 
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
 # one can be gzipped (the IC's limit is 100 MiB decompressed) or installed at start-up with --canister.
@@ -34,6 +37,8 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Install(
         self, request: pb.InstallRequest, context: grpc.aio.ServicerContext
     ) -> pb.InstallResponse:
+        from icllm_emulator.runtime.ic import DEFAULT_CYCLES, InstallSettings  # wasmtime, on first use
+
         cycles = DEFAULT_CYCLES
         if request.HasField("cycles"):
             cycles = checked_cycles(request.cycles, "cycles", BadRequest)
@@ -57,6 +62,8 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Call(
         self, request: pb.CanisterCallRequest, context: grpc.aio.ServicerContext
     ) -> pb.CanisterCallResponse:
+        from icllm_emulator.runtime.ic import principal_bytes  # wasmtime, on first use
+
         caller = principal_of(request.caller, "caller") if request.caller else None
         cycles = checked_cycles(request.cycles or "0", "cycles", BadRequest)
         principal_bytes(request.canister_id)
