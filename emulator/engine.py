@@ -19,7 +19,6 @@ from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.billing import Receipt
 from icllm_emulator.canister import Canister
 from icllm_emulator.cassettes.deck import CassetteDeck, CassetteSpec
-from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
 from icllm_emulator.clock import VirtualClock, make_clock
 from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.domain import Answer, ChatRequest, Reject
@@ -32,6 +31,7 @@ from icllm_emulator.settings import BackendKind
 from icllm_emulator.workers import QueueSource, Worker, outcome_now
 
 if TYPE_CHECKING:
+    from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
     from icllm_emulator.runtime import CanisterRuntime, InstallSettings
 
 

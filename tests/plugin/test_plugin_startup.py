@@ -18,8 +18,8 @@ def test_a_scripted_call_loads_no_canister_runtime(icllm, icllm_client):
     icllm.on(contains="hi").reply("hello")
     assert icllm_client.prompt(M, "hi") == "hello"
     loaded = {name.split(".")[0] for name in sys.modules}
-    # The canister runtime, the HTTP door and the pattern matcher of regex rules: none of them used.
-    assert not {"wasmtime", "uvicorn", "starlette", "regex"} & loaded
+    # The canister runtime, the HTTP door, regex rules' matcher, YAML (rule files, cassettes): all unused.
+    assert not {"wasmtime", "uvicorn", "starlette", "regex", "yaml", "ryml"} & loaded
 """
 
 
