@@ -14,6 +14,7 @@ BENCHMARKS = {
     "grpc": "bench.grpc_vs_echo",
     "llama": "bench.llama_vs_direct",
     "plugin": "bench.plugin_overhead",
+    "pytest-httpx": "bench.pytest_httpx_suite",
     "http": "bench.http_vs_grpc",
     "cassettes": "bench.cassettes",
     "canister": "bench.canister_runtime",

@@ -19,7 +19,6 @@ from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.billing import Receipt
 from icllm_emulator.canister import Canister
 from icllm_emulator.cassettes.deck import CassetteDeck, CassetteSpec
-from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
 from icllm_emulator.clock import VirtualClock, make_clock
 from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.domain import Answer, ChatRequest, Reject
@@ -32,6 +31,7 @@ from icllm_emulator.settings import BackendKind
 from icllm_emulator.workers import QueueSource, Worker, outcome_now
 
 if TYPE_CHECKING:
+    from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
     from icllm_emulator.runtime import CanisterRuntime, InstallSettings
 
 
@@ -77,7 +77,7 @@ class Engine:
         self.outcalls = OutcallBook(strict=config.strict_outcalls, allow_loopback=config.outcalls_loopback)
         self._runtime: CanisterRuntime | None = None
         self._startup_canisters: list[tuple[str, bytes]] = []
-        self._workers: list[asyncio.Task[None]] = []
+        self._workers: dict[str, asyncio.Task[None]] = {}  # the built-in workers, by id
         self._worker_ids = 0
         self._load_rule_file()
 
@@ -145,15 +145,20 @@ class Engine:
         while len(self._workers) < count:
             self._worker_ids += 1
             worker = Worker(f"builtin-{self._worker_ids}", QueueSource(self.queue), self.backend, self.clock)
-            self._workers.append(asyncio.get_running_loop().create_task(worker.run()))
+            self._workers[worker.worker_id] = asyncio.get_running_loop().create_task(worker.run())
         while len(self._workers) > count:
-            self._workers.pop().cancel()
+            self._workers.popitem()[1].cancel()
 
     def configure(self, **changes: Any) -> EmulatorConfig:
         """Apply setting changes (validated as a whole before any takes effect)."""
         config = dataclasses.replace(self.config, **changes)
         if config.clock is not self.config.clock or config.backend is not self.config.backend:
             raise ConfigError("the clock and the backend are chosen when the emulator starts")
+        self._apply(config)
+        return config
+
+    def _apply(self, config: EmulatorConfig) -> None:
+        """Make a validated configuration the current one."""
         self.config = config
         self.queue.capacity = config.queue_capacity
         self.queue.max_attempts = config.max_attempts
@@ -162,7 +167,6 @@ class Engine:
         self._scale_workers(config.workers)
         if self._runtime is not None:
             self._runtime.seed = config.seed
-        return config
 
     def reset(self) -> None:
         """Back to the start-up state: configuration, rules (from the rule file), history, queue."""
@@ -178,12 +182,12 @@ class Engine:
             self._runtime.clear()
             for name, wasm in self._startup_canisters:  # afresh, and with the same ids as at start-up
                 self._runtime.install(wasm, self._startup_settings(name))
-        # Fresh built-in workers: one still inside a scripted delay for a job the reset ended would
-        # otherwise sleep through the next test's prompts. `configure` starts the new ones.
-        self._scale_workers(0)
-        self.configure(
-            **{f.name: getattr(self.initial_config, f.name) for f in dataclasses.fields(self.initial_config)}
-        )
+        # A built-in worker still busy with a job the reset ended is replaced: one inside a scripted
+        # delay would otherwise sleep through the next test's prompts. Idle workers are kept.
+        for worker_id in [w for w in self._workers if not self.queue.is_idle(w)]:
+            self._workers.pop(worker_id).cancel()
+        # The start-up configuration was validated when the emulator started; `_apply` starts workers.
+        self._apply(self.initial_config)
         self._load_rule_file()
 
     # -- the facade: what the doors and the plugin call, in domain types -------------------------

@@ -8,10 +8,12 @@ seconds; the `regex` package stops a search at a timeout, and the caller reports
 from __future__ import annotations
 
 import functools
-
-import regex
+from typing import TYPE_CHECKING
 
 from icllm_emulator.errors import IcllmError
+
+if TYPE_CHECKING:
+    import regex
 
 # Per search: far above what a sane pattern needs on a 10 KiB prompt, far below a noticeable stall.
 MATCH_TIMEOUT = 0.05
@@ -34,6 +36,8 @@ class PatternTimeout(Exception):
 
 @functools.lru_cache(maxsize=512)
 def compiled(pattern: str) -> regex.Pattern[str]:
+    import regex  # loaded with the first pattern: a session that uses none never imports it
+
     try:
         return regex.compile(pattern)
     except regex.error as error:

@@ -334,7 +334,12 @@ class PromptQueue:
             )
         self._waiting.clear()
         self._hold = False
-        self.set_paused(False)
+        if self._paused:  # else the idle workers have nothing new to look at
+            self.set_paused(False)
+
+    def is_idle(self, worker_id: str) -> bool:
+        """Whether a built-in worker waits in `lease` for a job (and holds none)."""
+        return worker_id in self._idle
 
     def _notify(self) -> None:
         """Wake every worker waiting in `lease`; each looks at the queue again."""

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from icllm_emulator import patterns
 from icllm_emulator.domain import (
     AssistantMessage,
@@ -215,6 +213,8 @@ _MATCH_KEYS = {"model", "contains", "regex", "role", "tool", "last"}
 
 def load_rules(path: Path) -> list[Rule]:
     """Rules from a YAML or JSON file (JSON is YAML too); errors name the file and the rule."""
+    import yaml  # with the first rule file: a session without one never loads PyYAML
+
     try:
         with path.open(encoding="utf-8") as handle:  # read from the file, so YAML's errors name it
             document = yaml.safe_load(handle)

@@ -8,6 +8,7 @@ thread with its own loop, for the pytest plugin and for tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,7 +46,9 @@ from icllm_emulator.grpc_api.status import (
     token_checked,
     tolerant,
 )
-from icllm_emulator.ollama.serve import OllamaHttpServer
+
+if TYPE_CHECKING:
+    from icllm_emulator.ollama.serve import OllamaHttpServer
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +130,7 @@ class EmulatorServer:
         self.ports: Ports | None = None
         self._server: grpc.aio.Server | None = None
         self._http: OllamaHttpServer | None = None
+        self._http_opening = asyncio.Lock()
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> Ports:
@@ -181,8 +186,7 @@ class EmulatorServer:
         await server.start()
         http_port = None
         if self.config.ollama_port is not None:
-            self._http = OllamaHttpServer(engine, self.config.host, self.config.ollama_port)
-            http_port = await self._http.start()
+            http_port = await self._open_http(engine, self.config.ollama_port)
         # Health stays NOT_SERVING while a model loads (off the event loop, so health keeps answering).
         await engine.load()
         engine.start()
@@ -194,6 +198,26 @@ class EmulatorServer:
         if self.ports.http_url is not None:
             log.info("icllm emulator serving the Ollama API on %s", self.ports.http_url)
         return self.ports
+
+    async def start_http(self, port: int = 0) -> Ports:
+        """Open the Ollama-compatible HTTP door of an emulator started without it; the ports, with it.
+
+        The pytest plugin opens it when a test first asks for its address, so a session that never
+        speaks HTTP never imports uvicorn and starlette. Asked again, it answers the same ports.
+        """
+        async with self._http_opening:
+            assert self.engine is not None and self.ports is not None, "the emulator is not started"
+            if self._http is None:
+                http_port = await self._open_http(self.engine, port)
+                self.ports = dataclasses.replace(self.ports, http=http_port)
+                log.info("icllm emulator serving the Ollama API on %s", self.ports.http_url)
+            return self.ports
+
+    async def _open_http(self, engine: Engine, port: int) -> int:
+        from icllm_emulator.ollama.serve import OllamaHttpServer  # uvicorn and starlette: when it opens
+
+        self._http = OllamaHttpServer(engine, self.config.host, port)
+        return await self._http.start()
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ("", *SERVICE_NAMES):
@@ -263,6 +287,10 @@ class ThreadedEmulator:
     def engine(self) -> Engine:
         assert self.server.engine is not None, "the emulator is not started"
         return self.server.engine
+
+    def start_http(self, port: int = 0) -> Ports:
+        """Open the HTTP door if it is not open yet (`EmulatorServer.start_http`); the ports, with it."""
+        return asyncio.run_coroutine_threadsafe(self.server.start_http(port), self.loop).result()
 
     def start(self) -> Ports:
         self._thread.start()

@@ -141,11 +141,11 @@ class IcllmController:
         self.settings = settings
         self._scripted: list[ScriptedAnswer] = []
         # The HTTP outcalls of this test's canisters (icllm_canister): scripted, inspected, checked.
-        self.outcalls = OutcallsController(
-            lambda name, request: self._rpc(getattr(self._control, name), request)
-        )
+        self.outcalls = OutcallsController(self._rpc)
         self._cassette = cassette
         self._cassette_stats: cpb.CassetteStats | None = None
+        # Answers read ahead by `_prefetch`, by (method, request bytes), each used once.
+        self._prefetched: dict[tuple[str, bytes], Any] = {}
 
     @property
     def cassette(self) -> Path | None:
@@ -184,13 +184,13 @@ class IcllmController:
         return Expectation(self, match)
 
     def _add_rule(self, rule: cpb.Rule) -> ScriptedAnswer:
-        (rule_id,) = self._rpc(self._control.AddRules, cpb.AddRulesRequest(rules=[rule])).rule_ids
+        (rule_id,) = self._rpc("AddRules", cpb.AddRulesRequest(rules=[rule])).rule_ids
         answer = ScriptedAnswer(rule_id, _describe_rule(rule), self)
         self._scripted.append(answer)
         return answer
 
     def _uses(self) -> dict[str, int]:
-        states = self._rpc(self._control.ListRules, cpb.ListRulesRequest()).rules
+        states = self._rpc("ListRules", cpb.ListRulesRequest()).rules
         return {state.rule.id: state.uses for state in states}
 
     # -- inspecting --------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ class IcllmController:
         calls: list[Call] = []
         token = ""
         while True:  # the history comes in pages
-            page = self._rpc(self._control.GetHistory, cpb.GetHistoryRequest(page_token=token))
+            page = self._rpc("GetHistory", cpb.GetHistoryRequest(page_token=token))
             calls.extend(call_of(r) for r in page.calls)
             if not page.next_page_token:
                 return calls
@@ -263,7 +263,7 @@ class IcllmController:
 
     def hold(self, enabled: bool = True) -> None:
         """While on, finished answers wait (HELD) until released: choose the order callers see them."""
-        self._rpc(self._control.SetHold, cpb.SetHoldRequest(hold=enabled))
+        self._rpc("SetHold", cpb.SetHoldRequest(hold=enabled))
 
     def held(self, count: int = 0, timeout: float = 10.0) -> list[str]:
         """Ids of held jobs, oldest first, waiting until at least `count` are held (blocking)."""
@@ -277,19 +277,19 @@ class IcllmController:
 
     def release(self, *job_ids: str) -> list[str]:
         """Deliver held answers in the order given."""
-        return list(self._rpc(self._control.Release, cpb.ReleaseRequest(job_ids=job_ids)).job_ids)
+        return list(self._rpc("Release", cpb.ReleaseRequest(job_ids=job_ids)).job_ids)
 
     def release_all(self) -> list[str]:
         """Deliver every held answer, oldest first; returns the released job ids."""
-        return list(self._rpc(self._control.Release, cpb.ReleaseRequest(all=True)).job_ids)
+        return list(self._rpc("Release", cpb.ReleaseRequest(all=True)).job_ids)
 
     def pause(self) -> None:
         """No worker leases a job until `resume`: prompts wait in the queue."""
-        self._rpc(self._control.SetPaused, cpb.SetPausedRequest(paused=True))
+        self._rpc("SetPaused", cpb.SetPausedRequest(paused=True))
 
     def resume(self) -> None:
         """Workers lease again, oldest prompt first."""
-        self._rpc(self._control.SetPaused, cpb.SetPausedRequest(paused=False))
+        self._rpc("SetPaused", cpb.SetPausedRequest(paused=False))
 
     def jobs(self, state: str | None = None, *, count: int = 0, timeout: float = 10.0) -> list[JobInfo]:
         """Unfinished jobs (QUEUED, LEASED, HELD; only `state` if given), oldest first, waiting until
@@ -318,14 +318,14 @@ class IcllmController:
         __tracebackhide__ = True
         if state is not None and state not in JOB_STATES:
             raise ValueError(f"job state {state!r} is not valid; choose one of: {', '.join(JOB_STATES)}")
-        jobs = self._rpc(self._control.ListJobs, cpb.ListJobsRequest()).jobs
+        jobs = self._rpc("ListJobs", cpb.ListJobsRequest()).jobs
         return [job_of(job) for job in jobs if state is None or job.state == state]
 
     def advance(self, seconds: float) -> float:
         """Move the virtual clock (`--icllm-clock virtual`) forward; returns the new time."""
         __tracebackhide__ = True
         try:
-            response = self._rpc(self._control.AdvanceClock, cpb.AdvanceClockRequest(seconds=seconds))
+            response = self._rpc("AdvanceClock", cpb.AdvanceClockRequest(seconds=seconds))
         except EmulatorError as error:
             if error.status is not grpc.StatusCode.FAILED_PRECONDITION:
                 raise
@@ -359,13 +359,13 @@ class IcllmController:
 
     def stats(self) -> Stats:
         """Counts since the test started: calls, answers, rejects by code, queue depth, tokens, latency."""
-        return stats_of(self._rpc(self._control.GetStats, cpb.GetStatsRequest()))
+        return stats_of(self._rpc("GetStats", cpb.GetStatsRequest()))
 
     # -- cycles ------------------------------------------------------------------------------------
 
     def balances(self) -> dict[str, int]:
         """Prepaid cycle balances by principal (what `v1_deposit` fills and paid calls draw on)."""
-        response = self._rpc(self._control.GetBalances, cpb.GetBalancesRequest())
+        response = self._rpc("GetBalances", cpb.GetBalancesRequest())
         return dict(response.balances)
 
     def balance(self, principal: str) -> int:
@@ -381,11 +381,11 @@ class IcllmController:
             cpb.ModelPrice(model=model, per_call=per_call, per_token=per_token)
             for model, (per_call, per_token) in prices.items()
         ]
-        self._rpc(self._control.Configure, cpb.ConfigureRequest(prices=models, clear_prices=not models))
+        self._rpc("Configure", cpb.ConfigureRequest(prices=models, clear_prices=not models))
 
     def set_balance(self, principal: str, cycles: int) -> None:
         """Give a caller a prepaid balance, as if it had called `v1_deposit`."""
-        self._rpc(self._control.SetBalance, cpb.SetBalanceRequest(principal=principal, cycles=cycles))
+        self._rpc("SetBalance", cpb.SetBalanceRequest(principal=principal, cycles=cycles))
 
     def top_up(self, principal: str, cycles: int) -> int:
         """Credit a prepaid balance as a top-up on the gateway's website would; returns the new balance."""
@@ -400,7 +400,7 @@ class IcllmController:
 
     def _begin(self, configure: bool = True) -> None:
         """Fresh state for a test: reset, then this test's settings (unless the reset restored them)."""
-        self._rpc(self._control.Reset, cpb.ResetRequest())
+        self._rpc("Reset", cpb.ResetRequest())
         if not configure:
             return
         # Every per-test setting that Control.Configure changes, by its field there (settings.SETTINGS).
@@ -413,7 +413,7 @@ class IcllmController:
                 getattr(request, str(option.configure)).extend(value)
             else:
                 setattr(request, str(option.configure), value)
-        self._rpc(self._control.Configure, request)
+        self._rpc("Configure", request)
 
     def _use_cassette(self) -> None:
         """Load this test's cassette into the emulator (the plugin calls it after `_begin`)."""
@@ -430,12 +430,12 @@ class IcllmController:
             scrubbers=list(s.scrubbers),
             miss_hint=self._cassette.miss_hint,
         )
-        self._rpc(self._control.UseCassette, request)
+        self._rpc("UseCassette", request)
 
     def _eject_cassette(self) -> None:
         """Write the cassette and keep what it did, for the teardown checks."""
         if self._cassette is not None and self._cassette_stats is None:
-            self._cassette_stats = self._rpc(self._control.EjectCassette, cpb.EjectCassetteRequest())
+            self._cassette_stats = self._rpc("EjectCassette", cpb.EjectCassetteRequest())
 
     def _cassette_problems(self) -> list[str]:
         stats = self._cassette_stats
@@ -457,6 +457,20 @@ class IcllmController:
 
     def _problems(self) -> list[str]:
         """What the teardown checks find wrong, as readable paragraphs."""
+        s = self.settings
+        # Everything the checks below read, in one trip (the checks themselves read it through `_rpc`).
+        reads: list[tuple[str, Any]] = []
+        if s.assert_all_used and self._scripted:
+            reads.append(("ListRules", cpb.ListRulesRequest()))
+        if s.strict_rules and s.assert_all_expected:
+            reads.append(("GetHistory", cpb.GetHistoryRequest()))
+        self._prefetch(reads + self.outcalls._reads(s.assert_all_used, s.assert_all_expected))
+        try:
+            return self._check()
+        finally:
+            self._prefetched.clear()
+
+    def _check(self) -> list[str]:
         problems = self._cassette_problems()
         if self.settings.assert_all_used and self._scripted:
             uses = self._uses()
@@ -481,7 +495,7 @@ class IcllmController:
         """Each unused answer, and why each call of the test missed it (as strict mode explains)."""
         from icllm_emulator.grpc_api.control import rule_from_pb
 
-        rules = {s.rule.id: s.rule for s in self._rpc(self._control.ListRules, cpb.ListRulesRequest()).rules}
+        rules = {s.rule.id: s.rule for s in self._rpc("ListRules", cpb.ListRulesRequest()).rules}
         calls = self.calls
         lines = []
         for answer in unused:
@@ -496,11 +510,28 @@ class IcllmController:
                 lines.append(f"    {call.describe()}: {'; '.join(why)}")
         return lines
 
-    def _rpc(self, method: Any, request: Any) -> Any:
+    def _rpc(self, name: str, request: Any) -> Any:
+        key = (name, request.SerializeToString(deterministic=True))
+        if key in self._prefetched:
+            return self._prefetched.pop(key)
         try:
-            return method(request, timeout=30)
+            return getattr(self._control, name)(request, timeout=30)
         except grpc.RpcError as error:
             raise translate_error(error) from None
+
+    def _prefetch(self, requests: list[tuple[str, Any]]) -> None:
+        """Read several answers at once (one trip to an in-process emulator's loop); `_rpc` uses each once."""
+        if not requests:
+            return
+        try:
+            if isinstance(self._control, InProcessControl):
+                answers = self._control.batch(requests, timeout=30)
+            else:
+                answers = [getattr(self._control, name)(request, timeout=30) for name, request in requests]
+        except grpc.RpcError as error:
+            raise translate_error(error) from None
+        for (name, request), answer in zip(requests, answers, strict=True):
+            self._prefetched[(name, request.SerializeToString(deterministic=True))] = answer
 
 
 JOB_STATES = ("QUEUED", "LEASED", "HELD")

@@ -212,6 +212,15 @@ class OutcallsController:
         parts += [f"header {h.name}={h.value!r}" for h in match.headers]
         return "outcall " + (", ".join(parts) or "any")
 
+    def _reads(self, check_unused: bool, check_unexpected: bool) -> list[tuple[str, Any]]:
+        """The requests `_problems` will make, so the controller can read them ahead in one trip."""
+        reads: list[tuple[str, Any]] = []
+        if check_unused and self._scripted:
+            reads.append(("ListOutcallRules", cpb.ListOutcallRulesRequest()))
+        if check_unexpected:
+            reads.append(("GetOutcalls", cpb.GetOutcallsRequest()))
+        return reads
+
     def _problems(self, check_unused: bool, check_unexpected: bool) -> list[str]:
         problems = []
         if check_unused and self._scripted:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,11 +135,19 @@ class EmulatorAddress:
     """Where the session's emulator listens: its gRPC target (HOST:PORT) and Ollama-compatible HTTP URL.
 
     `http_url` is None for an emulator given by --icllm-url, whose HTTP port the plugin cannot know.
+    The in-process emulator opens its HTTP door when a test first asks for `http_url` (or
+    `ollama_env()`): a session that never speaks HTTP does not load the HTTP server.
     """
 
     grpc_target: str
     in_process: bool
-    http_url: str | None = None
+    # Opens the in-process emulator's HTTP door and gives its URL; None for an emulator at --icllm-url.
+    open_http: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def http_url(self) -> str | None:
+        """The Ollama-compatible HTTP API's base URL, e.g. http://127.0.0.1:PORT (None, see above)."""
+        return None if self.open_http is None else self.open_http()
 
     def ollama_env(self) -> dict[str, str]:
         """`OLLAMA_HOST` and friends: Ollama and OpenAI clients (or a local network) reach the emulator."""
@@ -184,8 +192,9 @@ def _icllm_session(pytestconfig: pytest.Config) -> Iterator[_Session]:
     emulator = ThreadedEmulator(_start_config(settings, pytestconfig.stash.get(UPSTREAM_KEY, None)))
     emulator.start()
     try:
-        ports = emulator.ports
-        address = EmulatorAddress(ports.grpc_target, in_process=True, http_url=ports.http_url)
+        address = EmulatorAddress(
+            emulator.ports.grpc_target, in_process=True, open_http=lambda: emulator.start_http().http_url
+        )
         yield _Session(address, InProcessControl(emulator), resets_to_session=True, emulator=emulator)
     finally:
         emulator.stop()
@@ -209,9 +218,10 @@ def _start_config(settings: Settings, api_key: str | None = None) -> EmulatorCon
     return config_from_settings(
         {
             **values,
-            # Free ports: never Ollama's own 11434, which a real Ollama may hold.
+            # A free port: never Ollama's own 11434, which a real Ollama may hold. The HTTP door opens on
+            # another free port when a test first asks for it (`EmulatorAddress.http_url`).
             "grpc_port": 0,
-            "ollama_port": 0,
+            "ollama_port": None,
             # Its cassettes live beside the test modules, and their scrubbers are the test suite's own.
             "cassette_paths_anywhere": True,
             "allow_scrubber_imports": True,
@@ -270,8 +280,13 @@ def icllm(
         markers = [
             _marker_layer(node, mark) for node, mark in reversed(list(item.iter_markers_with_node("icllm")))
         ]
-        # The session's values come first, as the command line would give them (CI keeps their mode).
-        settings = resolve({}, _session_layer(session), icllm_config, markers, ci=ci)
+        # The session's values come first, as the command line would give them (CI keeps their mode);
+        # a test with no marker and no icllm_config has exactly the session's settings.
+        settings = (
+            resolve({}, _session_layer(session), icllm_config, markers, ci=ci)
+            if markers or icllm_config
+            else session
+        )
     except SettingError as error:
         problem = str(error)
     else:
@@ -279,8 +294,8 @@ def icllm(
     if problem:
         pytest.fail(problem, pytrace=False)
     controller = IcllmController(_icllm_session.control, settings, _cassette_use(item, settings, ci))
-    restored = _icllm_session.resets_to_session and all(
-        getattr(settings, o.name) == getattr(session, o.name) for o in CONFIGURED
+    restored = _icllm_session.resets_to_session and (
+        settings is session or all(getattr(settings, o.name) == getattr(session, o.name) for o in CONFIGURED)
     )
     controller._begin(configure=not restored)
     _use_cassette(controller)

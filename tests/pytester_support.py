@@ -5,12 +5,15 @@ from __future__ import annotations
 # The plugin imports these when a test first needs the emulator. An in-process run restores
 # `sys.modules` when it ends, so each run would import them afresh, and an `except LlmReject` in one
 # run would not catch the class of another: imported here once, every run shares them.
-# icp-py-core's .did parser is a PyO3 extension, which can be initialised once per process: imported here,
-# before any inner run, it survives each run's restore of `sys.modules`.
+# icp-py-core's .did parser is a PyO3 extension, and rapidyaml (the cassettes' reader) a SWIG one, each
+# initialised once per process (a second import crashes): imported here, before any inner run, they
+# survive each run's restore of `sys.modules`, though the plugin itself imports them only when used.
 import icp_candid.did_loader  # noqa: F401
 import pytest
 
+import icllm_emulator.cassettes.format
 import icllm_emulator.client
+import icllm_emulator.runtime.ic
 import icllm_emulator.runtime.values
 import icllm_emulator.server  # noqa: F401
 import pytest_icllm._canisters

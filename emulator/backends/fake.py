@@ -10,15 +10,15 @@ hashed with the seed, and the digest seeds both Faker (for the words) and a priv
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import json
 import math
 import random
 import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from faker import Faker
 from faker.providers.lorem.en_US import Provider as LoremProvider
 
 from icllm_emulator.backends import Backend
@@ -38,16 +38,29 @@ from icllm_emulator.domain import (
 )
 from icllm_emulator.tokens import count_tokens, truncate_tokens
 
+if TYPE_CHECKING:
+    from faker import Faker
+
 __all__ = ["FakeBackend", "canonical_request", "fake_answer"]
 
-# Building a Faker takes milliseconds, so one instance serves every call. It is stateful, hence the
-# lock, and it is re-seeded right before each use, so no answer depends on the calls made before it.
-_FAKER = Faker("en_US")
 _FAKER_LOCK = threading.Lock()
 _WORDS: tuple[str, ...] = tuple(LoremProvider.word_list)
 # The word each 16-bit draw picks (`draw % len(_WORDS)`), looked up in C rather than computed in Python
 # for every word of every answer (`make bench ARGS=grpc` profiles the path).
-_WORD_OF_DRAW: tuple[str, ...] = tuple(_WORDS[draw % len(_WORDS)] for draw in range(1 << 16))
+_WORD_OF_DRAW: tuple[str, ...] = tuple(_WORDS * ((1 << 16) // len(_WORDS) + 1))[: 1 << 16]
+
+
+@functools.cache
+def _faker() -> Faker:
+    """The one Faker, built at the first tool call's answer (a session that never needs one skips it).
+
+    Building one takes milliseconds, so one instance serves every call. It is stateful, hence the
+    lock, and it is re-seeded right before each use, so no answer depends on the calls made before it.
+    """
+    from faker import Faker
+
+    return Faker("en_US")
+
 
 _MIN_TEXT_TOKENS = 5
 _MAX_TEXT_TOKENS = 400
@@ -267,8 +280,9 @@ def fake_answer(
     if not wants_tool or max_output_tokens == 0:
         return _text_answer(request, rng, max_output_tokens)
     with _FAKER_LOCK:
-        _FAKER.seed_instance(faker_seed)
-        return _tool_call_answer(request, _FAKER, rng, digest)
+        faker = _faker()
+        faker.seed_instance(faker_seed)
+        return _tool_call_answer(request, faker, rng, digest)
 
 
 class FakeBackend(Backend):

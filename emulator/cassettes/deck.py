@@ -15,16 +15,18 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icllm_emulator.backends import Backend
-from icllm_emulator.cassettes.format import SUFFIXES, CassetteError
-from icllm_emulator.cassettes.matching import MatchError, Matching
-from icllm_emulator.cassettes.scrub import ScrubError, Step, default_steps, load_scrubber
 from icllm_emulator.cassettes.settings import CassetteSettings, CassetteSettingsError, RecordMode, record_mode
-from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
 from icllm_emulator.config import ConfigError
 from icllm_emulator.domain import Answer, ChatRequest, Reject, RejectCode, ToolPolicy
+
+# The cassette files' machinery (PyYAML, rapidyaml, matching, scrubbing) is imported with the first
+# cassette: an emulator or a test session that uses none never loads it.
+if TYPE_CHECKING:
+    from icllm_emulator.cassettes.scrub import Step
+    from icllm_emulator.cassettes.store import ActiveCassette, CassetteStats
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,11 @@ class CassetteDeck(Backend):
         return given.absolute()
 
     def _open(self, spec: CassetteSpec, *, confined: bool = False) -> ActiveCassette:
+        from icllm_emulator.cassettes.format import SUFFIXES, CassetteError
+        from icllm_emulator.cassettes.matching import MatchError, Matching
+        from icllm_emulator.cassettes.scrub import ScrubError
+        from icllm_emulator.cassettes.store import ActiveCassette
+
         check_path(spec.path)
         path = self.resolve(spec.path)
         unregistered = [s for s in spec.scrubbers if s not in self.settings.scrubbers]
@@ -158,6 +165,8 @@ class CassetteDeck(Backend):
             raise ConfigError(str(error)) from None
 
     def _steps(self, spec: CassetteSpec) -> list[Step]:
+        from icllm_emulator.cassettes.scrub import default_steps, load_scrubber
+
         secrets: Iterable[str] = getattr(self.inner, "secrets", ())
         steps = default_steps(spec.scrub_patterns, secrets)
         steps.extend(load_scrubber(reference) for reference in spec.scrubbers)
@@ -177,6 +186,8 @@ class CassetteDeck(Backend):
     def eject(self) -> CassetteStats:
         """Stop using the cassette `use` loaded (back to the start-up one); its stats, after writing it."""
         if self._active is None or self._active is self._startup:
+            from icllm_emulator.cassettes.store import CassetteStats
+
             return CassetteStats()
         loaded, self._active = self._active, self._startup
         try:

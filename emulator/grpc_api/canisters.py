@@ -8,7 +8,7 @@ code as trailing metadata.
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
@@ -21,22 +21,13 @@ from icllm_emulator.grpc_api.convert import BadRequest
 from icllm_emulator.grpc_api.pages import ANSWER_BYTES, page, shortened
 from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
 from icllm_emulator.rules import Hang, parse_reject_code
-from icllm_emulator.runtime import CanisterReject, InstallSettings
-from icllm_emulator.runtime import module as modules
-from icllm_emulator.runtime.errors import RuntimeUsageError, UnknownCanister
+from icllm_emulator.runtime.errors import CanisterReject, RuntimeUsageError, UnknownCanister
 from icllm_emulator.runtime.ids import (
     ANONYMOUS,
     DEFAULT_CYCLES,
     LLM_CANISTER_ID,
     principal_bytes,
     principal_text,
-)
-from icllm_emulator.runtime.instance import CanisterInstance, LogLine
-from icllm_emulator.runtime.management.lifecycle import (
-    InstallMode,
-    Snapshot,
-    UpgradeOptions,
-    auto_persistence,
 )
 from icllm_emulator.runtime.standins import (
     Delay,
@@ -50,6 +41,10 @@ from icllm_emulator.runtime.standins import (
     as_values,
 )
 from icllm_emulator.runtime.values import Interface, from_json, to_json
+
+if TYPE_CHECKING:  # wasmtime loads with the first canister module, not with the server
+    from icllm_emulator.runtime.instance import CanisterInstance, LogLine
+    from icllm_emulator.runtime.management.lifecycle import InstallMode, Snapshot, UpgradeOptions
 
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
 # one can be gzipped (the IC's limit is 100 MiB decompressed) or installed at start-up with --canister.
@@ -97,6 +92,8 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Install(
         self, request: pb.InstallRequest, context: grpc.aio.ServicerContext
     ) -> pb.InstallResponse:
+        from icllm_emulator.runtime.ic import InstallSettings  # wasmtime, on first use
+
         cycles = DEFAULT_CYCLES
         if request.HasField("cycles"):
             cycles = checked_cycles(request.cycles, "cycles", BadRequest)
@@ -123,6 +120,8 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Call(
         self, request: pb.CanisterCallRequest, context: grpc.aio.ServicerContext
     ) -> pb.CanisterCallResponse:
+        from icllm_emulator.runtime.ic import principal_bytes  # wasmtime, on first use
+
         caller = principal_of(request.caller, "caller") if request.caller else None
         cycles = checked_cycles(request.cycles or "0", "cycles", BadRequest)
         principal_bytes(request.canister_id)
@@ -175,6 +174,9 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Upgrade(
         self, request: pb.UpgradeRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpgradeResponse:
+        from icllm_emulator.runtime import module as modules
+        from icllm_emulator.runtime.management.lifecycle import InstallMode, UpgradeOptions, auto_persistence
+
         raw = self._module(request.canister_id, request.wasm)
         if request.wasm_memory_persistence == pb.WASM_MEMORY_PERSISTENCE_AUTO:
             persistence = auto_persistence(modules.inspect(raw))
@@ -195,6 +197,8 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Reinstall(
         self, request: pb.ReinstallRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReinstallResponse:
+        from icllm_emulator.runtime.management.lifecycle import InstallMode, UpgradeOptions
+
         raw = self._module(request.canister_id, request.wasm)
         instance = await self._install(
             context, request, raw, request.init_arg, InstallMode.REINSTALL, UpgradeOptions()
@@ -205,6 +209,8 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     def _module(self, canister_id: str, wasm: bytes) -> bytes:
         """The module given (checked now, so that bytes that are not Wasm are INVALID_ARGUMENT), or
         the installed one."""
+        from icllm_emulator.runtime import module as modules
+
         if wasm:
             raw = modules.unpack(wasm, "the wasm")
             modules.inspect(raw)

@@ -556,6 +556,28 @@ async def test_reset_rejects_waiting_calls_and_clears_rules_and_history(make_eng
 
 
 @pytest.mark.asyncio
+async def test_reset_keeps_idle_workers_and_replaces_one_inside_a_delay(make_engine: MakeEngine) -> None:
+    engine = make_engine(workers=2)
+    started = ("builtin-1", "builtin-2")
+    await until(lambda: all(engine.queue.is_idle(worker) for worker in started), "idle workers")
+    engine.add_rule(Rule(Match(contains="slow"), Reply(AssistantMessage(content="late")), delay=3600))
+    call = asyncio.ensure_future(ask(engine, UserMessage("slow")))
+    await until(lambda: [bool(job.worker_id) for job in engine.jobs()] == [True], "the slow call leased")
+    (busy,) = [job.worker_id for job in engine.jobs()]
+    engine.configure(seed=7)
+
+    engine.reset()
+
+    assert isinstance((await asyncio.gather(call, return_exceptions=True))[0], Reject)
+    (idle,) = set(started) - {busy}
+    await until(lambda: engine.queue.is_idle("builtin-3"), "a fresh worker in place of the busy one")
+    assert engine.queue.is_idle(idle), "an idle worker should be kept"
+    assert not engine.queue.is_idle(busy), "the worker inside the delay should be gone"
+    assert engine.config == engine.initial_config
+    assert (await ask(engine, UserMessage("hi"))).message.content
+
+
+@pytest.mark.asyncio
 async def test_full_queue_rejects_with_sys_transient_and_keeps_the_rules_use(make_engine: MakeEngine) -> None:
     engine = make_engine(workers=0, queue_capacity=1)
     engine.add_rule(Rule(Match(contains="special"), Reply(AssistantMessage(content="scripted")), times=1))
