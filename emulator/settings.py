@@ -682,6 +682,13 @@ SETTINGS: tuple[Setting, ...] = (
         "install a canister module at start: NAME=PATH; repeatable (env var or ini key: ; between)",
         repeatable=True,
     ),
+    Setting(
+        "canister_time_limit",
+        duration,
+        10.0,
+        "wall-clock seconds a canister's message may run before it is stopped (its instruction limit "
+        "bounds it too)",
+    ),
     Setting("strict_outcalls", boolean, False, "mark canisters' unscripted HTTP outcalls as unexpected"),
     Setting(
         "outcalls_loopback", boolean, False, "send canisters' unscripted outcalls to loopback URLs for real"

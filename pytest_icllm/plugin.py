@@ -322,7 +322,10 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
     async def remote() -> tuple[Runtime, OverGrpc]:
         llm = OverGrpc(target)
-        return Runtime(RealClock(), llm, seed=icllm.settings.seed), llm
+        runtime = Runtime(
+            RealClock(), llm, seed=icllm.settings.seed, time_limit=icllm.settings.canister_time_limit
+        )
+        return runtime, llm
 
     runtime_, llm = private.run(remote())
     try:

@@ -10,8 +10,8 @@ from icllm_emulator.billing import checked_cycles
 from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api.convert import BadRequest
 from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
-from icllm_emulator.runtime import CanisterReject, InstallSettings
-from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
+from icllm_emulator.runtime import CanisterReject, InstallSettings, RuntimeUsageError
+from icllm_emulator.runtime.ic import DEFAULT_CYCLES, check_instruction_limit, principal_bytes
 
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
 # one can be gzipped (the IC's limit is 100 MiB decompressed) or installed at start-up with --canister.
@@ -37,8 +37,11 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
             name=request.name,
             instruction_limit=request.instruction_limit if request.HasField("instruction_limit") else None,
         )
-        if request.HasField("instruction_limit") and request.instruction_limit < 1:
-            raise BadRequest("instruction_limit is 1 or more Wasm instructions per message")
+        if request.HasField("instruction_limit"):
+            try:
+                check_instruction_limit(request.instruction_limit)
+            except RuntimeUsageError as error:
+                raise BadRequest(str(error)) from None
         try:
             instance = await self.engine.runtime.install_async(request.wasm, settings)
         except CanisterReject as reject:

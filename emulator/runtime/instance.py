@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import wasmtime
 from wasmtime import _ffi as ffi
+from wasmtime._extern import wrap_extern
 
-from icllm_emulator.runtime.errors import INSTRUCTION_LIMIT, WASM_TRAP, CanisterTrap, ModuleError
+from icllm_emulator.runtime.errors import (
+    INSTRUCTION_LIMIT,
+    QUERY_INSTRUCTION_LIMIT,
+    TIME_LIMIT,
+    WASM_TRAP,
+    CanisterTrap,
+    ModuleError,
+    limit_text,
+)
 from icllm_emulator.runtime.messages import CallContext, Message, MessageKind
-from icllm_emulator.runtime.module import GLOBAL_EXPORT, ModuleInfo, explain
+from icllm_emulator.runtime.module import EXPORT_FUNC, EXPORT_MEMORY, GLOBAL_EXPORT, ModuleInfo, explain
 from icllm_emulator.runtime.system_api import MAX_STABLE_PAGES, PAGE, U64, SystemApi
 
 if TYPE_CHECKING:
@@ -28,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("icllm.canister")
 
 UPDATE_PREFIX = "canister_update "
+# The log text a canister keeps: the IC interface specification's 4 KiB (fetch_canister_logs: "If new logs
+# are added resulting in exceeding the maximum total log size of 4KiB, the oldest logs will be removed").
+MAX_LOG_BYTES = 4096
 QUERY_PREFIXES = ("canister_query ", "canister_composite_query ")
 
 
@@ -83,7 +96,10 @@ class CanisterInstance:
         self.certified_data = b""
         self.stable = bytearray()
         self._journal: list[tuple[int, bytes]] = []
-        self.logs: list[LogLine] = []
+        self.logs: deque[LogLine] = deque()
+        self._log_bytes = 0
+        # Calls this canister made that are sent or about to be, and not answered yet.
+        self.calls_in_flight = 0
         # Calls made to this canister that have not ended yet (a removal or a reset ends them).
         self.open_contexts: set[CallContext] = set()
         self._message_time = 0
@@ -100,6 +116,9 @@ class CanisterInstance:
             memories=1,
         )
         self.api = SystemApi(self)
+        # Why the running message is being interrupted (None: it is not); set before the engine's epoch
+        # moves, read when the message traps with wasmtime's INTERRUPT.
+        self.interrupted: str | None = None
         funcs = self.api.bind(self.store, module)
         start = Message(MessageKind.START, None, time_ns=runtime.now_ns())
         self._begin(start)
@@ -108,7 +127,8 @@ class CanisterInstance:
         except CanisterTrap as trap:
             raise ModuleError(f"the module's start function trapped: {trap.message}") from None
         except wasmtime.Trap as trap:
-            raise ModuleError(f"the module's start function trapped: {_trap_text(trap)}") from None
+            stopped = self._wasm_trap(trap, start).message
+            raise ModuleError(f"the module's start function trapped: {stopped}") from None
         except wasmtime.WasmtimeError as error:
             raise ModuleError(
                 f"the module cannot be instantiated: {explain(error)} (the canister runtime allows "
@@ -117,24 +137,36 @@ class CanisterInstance:
             ) from None
         finally:
             self.api.message = None
-        exports = self.instance.exports(self.store)
+        # Exports are looked up by name: listing them all through wasmtime's C API costs time quadratic
+        # in their number (20,000 exports took 18 s).
         memory = next(
-            (m for name in _export_names(exports) if isinstance(m := exports[name], wasmtime.Memory)), None
+            (m for name, kind in info.exports.items() if kind == EXPORT_MEMORY and (m := self._export(name))),
+            None,
         )
-        if memory is None:
+        if not isinstance(memory, wasmtime.Memory):
             raise ModuleError("the module exports no memory, so the system API cannot reach its data")
         self.memory: wasmtime.Memory = memory
-        table = exports.get(info.table_export) if info.table_export else None
+        table = self._export(info.table_export) if info.table_export else None
         self.table: wasmtime.Table | None = table if isinstance(table, wasmtime.Table) else None
         self.globals: list[wasmtime.Global] = [
             g
             for i in info.mutable_globals
-            if isinstance(g := exports[f"{GLOBAL_EXPORT}{i}"], wasmtime.Global)
+            if isinstance(g := self._export(f"{GLOBAL_EXPORT}{i}"), wasmtime.Global)
         ]
         self._globals = _GlobalValues(self.store, self.globals)
         self.functions: dict[str, wasmtime.Func] = {
-            name: f for name in _export_names(exports) if isinstance(f := exports[name], wasmtime.Func)
+            name: f
+            for name, kind in info.exports.items()
+            if kind == EXPORT_FUNC and isinstance(f := self._export(name), wasmtime.Func)
         }
+
+    def _export(self, name: str) -> Any:
+        raw = name.encode()
+        item = ffi.wasmtime_extern_t()
+        found = ffi.wasmtime_instance_export_get(
+            self.store._context(), ctypes.byref(self.instance._instance), raw, len(raw), ctypes.byref(item)
+        )
+        return wrap_extern(item) if found else None
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -157,18 +189,33 @@ class CanisterInstance:
 
     def log_trap(self, message: Message, trap: CanisterTrap) -> None:
         """A trap is logged as the replica logs it, so `Canister.logs` shows why a message left no trace."""
-        self.logs.append(LogLine(message.time_ns, f"[TRAP in {message.kind.value}]: {trap.message}"))
+        self._keep(LogLine(message.time_ns, f"[TRAP in {message.kind.value}]: {trap.message}"))
         log.debug("[%s] trap in %s: %s", self.name, message.kind.value, trap.message)
 
     def log(self, text: str) -> None:
-        self.logs.append(LogLine(self._message_time, text))
+        self._keep(LogLine(self._message_time, text))
         log.debug("[%s] %s", self.name, text)
+
+    def _keep(self, line: LogLine) -> None:
+        """Keep the last MAX_LOG_BYTES of log text, as the IC keeps a canister's log (oldest lines go)."""
+        size = len(line.text.encode())
+        if size > MAX_LOG_BYTES:
+            text = line.text.encode()[-MAX_LOG_BYTES:].decode("utf-8", "replace")
+            line, size = LogLine(line.time_ns, text), MAX_LOG_BYTES
+        self.logs.append(line)
+        self._log_bytes += size
+        while self._log_bytes > MAX_LOG_BYTES:
+            self._log_bytes -= len(self.logs.popleft().text.encode())
 
     # -- execution --------------------------------------------------------------------------------
 
     def _begin(self, message: Message) -> None:
-        message.fuel = self.instruction_limit
+        limit = self.instruction_limit
+        if message.kind is MessageKind.QUERY:
+            limit = min(limit, QUERY_INSTRUCTION_LIMIT)
+        message.fuel = limit
         self.store.set_fuel(message.fuel)
+        self.store.set_epoch_deadline(1)  # the runtime moves the epoch to interrupt this message
         self._message_time = message.time_ns
         self.api.message = message
 
@@ -183,6 +230,8 @@ class CanisterInstance:
         self._begin(message)
         error: CanisterTrap | None = None
         try:
+            if self.interrupted is not None:  # interrupted before it began
+                raise CanisterTrap(self._interrupt_text(message), TIME_LIMIT)
             self._call(entry)
         except CanisterTrap as trap:
             error = trap
@@ -217,12 +266,14 @@ class CanisterInstance:
 
     def _wasm_trap(self, trap: wasmtime.Trap, message: Message) -> CanisterTrap:
         if trap.trap_code is wasmtime.TrapCode.OUT_OF_FUEL:
-            return CanisterTrap(
-                f"Canister exceeded the limit of {message.fuel} instructions for single message execution "
-                "(Wasm instructions, counted as fuel; install with instruction_limit= to change it)",
-                INSTRUCTION_LIMIT,
-            )
+            return CanisterTrap(limit_text(message.fuel), INSTRUCTION_LIMIT)
+        if trap.trap_code is wasmtime.TrapCode.INTERRUPT:
+            return CanisterTrap(self._interrupt_text(message), TIME_LIMIT)
         return CanisterTrap(f"Canister trapped: {_trap_text(trap)}", WASM_TRAP)
+
+    def _interrupt_text(self, message: Message) -> str:
+        why = self.interrupted or self.runtime.budget_text()
+        return f"Canister's {message.kind.value} was stopped: {why}"
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -324,10 +375,6 @@ class _GlobalValues:
                 raise wasmtime.WasmtimeError._from_ptr(error)
         for g, value in zip(self._wrapped, self._wrapped_values, strict=True):
             g.set_value(store, value)
-
-
-def _export_names(exports: Any) -> list[str]:
-    return [name for name, _ in exports.items()] if hasattr(exports, "items") else list(exports)
 
 
 def _first_line(error: BaseException) -> str:
