@@ -96,6 +96,7 @@ class Engine:
                 llm.in_process(self.call_candid),
                 seed=self.config.seed,
                 time_limit=self.config.canister_time_limit,
+                memory_limit=self.config.canister_memory_limit,
                 outcalls=self.outcalls,
             )
         return self._runtime

@@ -689,6 +689,13 @@ SETTINGS: tuple[Setting, ...] = (
         "wall-clock seconds a canister's message may run before it is stopped (its instruction limit "
         "bounds it too)",
     ),
+    Setting(
+        "canister_memory_limit",
+        lambda v: whole(v, least=64 * 1024 * 1024),
+        2 * 1024**3,
+        "bytes all canisters may hold together (heaps and their rollback copies, stable memory, logs); a "
+        "message that needs more is refused with IC0507",
+    ),
     Setting("strict_outcalls", boolean, False, "mark canisters' unscripted HTTP outcalls as unexpected"),
     Setting(
         "outcalls_loopback", boolean, False, "send canisters' unscripted outcalls to loopback URLs for real"

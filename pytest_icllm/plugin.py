@@ -322,8 +322,13 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
     async def remote() -> tuple[Runtime, OverGrpc]:
         llm = OverGrpc(target)
+        settings = icllm.settings
         runtime = Runtime(
-            RealClock(), llm, seed=icllm.settings.seed, time_limit=icllm.settings.canister_time_limit
+            RealClock(),
+            llm,
+            seed=settings.seed,
+            time_limit=settings.canister_time_limit,
+            memory_limit=settings.canister_memory_limit,
         )
         return runtime, llm
 

@@ -67,6 +67,11 @@ DEFAULT_TIME_LIMIT = 10.0
 # The heap a canister may have. The IC allows 4 GiB (wasm32) and more (wasm64), but every message copies
 # the heap for rollback: a test canister gets 1 GiB, far above what an agent's logic uses.
 DEFAULT_MAX_MEMORY = 1024**3
+# The memory all canisters may hold together (heaps, the heaps' rollback copies, stable memory, its undo
+# journal, logs): a message that would need more is refused as the IC refuses it when out of memory, before
+# the test process runs out. 2 GiB holds a hundred agents; one canister's heap may be up to 1 GiB, whose
+# rollback copy takes as much again.
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 DEFAULT_MAX_TABLE = 1_000_000
 MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 # The first canister id handed out: hujql-op777-77777-qaaaa-cai, then htiw7-dx777-77777-qaaaq-cai and up
@@ -113,6 +118,7 @@ class CanisterRuntime:
         seed: int = 0,
         instruction_limit: int = DEFAULT_INSTRUCTION_LIMIT,
         time_limit: float = DEFAULT_TIME_LIMIT,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
         max_memory_bytes: int = DEFAULT_MAX_MEMORY,
         max_table_elements: int = DEFAULT_MAX_TABLE,
         use_cache: bool = True,
@@ -124,6 +130,7 @@ class CanisterRuntime:
         self.seed = seed
         self.instruction_limit = check_instruction_limit(instruction_limit)
         self.time_limit = time_limit
+        self.memory_limit = memory_limit
         self.max_memory_bytes = max_memory_bytes
         self.max_table_elements = max_table_elements
         self.max_response_bytes = MAX_RESPONSE_BYTES
@@ -212,6 +219,9 @@ class CanisterRuntime:
             name=settings.name or text,
             instruction_limit=limit,
         )
+        refused = instance.check_memory()
+        if refused is not None:
+            raise CanisterReject(RejectCode.CANISTER_ERROR, refused.message, refused.error_code)
         if "canister_init" not in instance.functions:
             if settings.init_arg and settings.init_arg != b"DIDL\0\0":
                 raise ModuleError(
@@ -237,6 +247,13 @@ class CanisterRuntime:
         self.canisters[instance.principal] = instance
         self._schedule_timer(instance)
         return instance
+
+    def memory_in_use(self) -> int:
+        """The bytes the installed canisters held after their last messages (what the budget counts)."""
+        return sum(c.footprint for c in self.canisters.values())
+
+    def is_installed(self, instance: CanisterInstance) -> bool:
+        return self.canisters.get(instance.principal) is instance
 
     def _new_id(self) -> bytes:
         index = self._next_index

@@ -21,6 +21,7 @@ from wasmtime._extern import wrap_extern
 
 from icllm_emulator.runtime.errors import (
     INSTRUCTION_LIMIT,
+    OUT_OF_MEMORY,
     QUERY_INSTRUCTION_LIMIT,
     TIME_LIMIT,
     WASM_TRAP,
@@ -96,6 +97,9 @@ class CanisterInstance:
         self.certified_data = b""
         self.stable = bytearray()
         self._journal: list[tuple[int, bytes]] = []
+        self._journal_bytes = 0
+        # The memory this canister held after its last message (what the runtime's budget counts).
+        self.footprint = 0
         self.logs: deque[LogLine] = deque()
         self._log_bytes = 0
         # Calls this canister made that are sent or about to be, and not answered yet.
@@ -154,6 +158,7 @@ class CanisterInstance:
             if isinstance(g := self._export(f"{GLOBAL_EXPORT}{i}"), wasmtime.Global)
         ]
         self._globals = _GlobalValues(self.store, self.globals)
+        self.footprint = self._needed()
         self.functions: dict[str, wasmtime.Func] = {
             name: f
             for name, kind in info.exports.items()
@@ -226,6 +231,9 @@ class CanisterInstance:
         self, message: Message, entry: str | tuple[int, int], context: CallContext | None = None
     ) -> CanisterTrap | None:
         """Run one message to its end: None if it committed, else the trap (and nothing of it remains)."""
+        refused = self.check_memory()
+        if refused is not None:
+            return refused
         snapshot = self._snapshot(context)
         self._begin(message)
         error: CanisterTrap | None = None
@@ -245,6 +253,8 @@ class CanisterInstance:
             self._restore(snapshot, context)
         else:
             del self._journal[snapshot.journal_start :]
+            self._journal_bytes = sum(len(old) for _, old in self._journal)
+        self.footprint = self._needed()
         return error
 
     def _call(self, entry: str | tuple[int, int]) -> None:
@@ -307,6 +317,7 @@ class CanisterInstance:
         self._globals.restore(self.store)
         while len(self._journal) > snapshot.journal_start:
             offset, old = self._journal.pop()
+            self._journal_bytes -= len(old)
             self.stable[offset : offset + len(old)] = old
         del self.stable[snapshot.stable_size :]
         self.balance = snapshot.balance
@@ -315,11 +326,38 @@ class CanisterInstance:
         if context is not None and snapshot.cycles_available is not None:
             context.cycles_available = snapshot.cycles_available
 
+    # -- memory -----------------------------------------------------------------------------------
+
+    def _needed(self, grow: int = 0) -> int:
+        """The bytes this canister holds while a message runs: its heap and the heap's copy kept to roll
+        the message back, stable memory and its undo journal, its logs; `grow` more."""
+        heap = self.memory.data_len(self.store)
+        return 2 * heap + len(self.stable) + self._journal_bytes + self._log_bytes + grow
+
+    def memory_left(self, grow: int = 0) -> bool:
+        """Whether the runtime's memory budget allows this canister `grow` more bytes."""
+        others = self.runtime.memory_in_use() - (self.footprint if self.runtime.is_installed(self) else 0)
+        return others + self._needed(grow) <= self.runtime.memory_limit
+
+    def check_memory(self, grow: int = 0) -> CanisterTrap | None:
+        """The IC's out-of-memory error when the runtime's budget cannot hold this canister's message."""
+        if self.memory_left(grow):
+            return None
+        limit = self.runtime.memory_limit
+        return CanisterTrap(
+            f"Canister {self.id} is out of memory: with this message it would hold {self._needed(grow)} "
+            "bytes (its heap, the heap's copy kept for rollback, stable memory and its undo journal, logs) "
+            f"and the canister runtime allows {limit} bytes for all canisters together (in use: "
+            f"{self.runtime.memory_in_use()}; set canister_memory_limit, --canister-memory-limit, to "
+            "change it)",
+            OUT_OF_MEMORY,
+        )
+
     # -- stable memory ----------------------------------------------------------------------------
 
     def stable_grow(self, pages: int) -> int:
         old = len(self.stable) // PAGE
-        if old + pages > MAX_STABLE_PAGES:
+        if old + pages > MAX_STABLE_PAGES or not self.memory_left(pages * PAGE):
             return U64  # -1: the IC's answer when stable memory cannot grow
         self.stable.extend(bytes(pages * PAGE))
         return old
@@ -334,7 +372,11 @@ class CanisterInstance:
 
     def stable_write(self, what: str, offset: int, data: bytes) -> None:
         self._stable_range(what, offset, len(data))
+        refused = self.check_memory(len(data))
+        if refused is not None:
+            raise refused
         self._journal.append((offset, bytes(self.stable[offset : offset + len(data)])))
+        self._journal_bytes += len(data)
         self.stable[offset : offset + len(data)] = data
 
     def stable_read(self, what: str, offset: int, size: int) -> bytes:
