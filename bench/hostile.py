@@ -8,6 +8,10 @@ canister runs. Aim: at most 0.1 s more for any call. The spin ends by removing t
 Memory: the process's resident memory before and after one call to a canister whose module declares the
 largest heap the runtime allows (1 GiB), and whether a second such canister is refused (the runtime's
 memory budget): the largest memory a single call can add.
+
+Overhead: what keeping the doors free and charging system calls cost an ordinary message, in the same
+run: an update making 100 system calls through the runtime's thread, against the same update run on the
+event loop itself (as the runtime ran before) and without the system API's charges.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from icllm_emulator.clock import VirtualClock
 from icllm_emulator.config import EmulatorConfig
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, Response
 from icllm_emulator.runtime.errors import MAX_INSTRUCTION_LIMIT
+from icllm_emulator.runtime.system_api import SystemApi
 from icllm_emulator.server import ThreadedEmulator
 
 AIM_SECONDS = 0.1
@@ -42,6 +47,20 @@ SPINNER = """
   (func (export "canister_update spin") (call $print (i32.const 0) (i32.const 8)) (loop $l (br $l)))
   (func (export "canister_update spin_calls")
     (call $print (i32.const 0) (i32.const 8)) (loop $l (drop (call $time)) (br $l))))
+"""
+# An ordinary message: 100 system calls, then a reply.
+ORDINARY = """
+(module
+  (import "ic0" "time" (func $time (result i64)))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory (export "memory") 1)
+  (func (export "canister_update work") (local $i i32)
+    (loop $l
+      (drop (call $time))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 100))))
+    (call $append (i32.const 0) (i32.const 8)) (call $reply)))
 """
 BIG_HEAP = """
 (module
@@ -163,14 +182,52 @@ def memory() -> int:
     return 0
 
 
+def overhead(calls: int, rounds: int) -> int:
+    async def main() -> None:
+        runtime = CanisterRuntime(VirtualClock(), no_llm)
+        canister = await runtime.install_async(bytes(wasmtime.wat2wasm(ORDINARY)))
+        threaded = runtime._execute
+
+        async def inline(instance: object, work: Callable[[], object]) -> object:
+            return work()  # on the event loop, as before
+
+        async def measure() -> float:
+            started = time.perf_counter()
+            for _ in range(calls):
+                await runtime.call(canister.id, "work", b"")
+            return (time.perf_counter() - started) / calls
+
+        charge = SystemApi.charge
+        now, before = "runtime's thread, charged", "event loop, not charged"
+        results: dict[str, list[float]] = {now: [], before: []}
+        for _ in range(rounds):
+            results[now].append(await measure())
+            runtime._execute = inline  # type: ignore[method-assign,assignment]
+            SystemApi.charge = lambda self, instructions: None  # type: ignore[method-assign]
+            results[before].append(await measure())
+            runtime._execute = threaded  # type: ignore[method-assign]
+            SystemApi.charge = charge  # type: ignore[method-assign]
+        print(f"an update making 100 system calls, {rounds} rounds x {calls} calls:")
+        for name, values in results.items():
+            print(f"  {name:<28} median {statistics.median(values) * 1e6:8.0f} us per call")
+        added = statistics.median(results[now]) - statistics.median(results[before])
+        print(f"  added per call: {added * 1e6:.0f} us")
+
+    asyncio.run(main())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench hostile", description=__doc__)
     parser.add_argument("--calls", type=int, default=200, help="calls per door, idle and while spinning")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the overhead case")
     parser.add_argument(
         "--skip-memory", action="store_true", help="do not allocate the 1 GiB of the memory case"
     )
     args = parser.parse_args(argv)
-    status = blocking(args.calls)
+    status = overhead(args.calls, args.rounds)
+    print()
+    status |= blocking(args.calls)
     if not args.skip_memory:
         print()
         status |= memory()
