@@ -693,8 +693,7 @@ SETTINGS: tuple[Setting, ...] = (
         "canister_memory_limit",
         lambda v: whole(v, least=64 * 1024 * 1024),
         2 * 1024**3,
-        "bytes all canisters may hold together (heaps and their rollback copies, stable memory, logs); a "
-        "message that needs more is refused with IC0507",
+        "bytes all canisters may hold together (heaps, their rollback copies, stable memory, logs)",
     ),
     Setting("strict_outcalls", boolean, False, "mark canisters' unscripted HTTP outcalls as unexpected"),
     Setting(
