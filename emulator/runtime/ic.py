@@ -470,6 +470,7 @@ class CanisterRuntime:
                 if call.context is not None:
                     call.context.outstanding += 1
                 instance.calls_in_flight += 1
+                instance.call_bytes_in_flight += len(call.arg)
                 self._spawn(self._send(instance, call))
             if context is not None:
                 if message.reply is not None:
@@ -533,6 +534,7 @@ class CanisterRuntime:
                     error_code_for(RejectCode.SYS_UNKNOWN),
                 )
         instance.calls_in_flight -= 1
+        instance.call_bytes_in_flight -= len(call.arg)
         await self._callback(instance, call, response)
 
     async def _route(self, instance: CanisterInstance, call: Call, deadline_ns: int) -> Response:

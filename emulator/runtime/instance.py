@@ -98,12 +98,13 @@ class CanisterInstance:
         self.stable = bytearray()
         self._journal: list[tuple[int, bytes]] = []
         self._journal_bytes = 0
-        # The memory this canister held after its last message (what the runtime's budget counts).
-        self.footprint = 0
+        # The heap's size after the last message (read from the store only while no other thread runs it).
+        self._heap_bytes = 0
         self.logs: deque[LogLine] = deque()
         self._log_bytes = 0
         # Calls this canister made that are sent or about to be, and not answered yet.
         self.calls_in_flight = 0
+        self.call_bytes_in_flight = 0  # their arguments
         # Calls made to this canister that have not ended yet (a removal or a reset ends them).
         self.open_contexts: set[CallContext] = set()
         self._message_time = 0
@@ -158,7 +159,7 @@ class CanisterInstance:
             if isinstance(g := self._export(f"{GLOBAL_EXPORT}{i}"), wasmtime.Global)
         ]
         self._globals = _GlobalValues(self.store, self.globals)
-        self.footprint = self._needed()
+        self._heap_bytes = self.memory.data_len(self.store)
         self.functions: dict[str, wasmtime.Func] = {
             name: f
             for name, kind in info.exports.items()
@@ -254,7 +255,7 @@ class CanisterInstance:
         else:
             del self._journal[snapshot.journal_start :]
             self._journal_bytes = sum(len(old) for _, old in self._journal)
-        self.footprint = self._needed()
+        self._heap_bytes = self.memory.data_len(self.store)
         return error
 
     def _call(self, entry: str | tuple[int, int]) -> None:
@@ -328,11 +329,20 @@ class CanisterInstance:
 
     # -- memory -----------------------------------------------------------------------------------
 
+    @property
+    def footprint(self) -> int:
+        """The bytes this canister holds between messages, as the runtime's memory budget counts them."""
+        return self._kept(self._heap_bytes)
+
+    def _kept(self, heap: int) -> int:
+        kept = len(self.stable) + self._journal_bytes + self._log_bytes + self.call_bytes_in_flight
+        return 2 * heap + kept
+
     def _needed(self, grow: int = 0) -> int:
         """The bytes this canister holds while a message runs: its heap and the heap's copy kept to roll
-        the message back, stable memory and its undo journal, its logs; `grow` more."""
-        heap = self.memory.data_len(self.store)
-        return 2 * heap + len(self.stable) + self._journal_bytes + self._log_bytes + grow
+        the message back, stable memory and its undo journal, its logs, the arguments of its calls in
+        flight; `grow` more."""
+        return self._kept(self.memory.data_len(self.store)) + grow
 
     def memory_left(self, grow: int = 0) -> bool:
         """Whether the runtime's memory budget allows this canister `grow` more bytes."""
@@ -346,7 +356,8 @@ class CanisterInstance:
         limit = self.runtime.memory_limit
         return CanisterTrap(
             f"Canister {self.id} is out of memory: with this message it would hold {self._needed(grow)} "
-            "bytes (its heap, the heap's copy kept for rollback, stable memory and its undo journal, logs) "
+            "bytes (its heap, the heap's copy kept for rollback, stable memory and its undo journal, logs, "
+            "its calls' arguments) "
             f"and the canister runtime allows {limit} bytes for all canisters together (in use: "
             f"{self.runtime.memory_in_use()}; set canister_memory_limit, --canister-memory-limit, to "
             "change it)",

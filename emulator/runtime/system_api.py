@@ -514,6 +514,10 @@ class SystemApi:
                 f"accepts at most {MAX_CALL_ARG_BYTES} bytes (2 MiB) in a call between canisters",
                 CONTRACT_VIOLATION,
             )
+        pending = sum(len(c.arg) for c in self._running("call_data_append").calls) + len(call.arg) + size
+        refused = self.instance.check_memory(pending)
+        if refused is not None:
+            raise refused
         call.arg += self.read("ic0.call_data_append", src, size)
 
     def ic0_call_with_best_effort_response(self, timeout_seconds: int) -> None:
