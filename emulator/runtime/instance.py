@@ -3,8 +3,10 @@
 A message either commits or leaves no trace: before it runs, the heap, the mutable globals, the timer,
 the cycle balance and the certified data are snapshotted, and stable memory keeps an undo log of the
 message's writes; a trap restores all of them. A query always restores them (a query keeps no state).
-Execution is bounded by fuel (one unit per Wasm instruction), so an endless loop traps as the IC's
-instruction limit does.
+Execution is bounded by fuel (one unit per Wasm instruction, plus the IC's charge for each system call),
+so an endless loop traps as the IC's instruction limit does; the runtime also stops a message by moving the
+engine's epoch (its wall-clock budget, a removal, a reset). Before a message runs, the memory it would hold
+is checked against the runtime's budget.
 """
 
 from __future__ import annotations
@@ -284,7 +286,7 @@ class CanisterInstance:
 
     def _interrupt_text(self, message: Message) -> str:
         why = self.interrupted or self.runtime.budget_text()
-        return f"Canister's {message.kind.value} was stopped: {why}"
+        return f"Canister {self.id} was stopped in {message.kind.value}: {why}"
 
     # -- snapshots --------------------------------------------------------------------------------
 
