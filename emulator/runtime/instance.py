@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,7 +101,8 @@ class CanisterInstance:
         self._journal_bytes = 0
         # The heap's size after the last message (read from the store only while no other thread runs it).
         self._heap_bytes = 0
-        self.logs: deque[LogLine] = deque()
+        # A list, not a deque: the doors read it from the event loop while a message appends to it.
+        self.logs: list[LogLine] = []
         self._log_bytes = 0
         # Calls this canister made that are sent or about to be, and not answered yet.
         self.calls_in_flight = 0
@@ -212,8 +212,12 @@ class CanisterInstance:
             line, size = LogLine(line.time_ns, text), MAX_LOG_BYTES
         self.logs.append(line)
         self._log_bytes += size
+        dropped = 0
         while self._log_bytes > MAX_LOG_BYTES:
-            self._log_bytes -= len(self.logs.popleft().text.encode())
+            self._log_bytes -= len(self.logs[dropped].text.encode())
+            dropped += 1
+        if dropped:
+            del self.logs[:dropped]
 
     # -- execution --------------------------------------------------------------------------------
 
