@@ -202,7 +202,7 @@ def overhead(calls: int, rounds: int) -> int:
         results: dict[str, list[float]] = {now: [], before: []}
         for _ in range(rounds):
             results[now].append(await measure())
-            runtime._execute = inline  # type: ignore[method-assign,assignment]
+            runtime._execute = inline  # type: ignore[method-assign]
             SystemApi.charge = lambda self, instructions: None  # type: ignore[method-assign]
             results[before].append(await measure())
             runtime._execute = threaded  # type: ignore[method-assign]
