@@ -230,9 +230,10 @@ class CanisterInstance:
         self.store.set_epoch_deadline(1)  # the runtime moves the epoch to interrupt this message
         self._message_time = message.time_ns
         self.api.message = message
+        self.api.owed = 0
 
     def instructions_used(self, message: Message) -> int:
-        return message.fuel - self.store.get_fuel()
+        return message.fuel - self.store.get_fuel() + self.api.owed
 
     def run(
         self, message: Message, entry: str | tuple[int, int], context: CallContext | None = None

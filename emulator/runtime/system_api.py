@@ -77,6 +77,9 @@ SYSTEM_API_COSTS = {
     "stable64_write": 20,
     "stable64_size": 20,
 }
+# The system API's charges are taken from the message's fuel once they reach this many instructions
+# (taking them at each call doubled a system call's cost): a message may overrun its limit by less.
+SETTLE_EVERY = 1_000_000
 # The IC's limit on an inter-canister call's argument (MAX_INTER_CANISTER_PAYLOAD_IN_BYTES).
 MAX_CALL_ARG_BYTES = 2 * 1024 * 1024
 # Calls a canister may have in flight (about to be sent, or sent and not answered); beyond it
@@ -102,6 +105,8 @@ class SystemApi:
         self._caller: wasmtime.Caller | None = None
         self._fuel = ctypes.c_uint64()
         self._fuel_ref = ctypes.byref(self._fuel)
+        # Instructions charged to the running message and not yet taken from its fuel.
+        self.owed = 0
 
     # -- binding ----------------------------------------------------------------------------------
 
@@ -152,15 +157,22 @@ class SystemApi:
         return host
 
     def charge(self, instructions: int) -> None:
-        """Take `instructions` from the running message's fuel; past its limit, the message traps."""
+        """Charge the running message `instructions`; they are taken from its fuel a batch at a time."""
+        self.owed += instructions
+        if self.owed >= SETTLE_EVERY:
+            self.settle()
+
+    def settle(self) -> None:
+        """Take what is owed from the running message's fuel; past its limit, the message traps."""
         assert self._caller is not None
+        owed, self.owed = self.owed, 0
         context = self._caller._context()
         ffi.wasmtime_context_get_fuel(context, self._fuel_ref)
         left = self._fuel.value
-        if instructions > left:
+        if owed > left:
             ffi.wasmtime_context_set_fuel(context, 0)
             raise CanisterTrap(limit_text(self.message.fuel if self.message else 0), INSTRUCTION_LIMIT)
-        ffi.wasmtime_context_set_fuel(context, left - instructions)
+        ffi.wasmtime_context_set_fuel(context, left - owed)
 
     # -- memory -----------------------------------------------------------------------------------
 
