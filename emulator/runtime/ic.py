@@ -156,6 +156,8 @@ class CanisterRuntime:
         self._turn = asyncio.Lock()
         self._executing: asyncio.Future[Any] | None = None
         self._running: CanisterInstance | None = None
+        # Why the last interrupted message or install was stopped.
+        self.stopped_because = ""
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -425,8 +427,9 @@ class CanisterRuntime:
         """Stop the running message now, if it is `instance`'s (None: whatever runs)."""
         if self._executing is None or (instance is not None and self._running is not instance):
             return
+        self.stopped_because = why or self.budget_text()
         if self._running is not None:
-            self._running.interrupted = why or self.budget_text()
+            self._running.interrupted = self.stopped_because
         self.engine.increment_epoch()
 
     async def _run(

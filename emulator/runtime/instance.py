@@ -290,7 +290,7 @@ class CanisterInstance:
         return CanisterTrap(f"Canister trapped: {_trap_text(trap)}", WASM_TRAP)
 
     def _interrupt_text(self, message: Message) -> str:
-        why = self.interrupted or self.runtime.budget_text()
+        why = self.interrupted or self.runtime.stopped_because or self.runtime.budget_text()
         return f"Canister {self.id} was stopped in {message.kind.value}: {why}"
 
     # -- snapshots --------------------------------------------------------------------------------
