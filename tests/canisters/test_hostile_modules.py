@@ -194,6 +194,23 @@ def test_a_message_over_the_wall_clock_budget_is_stopped_naming_the_budget(
     assert "canister_time_limit" in reject.message
 
 
+def test_the_emulators_time_and_memory_limits_are_settings(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(canister_time_limit=0.3, canister_memory_limit=256 * 2**20)
+    canisters = canisters_pb2_grpc.CanistersStub(emu.channel)
+    spinner = canisters.Install(
+        cpb.InstallRequest(wasm=wasm(SPINNER), instruction_limit=MAX_INSTRUCTION_LIMIT)
+    )
+    reply = canisters.Call(
+        cpb.CanisterCallRequest(canister_id=spinner.canister_id, method="spin_calls"), timeout=60
+    )
+    assert reply.reject.error_code == "IC0522"
+    assert "wall-clock budget of 0.3 s" in reply.reject.message
+    with pytest.raises(grpc.RpcError) as caught:
+        canisters.Install(cpb.InstallRequest(wasm=heap_module(16384)), timeout=60)
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "out of memory" in str(caught.value.details())
+
+
 def test_a_reset_stops_a_spinning_message_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         ic = CanisterRuntime(VirtualClock(), no_llm, instruction_limit=MAX_INSTRUCTION_LIMIT)
