@@ -92,7 +92,12 @@ class Engine:
             from icllm_emulator.runtime import CanisterRuntime, llm
 
             self._runtime = CanisterRuntime(
-                self.clock, llm.in_process(self.call_candid), seed=self.config.seed, outcalls=self.outcalls
+                self.clock,
+                llm.in_process(self.call_candid),
+                seed=self.config.seed,
+                time_limit=self.config.canister_time_limit,
+                memory_limit=self.config.canister_memory_limit,
+                outcalls=self.outcalls,
             )
         return self._runtime
 

@@ -22,7 +22,13 @@ from icllm_emulator.domain import Reject, RejectCode
 from icllm_emulator.rules import Hang, RuleError, parse_reject_code
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
 from icllm_emulator.runtime.errors import ModuleError
-from icllm_emulator.runtime.ic import DEFAULT_CYCLES, LLM_CANISTER_ID, principal_bytes, principal_text
+from icllm_emulator.runtime.ic import (
+    DEFAULT_CYCLES,
+    LLM_CANISTER_ID,
+    check_instruction_limit,
+    principal_bytes,
+    principal_text,
+)
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.standins import (
     Answer,
@@ -499,7 +505,8 @@ class CanisterIC:
         `did`: its Candid interface (a .did path or text; default: the module's candid:service section).
         `init`: canister_init's arguments, a tuple of values (or Candid bytes). `env`: its environment
         variables (`PUBLIC_CANISTER_ID:llm` defaults to the LLM canister's id). `cycles`: its balance
-        (default 100T). `instruction_limit`: Wasm instructions per message (default 5 billion).
+        (default 100T). `instruction_limit`: Wasm instructions per message (default 5 billion, at most 40
+        billion, the IC's limit for an update).
         """
         __tracebackhide__ = True
         data, source = _read_wasm(wasm)
@@ -508,12 +515,8 @@ class CanisterIC:
             raise RuntimeUsageError(f"env is a mapping of text to text, got {dict(env)!r}")
         if cycles is not None and (not isinstance(cycles, int) or cycles < 0):
             raise RuntimeUsageError(f"cycles is a number of cycles, 0 or more, got {cycles!r}")
-        if instruction_limit is not None and (
-            not isinstance(instruction_limit, int) or instruction_limit < 1
-        ):
-            raise RuntimeUsageError(
-                f"instruction_limit is a number of instructions, 1 or more, got {instruction_limit!r}"
-            )
+        if instruction_limit is not None:
+            check_instruction_limit(instruction_limit)
 
         async def install() -> tuple[CanisterInstance, Interface | None]:
             from icllm_emulator.runtime.module import inspect, unpack

@@ -11,15 +11,13 @@ from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api.convert import BadRequest
 from icllm_emulator.grpc_api.pages import ANSWER_BYTES, page, shortened
 from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
-from icllm_emulator.runtime import CanisterReject, InstallSettings
-from icllm_emulator.runtime.ic import DEFAULT_CYCLES, principal_bytes
+from icllm_emulator.runtime import CanisterReject, InstallSettings, RuntimeUsageError
+from icllm_emulator.runtime.ic import DEFAULT_CYCLES, check_instruction_limit, principal_bytes
 from icllm_emulator.runtime.instance import CanisterInstance, LogLine
 
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
 # one can be gzipped (the IC's limit is 100 MiB decompressed) or installed at start-up with --canister.
 INSTALL_MAX_BYTES = TRANSPORT_MAX_BYTES - 2 * 1024 * 1024
-# A log line longer than this is cut (and marked) in GetLogs.
-LOG_LINE_BYTES = 64 * 1024
 # Each method name, and all of a canister's names together, in ListCanisters.
 METHOD_NAME_BYTES = 4096
 METHOD_NAMES_BYTES = ANSWER_BYTES // 2
@@ -44,8 +42,11 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
             name=request.name,
             instruction_limit=request.instruction_limit if request.HasField("instruction_limit") else None,
         )
-        if request.HasField("instruction_limit") and request.instruction_limit < 1:
-            raise BadRequest("instruction_limit is 1 or more Wasm instructions per message")
+        if request.HasField("instruction_limit"):
+            try:
+                check_instruction_limit(request.instruction_limit)
+            except RuntimeUsageError as error:
+                raise BadRequest(str(error)) from None
         try:
             instance = await self.engine.runtime.install_async(request.wasm, settings)
         except CanisterReject as reject:
@@ -104,8 +105,8 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
 
 
 def log_entry_pb(line: LogLine) -> pb.LogEntry:
-    text, cut = shortened(line.text, LOG_LINE_BYTES)
-    return pb.LogEntry(time_ns=line.time_ns, text=text, truncated=cut)
+    # A canister's log holds 4 KiB, and a longer line is cut (and marked) as it is printed.
+    return pb.LogEntry(time_ns=line.time_ns, text=line.text, truncated=line.truncated)
 
 
 def canister_info_pb(canister: CanisterInstance) -> pb.CanisterInfo:

@@ -1,19 +1,27 @@
 """A small Internet Computer in the test process: installed canister modules, their messages and calls.
 
-Everything runs on one asyncio event loop (the emulator's): a message executes synchronously, from start
-to end, and is atomic; the calls it made are sent when it commits, each on a task of its own; every
-response comes back as its own callback message, in the order the responses arrive. Calls to the LLM
-canister go to `llm`, the one function the gRPC `CallCandid` door uses as well; calls between installed
-canisters (a canister's calls to itself included) and to the management canister are served here.
+The runtime's bookkeeping lives on one asyncio event loop (the emulator's). A message executes from start
+to end on one worker thread while the loop waits for it (wasmtime releases the GIL), so the emulator's
+other doors answer while a canister runs; one message runs at a time, in the order they were delivered,
+and is atomic; the calls it made are sent when it commits, each on a task of its own; every response comes
+back as its own callback message, in the order the responses arrive. A message ends at its instruction
+limit or its wall-clock budget, whichever comes first; removing a canister or a reset stops it at once.
+Calls to the LLM canister go to `llm`, the one function the gRPC `CallCandid` door uses as well; calls
+between installed canisters (a canister's calls to itself included) and to the management canister are
+served here.
 Time is the engine's clock: a canister's timer and its bounded-wait deadlines wait on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +37,10 @@ from icllm_emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
     DID_NOT_REPLY,
     EXPLICIT_REJECT,
+    MAX_INSTRUCTION_LIMIT,
     METHOD_NOT_FOUND,
     CanisterReject,
+    CanisterTrap,
     ModuleError,
     RuntimeUsageError,
     UnknownCanister,
@@ -51,16 +61,29 @@ ANONYMOUS = Principal.anonymous().bytes
 MANAGEMENT = b""
 # What a canister is given at install unless a test says otherwise (the IC's default for a new canister).
 DEFAULT_CYCLES = 100_000_000_000_000
-# Wasm instructions per message. The IC allows 40 billion for an update; Wasm runs here at 1-2 billion
-# a second, so an endless loop would take half a minute to stop: 5 billion (the IC's query limit) ends
-# it in a few seconds, and is far above what a canister's LLM logic executes.
+# Wasm instructions per message (at most MAX_INSTRUCTION_LIMIT, the IC's limit for an update). Wasm runs
+# here at 1-2 billion a second, so an endless loop would take half a minute to stop at the IC's 40 billion:
+# 5 billion (the IC's query limit) ends it in a few seconds, and is far above what a canister's LLM logic
+# executes.
 DEFAULT_INSTRUCTION_LIMIT = 5_000_000_000
+# Wall-clock seconds a message may run. The IC bounds a message by instructions only, but here a system
+# call costs microseconds, so a loop of them stays under the instruction limit for minutes: this budget
+# ends it. 10 s is far above any message of a real canister (an Azle canister's init takes 0.4 s).
+DEFAULT_TIME_LIMIT = 10.0
 # The heap a canister may have. The IC allows 4 GiB (wasm32) and more (wasm64), but every message copies
 # the heap for rollback: a test canister gets 1 GiB, far above what an agent's logic uses.
 DEFAULT_MAX_MEMORY = 1024**3
+# The memory all canisters may hold together (heaps, the heaps' rollback copies, stable memory, its undo
+# journal, logs): a message that would need more is refused as the IC refuses it when out of memory, before
+# the test process runs out. 2 GiB holds a hundred agents; one canister's heap may be up to 1 GiB, whose
+# rollback copy takes as much again.
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+# How much lower the thread that runs canister code is scheduled than the rest of the process (nice).
+CANISTER_NICENESS = 5
 DEFAULT_MAX_TABLE = 1_000_000
 MAX_RESPONSE_BYTES = 2 * 1024 * 1024
-# The first canister id handed out, as PocketIC does (lxzze-o7777-77777-aaaaa-cai, then up).
+# The first canister id handed out: hujql-op777-77777-qaaaa-cai, then htiw7-dx777-77777-qaaaq-cai and up
+# (a range no mainnet canister uses; PocketIC starts lower, at lxzze-o7777-77777-aaaaa-cai).
 FIRST_CANISTER_INDEX = 0xFFFFFFFFFFF00000
 
 LlmCall = Callable[[str, bytes, str, int], Awaitable[Response]]
@@ -102,6 +125,8 @@ class CanisterRuntime:
         *,
         seed: int = 0,
         instruction_limit: int = DEFAULT_INSTRUCTION_LIMIT,
+        time_limit: float = DEFAULT_TIME_LIMIT,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
         max_memory_bytes: int = DEFAULT_MAX_MEMORY,
         max_table_elements: int = DEFAULT_MAX_TABLE,
         use_cache: bool = True,
@@ -111,7 +136,9 @@ class CanisterRuntime:
         self.outcalls = OutcallBook() if outcalls is None else outcalls
         self.llm = llm
         self.seed = seed
-        self.instruction_limit = instruction_limit
+        self.instruction_limit = check_instruction_limit(instruction_limit)
+        self.time_limit = time_limit
+        self.memory_limit = memory_limit
         self.max_memory_bytes = max_memory_bytes
         self.max_table_elements = max_table_elements
         self.max_response_bytes = MAX_RESPONSE_BYTES
@@ -128,6 +155,15 @@ class CanisterRuntime:
         self._last_ns = 0
         # Compiled modules by the hash of their prepared bytes: a second install skips even the disk cache.
         self.compiled = modules.CompiledCache()
+        # Messages run one at a time, in order, on one thread of their own.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="icllm-canister", initializer=_yield_to_the_doors
+        )
+        self._turn = asyncio.Lock()
+        self._executing: asyncio.Future[Any] | None = None
+        self._running: CanisterInstance | None = None
+        # Why the last interrupted message or install was stopped.
+        self.stopped_because = ""
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -154,9 +190,10 @@ class CanisterRuntime:
     async def install_async(
         self, wasm: bytes, settings: InstallSettings = InstallSettings()
     ) -> CanisterInstance:
-        """`install`, with the compile (seconds for a large module) off the event loop."""
+        """`install`, with the compile (seconds for a large module) and the module's code off the loop."""
         compiled = await asyncio.to_thread(self.compile, wasm)
-        return self.install(wasm, settings, compiled=compiled)
+        instance, init = await self._execute(None, lambda: self._create(wasm, settings, compiled))
+        return self._add(instance, init)
 
     def install(
         self,
@@ -170,6 +207,16 @@ class CanisterRuntime:
         A module that is not Wasm or does not instantiate is a `ModuleError`; a trap in `canister_init`
         is a `CanisterReject` (the canister is not created), as `install_code` fails on the IC.
         """
+        return self._add(*self._create(wasm, settings, compiled))
+
+    def _create(
+        self,
+        wasm: bytes,
+        settings: InstallSettings,
+        compiled: tuple[modules.ModuleInfo, wasmtime.Module] | None,
+    ) -> tuple[CanisterInstance, Message | None]:
+        """The part of an install that runs the module's code: the instance, and its `canister_init`."""
+        limit = check_instruction_limit(settings.instruction_limit or self.instruction_limit)
         info, module = self.compile(wasm) if compiled is None else compiled
         principal = self._new_id()
         text = principal_text(principal)
@@ -186,36 +233,51 @@ class CanisterRuntime:
             controllers=frozenset({settings.controller}),
             candid=info.candid,
             name=settings.name or text,
-            instruction_limit=settings.instruction_limit or self.instruction_limit,
+            instruction_limit=limit,
         )
         try:
-            self._init(instance, settings)
+            return instance, self._init(instance, settings)
         except BaseException:
-            instance.close()  # not created: what it took is freed at once
+            instance.close()  # not created: what it took is freed at once (on the thread that ran it)
             raise
-        self.canisters[principal] = instance
+
+    def _init(self, instance: CanisterInstance, settings: InstallSettings) -> Message | None:
+        """Run `canister_init`: its message, to be finished once the canister joins the IC."""
+        refused = instance.check_memory()
+        if refused is not None:
+            raise CanisterReject(RejectCode.CANISTER_ERROR, refused.message, refused.error_code)
+        if "canister_init" not in instance.functions:
+            if settings.init_arg and settings.init_arg != b"DIDL\0\0":
+                raise ModuleError(
+                    "an init argument was given, but the module has no canister_init to take it"
+                )
+            return None
+        message = Message(
+            MessageKind.INIT, None, arg=settings.init_arg, caller=settings.controller, time_ns=self.now_ns()
+        )
+        trap = instance.run(message, "canister_init")
+        if trap is not None:
+            raise CanisterReject(
+                RejectCode.CANISTER_ERROR,
+                f"Error from Canister {instance.id}: canister_init trapped: {trap.message}",
+                trap.error_code,
+            )
+        return message
+
+    def _add(self, instance: CanisterInstance, init: Message | None) -> CanisterInstance:
+        """An instantiated canister joins the IC; what its `canister_init` left is sent."""
+        if init is not None:
+            self._finish(instance, init, None)
+        self.canisters[instance.principal] = instance
         self._schedule_timer(instance)
         return instance
 
-    def _init(self, instance: CanisterInstance, settings: InstallSettings) -> None:
-        if "canister_init" in instance.functions:
-            message = Message(
-                MessageKind.INIT,
-                None,
-                arg=settings.init_arg,
-                caller=settings.controller,
-                time_ns=self.now_ns(),
-            )
-            trap = instance.run(message, "canister_init")
-            if trap is not None:
-                raise CanisterReject(
-                    RejectCode.CANISTER_ERROR,
-                    f"Error from Canister {instance.id}: canister_init trapped: {trap.message}",
-                    trap.error_code,
-                )
-            self._finish(instance, message, None)
-        elif settings.init_arg and settings.init_arg != b"DIDL\0\0":
-            raise ModuleError("an init argument was given, but the module has no canister_init to take it")
+    def memory_in_use(self) -> int:
+        """The bytes the installed canisters held after their last messages (what the budget counts)."""
+        return sum(c.footprint for c in self.canisters.values())
+
+    def is_installed(self, instance: CanisterInstance) -> bool:
+        return self.canisters.get(instance.principal) is instance
 
     def _new_id(self) -> bytes:
         while True:
@@ -256,6 +318,7 @@ class CanisterRuntime:
         """Uninstall a canister: its pending calls end, their callers get SYS_... rejects as on the IC."""
         instance = self.get(canister_id)
         del self.canisters[instance.principal]
+        self._interrupt(instance, f"canister {instance.id} was removed")
         timer = self._timers.pop(instance.principal, None)
         if timer is not None:
             timer[1].cancel()
@@ -267,7 +330,20 @@ class CanisterRuntime:
                 CANISTER_NOT_FOUND,
             ),
         )
-        instance.close()
+        self._close(instance)
+
+    def _close(self, instance: CanisterInstance) -> None:
+        """Free a canister that is gone, once no Wasm of it runs.
+
+        A message that was running is being interrupted, but it ends on the runtime's thread a moment
+        after `remove` or `clear` returns: its store is freed on that thread, right after it (the thread
+        runs one thing at a time, in order). The canister counts as closed at once.
+        """
+        if self._executing is None:
+            instance.close()
+            return
+        instance.closed = True
+        self._executor.submit(instance.close)
 
     @staticmethod
     def _end_calls(instance: CanisterInstance, response: Response) -> None:
@@ -277,6 +353,7 @@ class CanisterRuntime:
 
     def clear(self) -> None:
         """Remove every canister and stop everything in flight (between tests)."""
+        self._interrupt(None, "the emulator was reset")
         for instance in self.canisters.values():
             self._end_calls(
                 instance,
@@ -291,7 +368,7 @@ class CanisterRuntime:
         self._tasks.clear()
         self._timers.clear()
         for instance in self.canisters.values():
-            instance.close()
+            self._close(instance)
         self.canisters.clear()
         self.standins.clear()
         self.faults = FaultBook()
@@ -379,14 +456,87 @@ class CanisterRuntime:
             time_ns=self.now_ns(),
             deadline_ns=deadline_ns,
         )
-        trap = instance.run(message, export, context)
-        self._finish(instance, message, trap)
+        await self._run(instance, message, export, context)
         response = await future
         if as_query and cycles:
             response = Response(
                 response.reply, response.reject_code, response.reject_message, response.error_code, cycles
             )
         return response
+
+    # -- execution ----------------------------------------------------------------------------------
+
+    async def _execute(self, instance: CanisterInstance | None, work: Callable[[], Any]) -> Any:
+        """Run `work` (a message's Wasm; None: an install's) on the runtime's thread, after the messages
+        delivered before it. The loop stays free meanwhile; the wall-clock budget interrupts the message by
+        moving the engine's epoch (only one message runs at a time, so only it is interrupted).
+        """
+        async with self._turn:
+            loop = asyncio.get_running_loop()
+            self._running = instance
+            if instance is not None:
+                instance.interrupted = None
+            budget = loop.call_later(self.time_limit, self._interrupt, instance)
+            try:
+                self._executing = loop.run_in_executor(self._executor, work)
+                return await self._executing
+            finally:
+                budget.cancel()
+                self._executing = None
+                self._running = None
+
+    def budget_text(self) -> str:
+        return (
+            f"it ran for more than the canister runtime's wall-clock budget of {self.time_limit:g} s per "
+            "message (set canister_time_limit, --canister-time-limit, to change it)"
+        )
+
+    def _interrupt(self, instance: CanisterInstance | None, why: str | None = None) -> None:
+        """Stop the running message now, if it is `instance`'s (None: whatever runs)."""
+        if self._executing is None or (instance is not None and self._running is not instance):
+            return
+        self.stopped_because = why or self.budget_text()
+        if self._running is not None:
+            self._running.interrupted = self.stopped_because
+        self.engine.increment_epoch()
+
+    async def _run(
+        self,
+        instance: CanisterInstance,
+        message: Message,
+        entry: str | tuple[int, int],
+        context: CallContext | None = None,
+        answered: Call | None = None,
+    ) -> None:
+        """Run one message (a callback: of the call `answered`, and its cleanup if it traps), then send
+        what it left."""
+        cleanup = None if answered is None else answered.cleanup
+
+        def work() -> CanisterTrap | None:
+            if instance.closed or self.canisters.get(instance.principal) is not instance:
+                return None  # removed while it waited for its turn
+            trap = instance.run(message, entry, context)
+            if trap is not None and cleanup is not None:
+                done = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
+                failed = instance.run(done, cleanup, context)
+                if failed is not None:
+                    instance.log_trap(done, failed)
+            return trap
+
+        trap = await self._execute(instance, work)
+        if self.canisters.get(instance.principal) is not instance:  # removed before or while it ran
+            if context is not None:
+                context.respond(
+                    Response.rejected(
+                        RejectCode.DESTINATION_INVALID,
+                        f"Canister {instance.id} was removed before it answered",
+                        CANISTER_NOT_FOUND,
+                    )
+                )
+            return
+        if answered is not None and context is not None:
+            context.outstanding -= 1  # only now: until its callback ran, the call kept the context open
+        self._finish(instance, message, trap)
 
     def _finish(self, instance: CanisterInstance, message: Message, trap: Any) -> None:
         """After a message: send its calls and its reply if it committed; end its call context if done."""
@@ -397,6 +547,8 @@ class CanisterRuntime:
             for call in message.calls:
                 if call.context is not None:
                     call.context.outstanding += 1
+                instance.calls_in_flight += 1
+                instance.call_bytes_in_flight += len(call.arg)
                 self._spawn(self._send(instance, call))
             if context is not None:
                 if message.reply is not None:
@@ -459,7 +611,9 @@ class CanisterRuntime:
                     f"{call.method!r} got no response within {call.timeout} s; its outcome is unknown",
                     error_code_for(RejectCode.SYS_UNKNOWN),
                 )
-        self._callback(instance, call, response)
+        instance.calls_in_flight -= 1
+        instance.call_bytes_in_flight -= len(call.arg)
+        await self._callback(instance, call, response)
 
     async def _route(self, instance: CanisterInstance, call: Call, deadline_ns: int) -> Response:
         arg = bytes(call.arg)
@@ -508,12 +662,10 @@ class CanisterRuntime:
             target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns
         )
 
-    def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
+    async def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
         if self.canisters.get(instance.principal) is not instance:
             return  # the canister was removed while its call was out
         context = call.context
-        if context is not None:
-            context.outstanding -= 1
         instance.balance += response.refund
         replied = response.reply is not None
         message = Message(
@@ -528,13 +680,7 @@ class CanisterRuntime:
             reject_message="" if replied else response.reject_message,
             refunded=response.refund,
         )
-        trap = instance.run(message, call.reply if replied else call.reject, context)
-        if trap is not None and call.cleanup is not None:
-            cleanup = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
-            failed = instance.run(cleanup, call.cleanup, context)
-            if failed is not None:
-                instance.log_trap(cleanup, failed)
-        self._finish(instance, message, trap)
+        await self._run(instance, message, call.reply if replied else call.reject, context, call)
 
     # -- timers ---------------------------------------------------------------------------------------
 
@@ -559,8 +705,7 @@ class CanisterRuntime:
             return
         self._last_ns = max(self._last_ns, when_ns)
         message = Message(MessageKind.TIMER, None, time_ns=self.now_ns(), caller=MANAGEMENT)
-        trap = instance.run(message, "canister_global_timer")
-        self._finish(instance, message, trap)
+        await self._run(instance, message, "canister_global_timer")
 
     # -- waiting ------------------------------------------------------------------------------------
 
@@ -573,7 +718,10 @@ class CanisterRuntime:
         for _ in range(rounds):
             if not self._busy():
                 return
-            await asyncio.sleep(0)
+            if self._executing is not None:  # a message running on the runtime's thread counts as one round
+                await asyncio.wait({self._executing})
+            else:
+                await asyncio.sleep(0)
 
     async def settle(self, timeout: float = 5.0) -> bool:
         """Wait until no call is in flight (timers waiting on the clock do not count); False on timeout."""
@@ -591,6 +739,23 @@ class CanisterRuntime:
             if remaining <= 0:
                 return False
             await asyncio.wait(busy, timeout=min(remaining, 0.05))
+
+
+def _yield_to_the_doors() -> None:
+    """Run canister code at a lower CPU priority than the event loop, so a spinning canister on a busy
+    machine delays the other doors less (Linux; elsewhere the thread keeps its priority)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CANISTER_NICENESS)
+
+
+def check_instruction_limit(limit: int) -> int:
+    """A per-message instruction limit, or a `RuntimeUsageError` naming the valid range."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INSTRUCTION_LIMIT:
+        raise RuntimeUsageError(
+            "instruction_limit is a number of Wasm instructions per message from 1 to "
+            f"{MAX_INSTRUCTION_LIMIT} (the IC's limit for an update message), got {limit!r}"
+        )
+    return limit
 
 
 def _no_method(instance: CanisterInstance, method: str, query: bool) -> str:
