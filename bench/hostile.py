@@ -186,7 +186,7 @@ def overhead(calls: int, rounds: int) -> int:
     async def main() -> None:
         runtime = CanisterRuntime(VirtualClock(), no_llm)
         canister = await runtime.install_async(bytes(wasmtime.wat2wasm(ORDINARY)))
-        threaded = runtime._execute
+        threaded = runtime.execute
 
         async def inline(instance: object, work: Callable[[], object]) -> object:
             return work()  # on the event loop, as before
@@ -202,10 +202,10 @@ def overhead(calls: int, rounds: int) -> int:
         results: dict[str, list[float]] = {now: [], before: []}
         for _ in range(rounds):
             results[now].append(await measure())
-            runtime._execute = inline  # type: ignore[method-assign]
+            runtime.execute = inline  # type: ignore[method-assign, assignment]
             SystemApi.charge = lambda self, instructions: None  # type: ignore[method-assign]
             results[before].append(await measure())
-            runtime._execute = threaded  # type: ignore[method-assign]
+            runtime.execute = threaded  # type: ignore[method-assign]
             SystemApi.charge = charge  # type: ignore[method-assign]
         print(f"an update making 100 system calls, {rounds} rounds x {calls} calls:")
         for name, values in results.items():

@@ -169,8 +169,9 @@ class Engine:
             self._runtime.seed = config.seed
         return config
 
-    def reset(self) -> None:
-        """Back to the start-up state: configuration, rules (from the rule file), history, queue."""
+    def reset(self, *, reinstall: bool = True) -> None:
+        """Back to the start-up state: configuration, rules (from the rule file), history, queue; the
+        start-up canisters installed afresh unless `reinstall` is False (`reset_async` does it then)."""
         self.queue.reset()
         if isinstance(self.clock, VirtualClock):
             self.clock.reset()
@@ -181,8 +182,8 @@ class Engine:
         self.outcalls.reset(self.initial_config.strict_outcalls, self.initial_config.outcalls_loopback)
         if self._runtime is not None:
             self._runtime.clear()
-            for name, wasm in self._startup_canisters:  # afresh, and with the same ids as at start-up
-                self._runtime.install(wasm, self._startup_settings(name))
+            for name, wasm in self._startup_canisters if reinstall else ():
+                self._runtime.install(wasm, self._startup_settings(name))  # with the same ids as at start-up
         # Fresh built-in workers: one still inside a scripted delay for a job the reset ended would
         # otherwise sleep through the next test's prompts. `configure` starts the new ones.
         self._scale_workers(0)
@@ -190,6 +191,14 @@ class Engine:
             **{f.name: getattr(self.initial_config, f.name) for f in dataclasses.fields(self.initial_config)}
         )
         self._load_rule_file()
+
+    async def reset_async(self) -> None:
+        """`reset`, the start-up canisters' code run on the canister runtime's thread (the doors answer
+        meanwhile, and a message the reset stopped has ended first)."""
+        self.reset(reinstall=False)
+        if self._runtime is not None:
+            for name, wasm in self._startup_canisters:
+                await self._runtime.install_async(wasm, self._startup_settings(name))
 
     # -- the facade: what the doors and the plugin call, in domain types -------------------------
 

@@ -85,3 +85,13 @@ class CanisterReject(Exception):
         self.error_code = error_code
         suffix = f" [{error_code}]" if error_code else ""
         super().__init__(f"{self.code.name} ({int(self.code)}): {message}{suffix}")
+
+
+def check_instruction_limit(limit: int) -> int:
+    """A per-message instruction limit, or a `RuntimeUsageError` naming the valid range."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INSTRUCTION_LIMIT:
+        raise RuntimeUsageError(
+            "instruction_limit is a number of Wasm instructions per message from 1 to "
+            f"{MAX_INSTRUCTION_LIMIT} (the IC's limit for an update message), got {limit!r}"
+        )
+    return limit

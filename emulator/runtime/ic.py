@@ -23,44 +23,53 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import wasmtime
-from icp_principal import Principal
 
 from icllm_emulator.clock import Clock
 from icllm_emulator.domain import RejectCode
 from icllm_emulator.outcalls import OutcallBook
 from icllm_emulator.rules import Hang
 from icllm_emulator.runtime import module as modules
+from icllm_emulator.runtime.composite import COMPOSITE_PREFIX, composite_state
 from icllm_emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
     DID_NOT_REPLY,
     EXPLICIT_REJECT,
-    MAX_INSTRUCTION_LIMIT,
     METHOD_NOT_FOUND,
     CanisterReject,
     CanisterTrap,
-    ModuleError,
     RuntimeUsageError,
     UnknownCanister,
+    check_instruction_limit,
     error_code_for,
+)
+from icllm_emulator.runtime.ids import (
+    ANONYMOUS,
+    DEFAULT_CYCLES,
+    LLM_CANISTER_ID,
+    LLM_ENV_VAR,
+    MANAGEMENT,
+    principal_bytes,
+    principal_text,
 )
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.management import Management
+from icllm_emulator.runtime.management.lifecycle import (
+    CanisterRecord,
+    InstallMode,
+    Lifecycle,
+    SettingsChange,
+    inspect_message,
+)
 from icllm_emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
 from icllm_emulator.runtime.standins import Delay, FaultBook, StandIn, reject_of
 from icllm_emulator.runtime.values import Interface
 
 log = logging.getLogger("icllm.canister")
+T = TypeVar("T")
 
-LLM_CANISTER_ID = "w36hm-eqaaa-aaaal-qr76a-cai"
-# The env var by which icp-cli projects name the LLM canister to their canisters.
-LLM_ENV_VAR = "PUBLIC_CANISTER_ID:llm"
-ANONYMOUS = Principal.anonymous().bytes
-MANAGEMENT = b""
-# What a canister is given at install unless a test says otherwise (the IC's default for a new canister).
-DEFAULT_CYCLES = 100_000_000_000_000
 # Wasm instructions per message (at most MAX_INSTRUCTION_LIMIT, the IC's limit for an update). Wasm runs
 # here at 1-2 billion a second, so an endless loop would take half a minute to stop at the IC's 40 billion:
 # 5 billion (the IC's query limit) ends it in a few seconds, and is far above what a canister's LLM logic
@@ -89,19 +98,6 @@ FIRST_CANISTER_INDEX = 0xFFFFFFFFFFF00000
 LlmCall = Callable[[str, bytes, str, int], Awaitable[Response]]
 
 
-def principal_bytes(text: str, what: str = "canister id") -> bytes:
-    try:
-        return bytes(Principal.from_str(text).bytes)
-    except Exception:
-        raise RuntimeUsageError(
-            f"{what} {text!r} is not a textual principal (like {LLM_CANISTER_ID})"
-        ) from None
-
-
-def principal_text(raw: bytes) -> str:
-    return str(Principal(bytes(raw)).to_str())
-
-
 @dataclass(frozen=True, slots=True)
 class InstallSettings:
     """What `install` was given, beside the module."""
@@ -113,6 +109,9 @@ class InstallSettings:
     name: str = ""
     # Wasm instructions per message for this canister (None: the runtime's limit).
     instruction_limit: int | None = None
+    # The principal to install at (None: the next free id), and every controller (None: `controller`).
+    canister_id: bytes | None = None
+    controllers: tuple[bytes, ...] | None = None
 
 
 class CanisterRuntime:
@@ -146,6 +145,7 @@ class CanisterRuntime:
         self.engine = modules.make_engine()
         self.canisters: dict[bytes, CanisterInstance] = {}
         self.management = Management(self)
+        self.lifecycle = Lifecycle(self)
         # Canisters scripted from the test, by principal, and faults on calls between canisters.
         self.standins: dict[bytes, StandIn] = {}
         self.faults = FaultBook()
@@ -162,8 +162,13 @@ class CanisterRuntime:
         self._turn = asyncio.Lock()
         self._executing: asyncio.Future[Any] | None = None
         self._running: CanisterInstance | None = None
-        # Why the last interrupted message or install was stopped.
+        # Why the work running on the thread is being stopped (None: it is not), and why the last was.
+        self.stop_requested: str | None = None
         self.stopped_because = ""
+        # Bookkeeping the work on the thread left for the loop (see `on_loop`).
+        self._on_thread = threading.local()
+        self._effects: list[Callable[[], None]] = []
+        self._queued = 0  # work waiting for the thread or running there
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -192,8 +197,10 @@ class CanisterRuntime:
     ) -> CanisterInstance:
         """`install`, with the compile (seconds for a large module) and the module's code off the loop."""
         compiled = await asyncio.to_thread(self.compile, wasm)
-        instance, init = await self._execute(None, lambda: self._create(wasm, settings, compiled))
-        return self._add(instance, init)
+        instance: CanisterInstance = await self.execute(
+            None, lambda: self.install(wasm, settings, compiled=compiled)
+        )
+        return instance
 
     def install(
         self,
@@ -207,85 +214,49 @@ class CanisterRuntime:
         A module that is not Wasm or does not instantiate is a `ModuleError`; a trap in `canister_init`
         is a `CanisterReject` (the canister is not created), as `install_code` fails on the IC.
         """
-        return self._add(*self._create(wasm, settings, compiled))
-
-    def _create(
-        self,
-        wasm: bytes,
-        settings: InstallSettings,
-        compiled: tuple[modules.ModuleInfo, wasmtime.Module] | None,
-    ) -> tuple[CanisterInstance, Message | None]:
-        """The part of an install that runs the module's code: the instance, and its `canister_init`."""
-        limit = check_instruction_limit(settings.instruction_limit or self.instruction_limit)
-        info, module = self.compile(wasm) if compiled is None else compiled
-        principal = self._new_id()
-        text = principal_text(principal)
+        compiled = self.compile(wasm) if compiled is None else compiled
         env = dict(settings.env)
         env.setdefault(LLM_ENV_VAR, LLM_CANISTER_ID)
-        instance = CanisterInstance(
-            self,
-            principal,
-            text,
-            module,
-            info,
-            env=env,
+        controllers = settings.controllers or (settings.controller,)
+        record = self.lifecycle.create(
+            settings.controller,
             cycles=settings.cycles,
-            controllers=frozenset({settings.controller}),
-            candid=info.candid,
-            name=settings.name or text,
-            instruction_limit=limit,
+            settings=SettingsChange(controllers=controllers, environment_variables=tuple(env.items())),
+            specified_id=settings.canister_id,
         )
         try:
-            return instance, self._init(instance, settings)
-        except BaseException:
-            instance.close()  # not created: what it took is freed at once (on the thread that ran it)
-            raise
-
-    def _init(self, instance: CanisterInstance, settings: InstallSettings) -> Message | None:
-        """Run `canister_init`: its message, to be finished once the canister joins the IC."""
-        refused = instance.check_memory()
-        if refused is not None:
-            raise CanisterReject(RejectCode.CANISTER_ERROR, refused.message, refused.error_code)
-        if "canister_init" not in instance.functions:
-            if settings.init_arg and settings.init_arg != b"DIDL\0\0":
-                raise ModuleError(
-                    "an init argument was given, but the module has no canister_init to take it"
-                )
-            return None
-        message = Message(
-            MessageKind.INIT, None, arg=settings.init_arg, caller=settings.controller, time_ns=self.now_ns()
-        )
-        trap = instance.run(message, "canister_init")
-        if trap is not None:
-            raise CanisterReject(
-                RejectCode.CANISTER_ERROR,
-                f"Error from Canister {instance.id}: canister_init trapped: {trap.message}",
-                trap.error_code,
+            return self.lifecycle.install_compiled(
+                record,
+                modules.unpack(wasm),
+                compiled,
+                settings.init_arg,
+                InstallMode.INSTALL,
+                sender=controllers[0],
+                name=settings.name,
+                instruction_limit=settings.instruction_limit,
             )
-        return message
-
-    def _add(self, instance: CanisterInstance, init: Message | None) -> CanisterInstance:
-        """An instantiated canister joins the IC; what its `canister_init` left is sent."""
-        if init is not None:
-            self._finish(instance, init, None)
-        self.canisters[instance.principal] = instance
-        self._schedule_timer(instance)
-        return instance
+        except BaseException:
+            del self.lifecycle.records[record.principal]  # a failed install leaves no canister behind
+            raise
 
     def memory_in_use(self) -> int:
         """The bytes the installed canisters held after their last messages (what the budget counts)."""
-        return sum(c.footprint for c in self.canisters.values())
+        return sum(c.footprint for c in list(self.canisters.values()))  # a list: the loop may change it
 
     def is_installed(self, instance: CanisterInstance) -> bool:
         return self.canisters.get(instance.principal) is instance
 
-    def _new_id(self) -> bytes:
+    def next_id(self) -> bytes:
+        """The next canister id that no canister has (a specified id may have taken one in the sequence)."""
         while True:
-            index = self._next_index
-            self._next_index += 1
-            principal = index.to_bytes(8, "big") + b"\x01\x01"
-            if principal not in self.standins:
+            principal = self._new_id()
+            if principal not in self.lifecycle.records and principal not in self.standins:
                 return principal
+
+    def _new_id(self) -> bytes:
+        index = self._next_index
+        self._next_index += 1
+        return index.to_bytes(8, "big") + b"\x01\x01"
 
     def stub(self, canister_id: str, interface: Interface) -> StandIn:
         """A stand-in at `canister_id`, answering calls from its rules (see `standins`)."""
@@ -295,7 +266,7 @@ class CanisterRuntime:
                 f"{canister_id} is the {'LLM' if principal else 'management'} canister, which the emulator "
                 "serves itself (script the LLM with icllm.on); a stand-in takes any other principal"
             )
-        if principal in self.canisters:
+        if principal in self.lifecycle.records:
             raise RuntimeUsageError(
                 f"a canister is installed at {canister_id}; a stand-in takes a principal where none is"
             )
@@ -318,6 +289,7 @@ class CanisterRuntime:
         """Uninstall a canister: its pending calls end, their callers get SYS_... rejects as on the IC."""
         instance = self.get(canister_id)
         del self.canisters[instance.principal]
+        self.lifecycle.records.pop(instance.principal, None)
         self._interrupt(instance, f"canister {instance.id} was removed")
         timer = self._timers.pop(instance.principal, None)
         if timer is not None:
@@ -345,6 +317,48 @@ class CanisterRuntime:
         instance.closed = True
         self._executor.submit(instance.close)
 
+    def retire(self, instance: CanisterInstance, why: str) -> None:
+        """An instance replaced by another module (upgrade, reinstall, uninstall, snapshot): calls that
+        wait on it end with a reject, its timer stops, a message of it still running is stopped, its
+        memory is freed; the new one takes its place."""
+        self._interrupt(instance, f"canister {instance.id} was {why}")
+
+        def retired() -> None:
+            self.set_aside(instance, why)
+            self._close(instance)
+
+        self.on_loop(retired)
+
+    def set_aside(self, instance: CanisterInstance, why: str) -> None:
+        """Calls that wait on the instance end with a reject and its timer stops; the instance lives on."""
+        timer = self._timers.pop(instance.principal, None)
+        if timer is not None:
+            timer[1].cancel()
+        self.end_calls(instance, why)
+
+    def end_calls(self, instance: CanisterInstance, why: str) -> None:
+        response = Response.rejected(
+            RejectCode.CANISTER_ERROR,
+            f"Canister {instance.id} was {why} before it answered",
+            CANISTER_NOT_FOUND if why == "removed" else "IC0503",
+        )
+        self.on_loop(lambda: self._end_calls(instance, response))
+
+    def schedule_timer(self, instance: CanisterInstance) -> None:
+        self.on_loop(lambda: self._schedule_timer(instance))
+
+    def after_system_message(self, instance: CanisterInstance, message: Message) -> None:
+        """A committed canister_init or post_upgrade: its calls are sent, its timer set."""
+        self.on_loop(lambda: self._finish(instance, message, None))
+
+    def record(self, canister_id: str) -> CanisterRecord:
+        """A canister's record, installed or empty (an `UnknownCanister` if there is none)."""
+        record = self.lifecycle.records.get(principal_bytes(canister_id))
+        if record is None:
+            self.get(canister_id)  # raises with the list of installed canisters
+            raise UnknownCanister(f"no canister {canister_id} exists")
+        return record
+
     @staticmethod
     def _end_calls(instance: CanisterInstance, response: Response) -> None:
         """Every call still waiting on this canister ends with `response` (none waits for good)."""
@@ -352,8 +366,9 @@ class CanisterRuntime:
             context.respond(response)
 
     def clear(self) -> None:
-        """Remove every canister and stop everything in flight (between tests)."""
+        """Remove every canister but the session's and stop everything in flight (between tests)."""
         self._interrupt(None, "the emulator was reset")
+        kept = self.lifecycle.set_aside_pinned()
         for instance in self.canisters.values():
             self._end_calls(
                 instance,
@@ -375,6 +390,8 @@ class CanisterRuntime:
         self._next_index = FIRST_CANISTER_INDEX  # each test's first canister gets the same id
         self._last_ns = 0  # the clock may have been reset
         self.management = Management(self)
+        self.lifecycle = Lifecycle(self)
+        self.lifecycle.put_back_pinned(kept)
 
     # -- calls from outside (ingress) ------------------------------------------------------------
 
@@ -402,11 +419,22 @@ class CanisterRuntime:
             response = await standin.answer(method, arg, principal_text(caller_bytes), cycles)
         else:
             assert instance is not None
+            if not query and instance.entry_point(method, False) == (f"canister_update {method}", False):
+                await self._inspect(instance, method, arg, caller_bytes)
             response = await self.deliver(instance, method, arg, caller_bytes, cycles, query=query)
         if response.reply is None:
             assert response.reject_code is not None
             raise CanisterReject(response.reject_code, response.reject_message, response.error_code)
         return response.reply
+
+    async def _inspect(self, instance: CanisterInstance, method: str, arg: bytes, caller: bytes) -> None:
+        """The canister's `canister_inspect_message`, on the runtime's thread (a reject if it refuses)."""
+
+        def work() -> None:
+            if not instance.closed and self.is_installed(instance):  # else the call finds it removed
+                inspect_message(self, instance, method, arg, caller)
+
+        await self.execute(instance, work)
 
     def check_method(self, canister_id: str, method: str, query: bool) -> None:
         instance = self.get(canister_id)
@@ -443,12 +471,25 @@ class CanisterRuntime:
                 refund=cycles,
             )
         export, as_query = entry
+        refused = self.lifecycle.admit(instance.principal)
+        if refused is not None:
+            return Response(None, refused.reject_code, refused.reject_message, refused.error_code, cycles)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        context = CallContext(caller, method, 0 if as_query else cycles, deadline_ns, future)
+        composite = export.startswith(COMPOSITE_PREFIX)
+        context = CallContext(
+            caller, method, 0 if as_query else cycles, deadline_ns, future, composite=composite
+        )
         instance.open_contexts.add(context)
-        future.add_done_callback(lambda _: instance.open_contexts.discard(context))
+
+        def ended(_: object) -> None:
+            instance.open_contexts.discard(context)
+            self.lifecycle.context_ended(instance)
+
+        future.add_done_callback(ended)
         message = Message(
-            MessageKind.QUERY if as_query else MessageKind.UPDATE,
+            MessageKind.COMPOSITE_QUERY
+            if composite
+            else (MessageKind.QUERY if as_query else MessageKind.UPDATE),
             context,
             method=method,
             arg=arg,
@@ -466,24 +507,56 @@ class CanisterRuntime:
 
     # -- execution ----------------------------------------------------------------------------------
 
-    async def _execute(self, instance: CanisterInstance | None, work: Callable[[], Any]) -> Any:
-        """Run `work` (a message's Wasm; None: an install's) on the runtime's thread, after the messages
-        delivered before it. The loop stays free meanwhile; the wall-clock budget interrupts the message by
-        moving the engine's epoch (only one message runs at a time, so only it is interrupted).
+    async def execute(self, instance: CanisterInstance | None, work: Callable[[], T]) -> T:
+        """Run `work` (a message's Wasm, or None: an install's, an upgrade's, a snapshot's) on the
+        runtime's thread, after the work delivered before it. The loop stays free meanwhile; the wall-clock
+        budget interrupts the work by moving the engine's epoch (only one runs at a time, so only it is
+        interrupted). What the work hands to `on_loop` runs on the loop when it ends, in order.
         """
-        async with self._turn:
-            loop = asyncio.get_running_loop()
-            self._running = instance
-            if instance is not None:
-                instance.interrupted = None
-            budget = loop.call_later(self.time_limit, self._interrupt, instance)
+        self._queued += 1
+        try:
+            async with self._turn:
+                return await self._execute_now(instance, work)
+        finally:
+            self._queued -= 1
+
+    async def _execute_now(self, instance: CanisterInstance | None, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        self._running = instance
+        self.stop_requested = None
+        budget = loop.call_later(self.time_limit, self._interrupt, instance)
+
+        def on_thread() -> T:
+            self._on_thread.active = True
             try:
-                self._executing = loop.run_in_executor(self._executor, work)
-                return await self._executing
+                return work()
             finally:
-                budget.cancel()
-                self._executing = None
-                self._running = None
+                self._on_thread.active = False
+
+        try:
+            running: asyncio.Future[T] = loop.run_in_executor(self._executor, on_thread)
+            self._executing = running
+            return await running
+        finally:
+            budget.cancel()
+            self._executing = None
+            self._running = None
+            self.stop_requested = None
+            effects, self._effects = self._effects, []
+            for effect in effects:
+                effect()
+
+    def stopping(self) -> bool:
+        """Whether the work on the runtime's thread that asks is being stopped."""
+        return self.stop_requested is not None and getattr(self._on_thread, "active", False)
+
+    def on_loop(self, effect: Callable[[], None]) -> None:
+        """Run `effect` (bookkeeping of the loop's: calls sent, futures answered, timers) now; from the
+        runtime's thread, on the loop as soon as the work there ends."""
+        if getattr(self._on_thread, "active", False):
+            self._effects.append(effect)
+        else:
+            effect()
 
     def budget_text(self) -> str:
         return (
@@ -492,12 +565,10 @@ class CanisterRuntime:
         )
 
     def _interrupt(self, instance: CanisterInstance | None, why: str | None = None) -> None:
-        """Stop the running message now, if it is `instance`'s (None: whatever runs)."""
+        """Stop the running work now, if it is `instance`'s (None: whatever runs)."""
         if self._executing is None or (instance is not None and self._running is not instance):
             return
-        self.stopped_because = why or self.budget_text()
-        if self._running is not None:
-            self._running.interrupted = self.stopped_because
+        self.stop_requested = self.stopped_because = why or self.budget_text()
         self.engine.increment_epoch()
 
     async def _run(
@@ -515,15 +586,16 @@ class CanisterRuntime:
         def work() -> CanisterTrap | None:
             if instance.closed or self.canisters.get(instance.principal) is not instance:
                 return None  # removed while it waited for its turn
-            trap = instance.run(message, entry, context)
-            if trap is not None and cleanup is not None:
-                done = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
-                failed = instance.run(done, cleanup, context)
-                if failed is not None:
-                    instance.log_trap(done, failed)
+            with composite_state(instance, context):
+                trap = instance.run(message, entry, context)
+                if trap is not None and cleanup is not None:
+                    done = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
+                    failed = instance.run(done, cleanup, context)
+                    if failed is not None:
+                        instance.log_trap(done, failed)
             return trap
 
-        trap = await self._execute(instance, work)
+        trap = await self.execute(instance, work)
         if self.canisters.get(instance.principal) is not instance:  # removed before or while it ran
             if context is not None:
                 context.respond(
@@ -592,6 +664,7 @@ class CanisterRuntime:
 
     async def _send(self, instance: CanisterInstance, call: Call) -> None:
         """Deliver one outgoing call and run the callback with its response."""
+        epoch = instance.epoch
         if call.timeout is None:
             response = await self._route(instance, call, 0)
         else:
@@ -613,7 +686,8 @@ class CanisterRuntime:
                 )
         instance.calls_in_flight -= 1
         instance.call_bytes_in_flight -= len(call.arg)
-        await self._callback(instance, call, response)
+        if instance.epoch == epoch:  # else a snapshot was loaded: the callback belongs to a past state
+            await self._callback(instance, call, response)
 
     async def _route(self, instance: CanisterInstance, call: Call, deadline_ns: int) -> Response:
         arg = bytes(call.arg)
@@ -649,6 +723,9 @@ class CanisterRuntime:
             await asyncio.sleep(0)  # as for a canister: the answer comes after the caller's message
             return await standin.answer(call.method, arg, instance.id, call.cycles)
         target = self.canisters.get(call.callee)
+        empty = self.lifecycle.empty_reject(call.callee) if target is None else None
+        if empty is not None:
+            return Response(None, empty.reject_code, empty.reject_message, empty.error_code, call.cycles)
         if target is None:
             return Response.rejected(
                 RejectCode.DESTINATION_INVALID,
@@ -659,7 +736,13 @@ class CanisterRuntime:
             )
         await asyncio.sleep(0)  # the callee's message runs after the caller's, never inside it
         return await self.deliver(
-            target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns
+            target,
+            call.method,
+            arg,
+            instance.principal,
+            call.cycles,
+            query=call.query_only,
+            deadline_ns=deadline_ns,
         )
 
     async def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
@@ -700,6 +783,8 @@ class CanisterRuntime:
         if self.canisters.get(instance.principal) is not instance or instance.timer != when_ns:
             return
         self._timers.pop(instance.principal, None)
+        if self.lifecycle.admit(instance.principal) is not None:
+            return  # a stopped canister's timer waits for start_canister
         instance.timer = 0  # the IC deactivates the timer as it fires
         if "canister_global_timer" not in instance.functions:
             return
@@ -707,16 +792,34 @@ class CanisterRuntime:
         message = Message(MessageKind.TIMER, None, time_ns=self.now_ns(), caller=MANAGEMENT)
         await self._run(instance, message, "canister_global_timer")
 
+    async def tick(self) -> None:
+        """One round: every running canister's heartbeat, then what is due runs until nothing is in flight."""
+        for instance in list(self.canisters.values()):
+            if (
+                "canister_heartbeat" in instance.functions
+                and self.lifecycle.admit(instance.principal) is None
+            ):
+                message = Message(MessageKind.HEARTBEAT, None, time_ns=self.now_ns(), caller=MANAGEMENT)
+                await self._run(instance, message, "canister_heartbeat")
+        await asyncio.sleep(0)
+        await self.settle()
+
     # -- waiting ------------------------------------------------------------------------------------
 
-    def _busy(self) -> list[asyncio.Task[Any]]:
+    def _busy(self) -> list[asyncio.Future[Any]]:
+        """What is in flight: tasks of calls (timers waiting on the clock do not count), and the work on
+        the runtime's thread (work waiting for it is counted in `_queued`)."""
         timers = {task for _, task in self._timers.values()}
-        return [t for t in self._tasks if not t.done() and t not in timers]
+        busy: list[asyncio.Future[Any]] = [t for t in self._tasks if not t.done() and t not in timers]
+        if self._executing is not None:
+            busy.append(self._executing)
+        return busy
 
     async def quiesce(self, rounds: int = 500) -> None:
         """Let work in flight run on, for at most `rounds` loop iterations (after the clock moved)."""
         for _ in range(rounds):
-            if not self._busy():
+            busy = self._busy()
+            if not busy and not self._queued:
                 return
             if self._executing is not None:  # a message running on the runtime's thread counts as one round
                 await asyncio.wait({self._executing})
@@ -729,16 +832,19 @@ class CanisterRuntime:
         end = loop.time() + timeout
         while True:
             busy = self._busy()
-            if not busy:
+            if not busy and not self._queued:
                 for _ in range(3):
                     await asyncio.sleep(0)
-                if not self._busy():
+                if not self._busy() and not self._queued:
                     return True
                 continue
             remaining = end - loop.time()
             if remaining <= 0:
                 return False
-            await asyncio.wait(busy, timeout=min(remaining, 0.05))
+            if busy:
+                await asyncio.wait(busy, timeout=min(remaining, 0.05))
+            else:
+                await asyncio.sleep(0.001)  # work waits for its turn on the runtime's thread
 
 
 def _yield_to_the_doors() -> None:
@@ -746,16 +852,6 @@ def _yield_to_the_doors() -> None:
     machine delays the other doors less (Linux; elsewhere the thread keeps its priority)."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CANISTER_NICENESS)
-
-
-def check_instruction_limit(limit: int) -> int:
-    """A per-message instruction limit, or a `RuntimeUsageError` naming the valid range."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INSTRUCTION_LIMIT:
-        raise RuntimeUsageError(
-            "instruction_limit is a number of Wasm instructions per message from 1 to "
-            f"{MAX_INSTRUCTION_LIMIT} (the IC's limit for an update message), got {limit!r}"
-        )
-    return limit
 
 
 def _no_method(instance: CanisterInstance, method: str, query: bool) -> str:

@@ -56,6 +56,27 @@ class LogLine:
     truncated: bool = False
 
 
+class Log(list[LogLine]):
+    """A canister's log lines, oldest first, and the size of their text in bytes (`size`).
+
+    One log outlives the canister's modules (an upgrade's new module writes to it), so the size it keeps
+    to is counted with it, not per module.
+    """
+
+    size = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A canister's whole state beside its module: what a canister snapshot keeps and an upgrade restores."""
+
+    heap: bytes
+    globals: tuple[Any, ...]
+    stable: bytes
+    certified_data: bytes
+    timer: int
+
+
 @dataclass(slots=True)
 class _Snapshot:
     heap_size: int
@@ -96,6 +117,8 @@ class CanisterInstance:
         self.controllers = controllers
         self.candid = candid
         self.version = 1
+        # Bumped when a snapshot is loaded in place: responses to calls made before it are dropped.
+        self.epoch = 0
         self.timer = 0
         self.certified_data = b""
         self.stable = bytearray()
@@ -104,8 +127,7 @@ class CanisterInstance:
         # The heap's size after the last message (read from the store only while no other thread runs it).
         self._heap_bytes = 0
         # A list, not a deque: the doors read it from the event loop while a message appends to it.
-        self.logs: list[LogLine] = []
-        self._log_bytes = 0
+        self.logs = Log()
         # Calls this canister made that are sent or about to be, and not answered yet.
         self.calls_in_flight = 0
         self.call_bytes_in_flight = 0  # their arguments
@@ -126,9 +148,6 @@ class CanisterInstance:
             memories=1,
         )
         self.api = SystemApi(self)
-        # Why the running message is being interrupted (None: it is not); set before the engine's epoch
-        # moves, read when the message traps with wasmtime's INTERRUPT.
-        self.interrupted: str | None = None
         try:
             self._instantiate(module, info)
         except BaseException:
@@ -241,10 +260,10 @@ class CanisterInstance:
             text = line.text.encode()[-MAX_LOG_BYTES:].decode("utf-8", "replace")
             line, size = LogLine(line.time_ns, text, truncated=True), MAX_LOG_BYTES
         self.logs.append(line)
-        self._log_bytes += size
+        self.logs.size += size
         dropped = 0
-        while self._log_bytes > MAX_LOG_BYTES:
-            self._log_bytes -= len(self.logs[dropped].text.encode())
+        while self.logs.size > MAX_LOG_BYTES:
+            self.logs.size -= len(self.logs[dropped].text.encode())
             dropped += 1
         if dropped:
             del self.logs[:dropped]
@@ -253,7 +272,7 @@ class CanisterInstance:
 
     def _begin(self, message: Message) -> None:
         limit = self.instruction_limit
-        if message.kind is MessageKind.QUERY:
+        if message.kind in (MessageKind.QUERY, MessageKind.COMPOSITE_QUERY):
             limit = min(limit, QUERY_INSTRUCTION_LIMIT)
         message.fuel = limit
         self.store.set_fuel(message.fuel)
@@ -276,7 +295,7 @@ class CanisterInstance:
         self._begin(message)
         error: CanisterTrap | None = None
         try:
-            if self.interrupted is not None:  # interrupted before it began
+            if self.runtime.stopping():  # stopped before it began
                 raise CanisterTrap(self._interrupt_text(message), TIME_LIMIT)
             self._call(entry)
         except CanisterTrap as trap:
@@ -287,7 +306,7 @@ class CanisterInstance:
             error = CanisterTrap(f"Canister trapped: {_first_line(failure)}", WASM_TRAP)
         finally:
             self.api.message = None
-        if error is not None or message.kind is MessageKind.QUERY:
+        if error is not None or message.kind in (MessageKind.QUERY, MessageKind.INSPECT):
             self._restore(snapshot, context)
         else:
             del self._journal[snapshot.journal_start :]
@@ -320,7 +339,7 @@ class CanisterInstance:
         return CanisterTrap(f"Canister trapped: {_trap_text(trap)}", WASM_TRAP)
 
     def _interrupt_text(self, message: Message) -> str:
-        why = self.interrupted or self.runtime.stopped_because or self.runtime.budget_text()
+        why = self.runtime.stop_requested or self.runtime.stopped_because or self.runtime.budget_text()
         return f"Canister {self.id} was stopped in {message.kind.value}: {why}"
 
     # -- snapshots --------------------------------------------------------------------------------
@@ -367,12 +386,17 @@ class CanisterInstance:
     # -- memory -----------------------------------------------------------------------------------
 
     @property
+    def heap_size(self) -> int:
+        """The heap's size in bytes after the last message (safe to read while a message runs)."""
+        return self._heap_bytes
+
+    @property
     def footprint(self) -> int:
         """The bytes this canister holds between messages, as the runtime's memory budget counts them."""
         return self._kept(self._heap_bytes)
 
     def _kept(self, heap: int) -> int:
-        kept = len(self.stable) + self._journal_bytes + self._log_bytes + self.call_bytes_in_flight
+        kept = len(self.stable) + self._journal_bytes + self.logs.size + self.call_bytes_in_flight
         return 2 * heap + kept
 
     def _needed(self, grow: int = 0) -> int:
@@ -400,6 +424,41 @@ class CanisterInstance:
             "change it)",
             OUT_OF_MEMORY,
         )
+
+    def image(self) -> Image:
+        """The heap, globals, stable memory, certified data and timer as they are between messages."""
+        base, length = self._heap()
+        return Image(
+            heap=ctypes.string_at(base, length) if length else b"",
+            globals=tuple(g.value(self.store) for g in self.globals),
+            stable=bytes(self.stable),
+            certified_data=self.certified_data,
+            timer=self.timer,
+        )
+
+    def load_image(self, image: Image, *, heap: bool = True) -> None:
+        """Put an `image` back (the heap too unless `heap` is False, as an upgrade that keeps only stable
+        memory); a heap smaller than the image's grows to its size, a larger one is zeroed past it."""
+        if heap:
+            self.load_heap(image.heap)
+            for g, value in zip(self.globals, image.globals, strict=True):
+                g.set_value(self.store, value)
+        self.stable[:] = image.stable
+        self._journal.clear()
+        self._journal_bytes = 0
+        self.certified_data = image.certified_data
+        self.timer = image.timer
+
+    def load_heap(self, data: bytes) -> None:
+        """Write `data` over the heap from address 0, growing the memory to hold it."""
+        _, length = self._heap()
+        if len(data) > length:
+            self.memory.grow(self.store, (len(data) - length + PAGE - 1) // PAGE)
+        base, length = self._heap()
+        ctypes.memmove(base, data, len(data))
+        if length > len(data):
+            ctypes.memset(base + len(data), 0, length - len(data))
+        self._heap_bytes = length
 
     # -- stable memory ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import wasmtime
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from icllm_emulator._proto.icllm.v1 import canisters_pb2 as cpb
-from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc
+from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc, control_pb2
 from icllm_emulator.clock import VirtualClock
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, ModuleError, Response, RuntimeUsageError
 from icllm_emulator.runtime import module as modules
@@ -159,6 +159,41 @@ def test_other_doors_answer_while_a_canister_spins_and_removing_it_stops_it(emu:
     reply = spinning.result(timeout=30)
     assert reply.reject.error_code == "IC0301"
     assert "was removed" in reply.reject.message
+
+
+# A start-up canister: an empty canister_init, and `ok`.
+STARTUP = """
+(module
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory (export "memory") 1)
+  (func (export "canister_init"))
+  (func (export "canister_update ok") (call $append (i32.const 0) (i32.const 0)) (call $reply)))
+"""
+
+
+def test_a_reset_while_a_canister_spins_installs_the_start_up_canisters_afresh(
+    start_emulator: Callable[..., Stubs], tmp_path: Path
+) -> None:
+    startup = tmp_path / "startup.wasm"
+    startup.write_bytes(wasm(STARTUP))
+    emu = start_emulator(canisters=(("first", str(startup)),))
+    canisters = canisters_pb2_grpc.CanistersStub(emu.channel)
+    (first,) = canisters.ListCanisters(cpb.ListCanistersRequest(), timeout=30).canisters
+    spinner = canisters.Install(
+        cpb.InstallRequest(wasm=wasm(SPINNER), instruction_limit=MAX_INSTRUCTION_LIMIT)
+    ).canister_id
+    spinning = canisters.Call.future(cpb.CanisterCallRequest(canister_id=spinner, method="spin"))
+    wait_until(
+        lambda: bool(canisters.GetLogs(cpb.GetLogsRequest(canister_id=spinner)).entries),
+        "the canister to start spinning",
+    )
+    emu.control.Reset(control_pb2.ResetRequest(), timeout=30)
+    assert spinning.result(timeout=30).reject.code == 2  # SYS_TRANSIENT: reset before it answered
+    listed = canisters.ListCanisters(cpb.ListCanistersRequest(), timeout=30).canisters
+    assert [c.canister_id for c in listed] == [first.canister_id]
+    answer = canisters.Call(cpb.CanisterCallRequest(canister_id=first.canister_id, method="ok"), timeout=30)
+    assert answer.WhichOneof("outcome") == "reply"
 
 
 def test_a_loop_of_system_calls_ends_at_the_instruction_limit(
@@ -368,3 +403,128 @@ def test_more_than_1000_methods_are_refused_and_many_other_exports_install(
         icllm_canister(exports_module(20_000, "canister_query m"))
     canister = icllm_canister(exports_module(20_000, "helper_"))  # looked up by name: no quadratic install
     assert canister.id
+
+
+# -- the management canister's messages -------------------------------------------------------------
+
+
+# A counter (`bump`, `peek`) whose upgrade hook, heartbeat, inspect_message or composite query (the one
+# named) loops on a cheap system call for good.
+def spinning_in(export: str) -> bytes:
+    return wasm(
+        f"""(module
+          (import "ic0" "time" (func $time (result i64)))
+          (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+          (import "ic0" "msg_reply" (func $reply))
+          (memory (export "memory") 1)
+          (func $spin (loop $l (drop (call $time)) (br $l)))
+          (func $answer
+            (call $append (i32.const 0) (i32.const 4)) (call $reply))
+          (func (export "canister_update bump")
+            (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.const 1))) (call $answer))
+          (func (export "canister_query peek") (call $answer))
+          (func (export "{export}") (call $spin)))"""
+    )
+
+
+COUNTER = spinning_in("canister_update unused")
+
+
+async def while_the_loop_ticks(work: Coroutine[Any, Any, T]) -> tuple[T | BaseException, int]:
+    """`work`'s outcome, and how often another task on the event loop ran meanwhile (every 10 ms)."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(tick())
+    try:
+        outcome: T | BaseException = await work
+    except BaseException as error:
+        outcome = error
+    ticking.cancel()
+    return outcome, ticks
+
+
+def limited_runtime() -> CanisterRuntime:
+    return CanisterRuntime(VirtualClock(), no_llm, time_limit=0.3)
+
+
+def test_an_upgrade_whose_post_upgrade_spins_is_stopped_and_rolled_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icllm_emulator.runtime.ids import ANONYMOUS
+    from icllm_emulator.runtime.management.lifecycle import InstallMode
+
+    async def main() -> None:
+        ic = limited_runtime()
+        counter = await ic.install_async(COUNTER)
+        for _ in range(2):
+            await ic.call(counter.id, "bump", b"")
+        upgrade = ic.lifecycle.install_code(
+            ANONYMOUS, counter.principal, spinning_in("canister_post_upgrade"), b"", InstallMode.UPGRADE
+        )
+        refused, ticks = await while_the_loop_ticks(upgrade)
+        assert isinstance(refused, CanisterReject) and refused.error_code == "IC0522"
+        assert (
+            "canister_post_upgrade trapped" in refused.message
+            and "wall-clock budget of 0.3 s" in refused.message
+        )
+        assert ticks >= 10  # the event loop went on while the new module spun
+        assert ic.get(counter.id) is counter and not counter.closed  # the old module, as it was
+        assert await ic.call(counter.id, "peek", b"", query=True) == (2).to_bytes(4, "little")
+        assert await ic.call(counter.id, "bump", b"") == (3).to_bytes(4, "little")
+        assert ic.lifecycle.records[counter.principal].version == counter.version
+
+    run(main, tmp_path, monkeypatch)
+
+
+def test_a_spinning_heartbeat_inspect_message_or_composite_query_is_stopped_by_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        ic = limited_runtime()
+        beating = await ic.install_async(spinning_in("canister_heartbeat"))
+        _, ticks = await while_the_loop_ticks(ic.tick())
+        assert ticks >= 10
+        assert "[TRAP in canister_heartbeat]" in beating.logs[-1].text
+        assert "wall-clock budget of 0.3 s" in beating.logs[-1].text
+        ic.remove(beating.id)
+
+        guarded = await ic.install_async(spinning_in("canister_inspect_message"))
+        refused, ticks = await while_the_loop_ticks(ic.call(guarded.id, "bump", b""))
+        assert isinstance(refused, CanisterReject) and "wall-clock budget of 0.3 s" in refused.message
+        assert ticks >= 10
+        assert await ic.call(guarded.id, "peek", b"", query=True) == bytes(4)  # bump never ran
+
+        composite = await ic.install_async(spinning_in("canister_composite_query spin"))
+        refused, ticks = await while_the_loop_ticks(ic.call(composite.id, "spin", b"", query=True))
+        assert isinstance(refused, CanisterReject) and refused.error_code == "IC0522"
+        assert "wall-clock budget of 0.3 s" in refused.message
+        assert ticks >= 10
+
+    run(main, tmp_path, monkeypatch)
+
+
+def test_an_upgrade_over_the_memory_budget_is_refused_and_the_old_module_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icllm_emulator.runtime.ids import ANONYMOUS
+    from icllm_emulator.runtime.management.lifecycle import InstallMode
+
+    async def main() -> None:
+        ic = CanisterRuntime(VirtualClock(), no_llm, memory_limit=256 * 2**20)
+        counter = await ic.install_async(COUNTER)
+        await ic.call(counter.id, "bump", b"")
+        with pytest.raises(CanisterReject, match="out of memory") as caught:
+            await ic.lifecycle.install_code(
+                ANONYMOUS, counter.principal, heap_module(4096), b"", InstallMode.UPGRADE
+            )
+        assert caught.value.error_code == "IC0507"
+        assert ic.get(counter.id) is counter
+        assert await ic.call(counter.id, "peek", b"", query=True) == (1).to_bytes(4, "little")
+
+    run(main, tmp_path, monkeypatch)
