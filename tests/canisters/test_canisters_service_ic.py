@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from icllm_emulator._proto.icllm.v1 import canisters_pb2 as pb
 from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc
@@ -395,3 +396,49 @@ def test_the_new_methods_need_the_control_token(start_emulator: object) -> None:
         lambda: canisters.AddFaults(pb.AddFaultsRequest()),
     ):
         refused(call, grpc.StatusCode.UNAUTHENTICATED, "needs the emulator's control token")
+
+
+def test_every_management_and_stand_in_method_names_what_does_not_exist(emu: Stubs) -> None:
+    canisters = stub(emu)
+    unknown = "eaonx-2aaaa-aaaaa-acoea-cai"
+    management: list[tuple[str, Message]] = [
+        ("Upgrade", pb.UpgradeRequest(canister_id=unknown)),
+        ("Reinstall", pb.ReinstallRequest(canister_id=unknown)),
+        ("Stop", pb.StopRequest(canister_id=unknown)),
+        ("Start", pb.StartRequest(canister_id=unknown)),
+        ("Delete", pb.DeleteRequest(canister_id=unknown)),
+        ("Status", pb.StatusRequest(canister_id=unknown)),
+        ("TakeSnapshot", pb.TakeSnapshotRequest(canister_id=unknown)),
+        ("LoadSnapshot", pb.LoadSnapshotRequest(canister_id=unknown, snapshot_id=b"\1")),
+        ("ListSnapshots", pb.ListSnapshotsRequest(canister_id=unknown)),
+        ("DeleteSnapshot", pb.DeleteSnapshotRequest(canister_id=unknown, snapshot_id=b"\1")),
+    ]
+    for name, request in management:
+        refused(
+            lambda: getattr(canisters, name)(request),  # noqa: B023 (called at once)
+            grpc.StatusCode.NOT_FOUND,
+            f"{unknown}",
+        )
+    standins: list[tuple[str, Message]] = [
+        ("AddStubRules", pb.AddStubRulesRequest(canister_id=unknown)),
+        ("HoldStub", pb.HoldStubRequest(canister_id=unknown, enabled=True)),
+        ("ReleaseStubCalls", pb.ReleaseStubCallsRequest(canister_id=unknown)),
+        ("ListStubCalls", pb.ListStubCallsRequest(canister_id=unknown)),
+    ]
+    for name, request in standins:
+        refused(
+            lambda: getattr(canisters, name)(request),  # noqa: B023 (called at once)
+            grpc.StatusCode.NOT_FOUND,
+            f"no stand-in is at {unknown} \\(stand-ins: none\\); make one with CreateStub",
+        )
+    canisters.CreateStub(pb.CreateStubRequest(canister_id=LEDGER_ID, did=LEDGER_DID.read_text()))
+    refused(
+        lambda: canisters.ListStubCalls(pb.ListStubCallsRequest(canister_id=LEDGER_ID, page_token="x")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "is not a page token",
+    )
+    refused(
+        lambda: canisters.Reinstall(pb.ReinstallRequest(canister_id=LEDGER_ID)),
+        grpc.StatusCode.NOT_FOUND,
+        f"no canister {LEDGER_ID}",
+    )
