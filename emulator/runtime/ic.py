@@ -344,6 +344,15 @@ class CanisterRuntime:
         )
         self.on_loop(lambda: self._end_calls(instance, response))
 
+    def place(self, instance: CanisterInstance) -> None:
+        """`instance` answers for its canister from now on (set on the loop, where the doors read
+        `canisters`)."""
+
+        def placed() -> None:
+            self.canisters[instance.principal] = instance
+
+        self.on_loop(placed)
+
     def schedule_timer(self, instance: CanisterInstance) -> None:
         self.on_loop(lambda: self._schedule_timer(instance))
 

@@ -519,7 +519,7 @@ class Lifecycle:
         record.wasm = raw
         record.module_hash = hashlib.sha256(raw).digest()
         record.version = instance.version
-        self.runtime.on_loop(lambda: self.runtime.canisters.__setitem__(record.principal, instance))
+        self.runtime.place(instance)
         self.runtime.schedule_timer(instance)
 
     async def uninstall_code(self, sender: bytes, principal: bytes) -> None:
@@ -872,8 +872,7 @@ class Lifecycle:
                 self.runtime.retire(old, "replaced by a snapshot")
             record.wasm = snapshot.wasm
             record.module_hash = hashlib.sha256(snapshot.wasm).digest()
-            new = instance
-            self.runtime.on_loop(lambda: self.runtime.canisters.__setitem__(record.principal, new))
+            self.runtime.place(instance)
         record.chunks = dict(snapshot.chunks)
         record.version = instance.version
         self.runtime.schedule_timer(instance)
