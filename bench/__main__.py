@@ -19,6 +19,7 @@ BENCHMARKS = {
     "cassettes": "bench.cassettes",
     "canister": "bench.canister_runtime",
     "candid": "bench.candid_bad_inputs",
+    "hostile": "bench.hostile",
     "soak": "bench.soak",
 }
 

@@ -246,7 +246,7 @@ def lifecycle(repeat: int) -> int:
         prompt = Interface(agent.candid or "").encode_call("prompt", ("hello",))
         for _ in range(5):
             await runtime.call(agent.id, "prompt", prompt)
-        snapshot = runtime.lifecycle.take_snapshot(ANONYMOUS, agent.principal)
+        snapshot = await runtime.lifecycle.take_snapshot(ANONYMOUS, agent.principal)
         out: dict[str, list[float]] = {"install afresh": [], "restore a snapshot": [], "upgrade": []}
         keep = UpgradeOptions(wasm_memory_persistence="keep")
         for _ in range(repeat):

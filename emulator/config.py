@@ -146,6 +146,10 @@ class EmulatorConfig:
     # Canister modules installed at start-up (`--canister NAME=PATH`), in this order.
     canisters: tuple[tuple[str, str], ...] = ()
     # Canisters' HTTP outcalls: unscripted ones are unexpected (strict); loopback pass-through.
+    # Wall-clock seconds a canister's message may run.
+    canister_time_limit: float = 10.0
+    # Bytes all canisters may hold together.
+    canister_memory_limit: int = 2 * 1024**3
     strict_outcalls: bool = False
     outcalls_loopback: bool = False
 

@@ -92,7 +92,12 @@ class Engine:
             from icllm_emulator.runtime import CanisterRuntime, llm
 
             self._runtime = CanisterRuntime(
-                self.clock, llm.in_process(self.call_candid), seed=self.config.seed, outcalls=self.outcalls
+                self.clock,
+                llm.in_process(self.call_candid),
+                seed=self.config.seed,
+                time_limit=self.config.canister_time_limit,
+                memory_limit=self.config.canister_memory_limit,
+                outcalls=self.outcalls,
             )
         return self._runtime
 
@@ -168,8 +173,9 @@ class Engine:
         if self._runtime is not None:
             self._runtime.seed = config.seed
 
-    def reset(self) -> None:
-        """Back to the start-up state: configuration, rules (from the rule file), history, queue."""
+    def reset(self, *, reinstall: bool = True) -> None:
+        """Back to the start-up state: configuration, rules (from the rule file), history, queue; the
+        start-up canisters installed afresh unless `reinstall` is False (`reset_async` does it then)."""
         self.queue.reset()
         if isinstance(self.clock, VirtualClock):
             self.clock.reset()
@@ -180,8 +186,8 @@ class Engine:
         self.outcalls.reset(self.initial_config.strict_outcalls, self.initial_config.outcalls_loopback)
         if self._runtime is not None:
             self._runtime.clear()
-            for name, wasm in self._startup_canisters:  # afresh, and with the same ids as at start-up
-                self._runtime.install(wasm, self._startup_settings(name))
+            for name, wasm in self._startup_canisters if reinstall else ():
+                self._runtime.install(wasm, self._startup_settings(name))  # with the same ids as at start-up
         # A built-in worker still busy with a job the reset ended is replaced: one inside a scripted
         # delay would otherwise sleep through the next test's prompts. Idle workers are kept.
         for worker_id in [w for w in self._workers if not self.queue.is_idle(w)]:
@@ -189,6 +195,14 @@ class Engine:
         # The start-up configuration was validated when the emulator started; `_apply` starts workers.
         self._apply(self.initial_config)
         self._load_rule_file()
+
+    async def reset_async(self) -> None:
+        """`reset`, the start-up canisters' code run on the canister runtime's thread (the doors answer
+        meanwhile, and a message the reset stopped has ended first)."""
+        self.reset(reinstall=False)
+        if self._runtime is not None:
+            for name, wasm in self._startup_canisters:
+                await self._runtime.install_async(wasm, self._startup_settings(name))
 
     # -- the facade: what the doors and the plugin call, in domain types -------------------------
 

@@ -702,6 +702,19 @@ SETTINGS: tuple[Setting, ...] = (
         "install a canister module at start: NAME=PATH; repeatable (env var or ini key: ; between)",
         repeatable=True,
     ),
+    Setting(
+        "canister_time_limit",
+        duration,
+        10.0,
+        "wall-clock seconds a canister's message may run before it is stopped (its instruction limit "
+        "bounds it too)",
+    ),
+    Setting(
+        "canister_memory_limit",
+        lambda v: whole(v, least=64 * 1024 * 1024),
+        2 * 1024**3,
+        "bytes all canisters may hold together (heaps, their rollback copies, stable memory, logs)",
+    ),
     Setting("strict_outcalls", boolean, False, "mark canisters' unscripted HTTP outcalls as unexpected"),
     Setting(
         "outcalls_loopback", boolean, False, "send canisters' unscripted outcalls to loopback URLs for real"

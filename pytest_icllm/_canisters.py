@@ -23,7 +23,7 @@ from icllm_emulator.domain import Reject, RejectCode
 from icllm_emulator.errors import IcllmError
 from icllm_emulator.rules import Hang, RuleError, parse_reject_code
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
-from icllm_emulator.runtime.errors import ModuleError
+from icllm_emulator.runtime.errors import ModuleError, check_instruction_limit
 from icllm_emulator.runtime.ids import (
     ANONYMOUS,
     DEFAULT_CYCLES,
@@ -425,7 +425,9 @@ class Canister:
     def snapshot(self, *, caller: str | None = None) -> bytes:
         """Take a snapshot of the canister's module and state; returns its id."""
         __tracebackhide__ = True
-        taken = self._manage(lambda s: self._ic.runtime.lifecycle.take_snapshot(s, self._principal), caller)
+        taken = self._ic.loop.run(
+            self._ic.runtime.lifecycle.take_snapshot(self._ic.sender(caller), self._principal)
+        )
         return bytes(taken.id)
 
     @at_the_tests_line
@@ -710,7 +712,8 @@ class CanisterIC:
         variables (`PUBLIC_CANISTER_ID:llm` defaults to the LLM canister's id). `cycles`: its balance
         (default 100T). `id`: the principal to install it at (any, mainnet ids included; default the
         next free one). `controllers`: its controllers (default: the anonymous principal, the test).
-        `instruction_limit`: Wasm instructions per message (default 5 billion).
+        `instruction_limit`: Wasm instructions per message (default 5 billion, at most 40 billion, the IC's
+        limit for an update).
         """
         __tracebackhide__ = True
         data, source = _read_wasm(wasm)
@@ -719,12 +722,8 @@ class CanisterIC:
             raise RuntimeUsageError(f"env is a mapping of text to text, got {dict(env)!r}")
         if cycles is not None and (not isinstance(cycles, int) or cycles < 0):
             raise RuntimeUsageError(f"cycles is a number of cycles, 0 or more, got {cycles!r}")
-        if instruction_limit is not None and (
-            not isinstance(instruction_limit, int) or instruction_limit < 1
-        ):
-            raise RuntimeUsageError(
-                f"instruction_limit is a number of instructions, 1 or more, got {instruction_limit!r}"
-            )
+        if instruction_limit is not None:
+            check_instruction_limit(instruction_limit)
 
         canister_id = None if id is None else principal_bytes(id, "id")
         if isinstance(controllers, str):

@@ -86,6 +86,8 @@ class Settings:
     history_bytes: int = 64 * 1024 * 1024
     rules: str | None = None
     canister: tuple[tuple[str, str], ...] = ()
+    canister_time_limit: float = 10.0
+    canister_memory_limit: int = 2 * 1024**3
     strict_outcalls: bool = False
     outcalls_loopback: bool = False
     idle_timeout: float = 120.0

@@ -345,7 +345,15 @@ def icllm_canister(
 
     async def remote() -> tuple[Runtime, OverGrpc]:
         llm = OverGrpc(target)
-        return Runtime(RealClock(), llm, seed=icllm.settings.seed), llm
+        settings = icllm.settings
+        runtime = Runtime(
+            RealClock(),
+            llm,
+            seed=settings.seed,
+            time_limit=settings.canister_time_limit,
+            memory_limit=settings.canister_memory_limit,
+        )
+        return runtime, llm
 
     runtime_, llm = private.run(remote())
     found: list[str] = []

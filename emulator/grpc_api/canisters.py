@@ -21,7 +21,12 @@ from icllm_emulator.grpc_api.convert import BadRequest
 from icllm_emulator.grpc_api.pages import ANSWER_BYTES, page, shortened
 from icllm_emulator.grpc_api.status import TRANSPORT_MAX_BYTES, larger_messages, principal_of, rpc
 from icllm_emulator.rules import Hang, parse_reject_code
-from icllm_emulator.runtime.errors import CanisterReject, RuntimeUsageError, UnknownCanister
+from icllm_emulator.runtime.errors import (
+    CanisterReject,
+    RuntimeUsageError,
+    UnknownCanister,
+    check_instruction_limit,
+)
 from icllm_emulator.runtime.ids import (
     ANONYMOUS,
     DEFAULT_CYCLES,
@@ -49,8 +54,6 @@ if TYPE_CHECKING:  # wasmtime loads with the first canister module, not with the
 # A module up to 6 MiB travels in one Install request (below the server's 8 MiB transport limit); a larger
 # one can be gzipped (the IC's limit is 100 MiB decompressed) or installed at start-up with --canister.
 INSTALL_MAX_BYTES = TRANSPORT_MAX_BYTES - 2 * 1024 * 1024
-# A log line longer than this is cut (and marked) in GetLogs.
-LOG_LINE_BYTES = 64 * 1024
 # Each method name, and all of a canister's names together, in ListCanisters.
 METHOD_NAME_BYTES = 4096
 METHOD_NAMES_BYTES = ANSWER_BYTES // 2
@@ -107,8 +110,11 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
             canister_id=principal_bytes(request.canister_id) if request.HasField("canister_id") else None,
             controllers=controllers,
         )
-        if request.HasField("instruction_limit") and request.instruction_limit < 1:
-            raise BadRequest("instruction_limit is 1 or more Wasm instructions per message")
+        if request.HasField("instruction_limit"):
+            try:
+                check_instruction_limit(request.instruction_limit)
+            except RuntimeUsageError as error:
+                raise BadRequest(str(error)) from None
         try:
             instance = await self.engine.runtime.install_async(request.wasm, settings)
         except CanisterReject as reject:
@@ -120,7 +126,6 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Call(
         self, request: pb.CanisterCallRequest, context: grpc.aio.ServicerContext
     ) -> pb.CanisterCallResponse:
-        from icllm_emulator.runtime.ic import principal_bytes  # wasmtime, on first use
 
         caller = principal_of(request.caller, "caller") if request.caller else None
         cycles = checked_cycles(request.cycles or "0", "cycles", BadRequest)
@@ -305,7 +310,7 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     ) -> pb.TakeSnapshotResponse:
         lifecycle = self.engine.runtime.lifecycle
         try:
-            taken = lifecycle.take_snapshot(
+            taken = await lifecycle.take_snapshot(
                 sender_of(request.caller),
                 principal_bytes(request.canister_id),
                 request.replace_snapshot_id or None,
@@ -497,8 +502,8 @@ def snapshot_pb(snapshot: Snapshot) -> pb.SnapshotInfo:
 
 
 def log_entry_pb(line: LogLine) -> pb.LogEntry:
-    text, cut = shortened(line.text, LOG_LINE_BYTES)
-    return pb.LogEntry(time_ns=line.time_ns, text=text, truncated=cut)
+    # A canister's log holds 4 KiB, and a longer line is cut (and marked) as it is printed.
+    return pb.LogEntry(time_ns=line.time_ns, text=line.text, truncated=line.truncated)
 
 
 def canister_info_pb(canister: CanisterInstance) -> pb.CanisterInfo:

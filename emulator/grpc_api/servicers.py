@@ -158,7 +158,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     @rpc
     async def Reset(self, request: cpb.ResetRequest, context: grpc.aio.ServicerContext) -> cpb.ResetResponse:
-        self.engine.reset()
+        await self.engine.reset_async()
         return cpb.ResetResponse()
 
     @rpc

@@ -1,8 +1,9 @@
 """The canister runtime: a canister developer's own module runs in-process, under an emulated `ic0`.
 
-`CanisterRuntime` installs modules and runs their messages on the engine's event loop and clock; its
-calls to the LLM canister go through the same function as gRPC `CallCandid`. It knows nothing of
-pytest: the plugin's `icllm_canister` fixture is one front door onto it.
+`CanisterRuntime` installs modules and runs their messages (on a thread of its own, one at a time, in
+the order of the engine's event loop, on the engine's clock); its calls to the LLM canister go through
+the same function as gRPC `CallCandid`. It knows nothing of pytest: the plugin's `icllm_canister`
+fixture is one front door onto it.
 
 The names below are imported on first use: a session that installs no canister module never loads
 wasmtime (the engine imports only `runtime.errors` at start-up).

@@ -13,8 +13,18 @@ WASM_TRAP = "IC0502"
 CALLED_TRAP = "IC0503"
 DID_NOT_REPLY = "IC0506"
 INSTRUCTION_LIMIT = "IC0522"
+# A message stopped by the wall-clock budget: on the IC such a message ends at its instruction limit.
+TIME_LIMIT = INSTRUCTION_LIMIT
+CONTRACT_VIOLATION = "IC0504"
+OUT_OF_MEMORY = "IC0507"
 METHOD_NOT_FOUND = "IC0536"
 OUT_OF_CYCLES = "IC0207"
+# Wasm instructions per message. The IC allows 40 billion for an update (and a callback or timer), 5 billion
+# for a query and 300 billion for install or upgrade. The runtime's cap is the update limit: no single
+# message the IC runs as one round of an update may exceed it, and beyond it an endless loop would run for
+# minutes here (Wasm runs at 1-2 billion instructions a second). Queries keep the IC's 5 billion.
+MAX_INSTRUCTION_LIMIT = 40_000_000_000
+QUERY_INSTRUCTION_LIMIT = 5_000_000_000
 # The error codes the LLM canister's rejects carry, by reject code.
 _BY_CODE = {
     RejectCode.SYS_FATAL: "IC0101",
@@ -24,6 +34,15 @@ _BY_CODE = {
     RejectCode.CANISTER_ERROR: CALLED_TRAP,
     RejectCode.SYS_UNKNOWN: "IC0604",
 }
+
+
+def limit_text(limit: int) -> str:
+    """The IC's instruction-limit reject, and how to change the limit here."""
+    return (
+        f"Canister exceeded the limit of {limit} instructions for single message execution (Wasm "
+        "instructions, and the IC's charge for each system API call and byte it copies; install with "
+        f"instruction_limit= to change it, at most {MAX_INSTRUCTION_LIMIT})"
+    )
 
 
 def error_code_for(code: RejectCode) -> str:
@@ -66,3 +85,13 @@ class CanisterReject(Exception):
         self.error_code = error_code
         suffix = f" [{error_code}]" if error_code else ""
         super().__init__(f"{self.code.name} ({int(self.code)}): {message}{suffix}")
+
+
+def check_instruction_limit(limit: int) -> int:
+    """A per-message instruction limit, or a `RuntimeUsageError` naming the valid range."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INSTRUCTION_LIMIT:
+        raise RuntimeUsageError(
+            "instruction_limit is a number of Wasm instructions per message from 1 to "
+            f"{MAX_INSTRUCTION_LIMIT} (the IC's limit for an update message), got {limit!r}"
+        )
+    return limit

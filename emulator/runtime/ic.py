@@ -1,21 +1,29 @@
 """A small Internet Computer in the test process: installed canister modules, their messages and calls.
 
-Everything runs on one asyncio event loop (the emulator's): a message executes synchronously, from start
-to end, and is atomic; the calls it made are sent when it commits, each on a task of its own; every
-response comes back as its own callback message, in the order the responses arrive. Calls to the LLM
-canister go to `llm`, the one function the gRPC `CallCandid` door uses as well; calls between installed
-canisters (a canister's calls to itself included) and to the management canister are served here.
+The runtime's bookkeeping lives on one asyncio event loop (the emulator's). A message executes from start
+to end on one worker thread while the loop waits for it (wasmtime releases the GIL), so the emulator's
+other doors answer while a canister runs; one message runs at a time, in the order they were delivered,
+and is atomic; the calls it made are sent when it commits, each on a task of its own; every response comes
+back as its own callback message, in the order the responses arrive. A message ends at its instruction
+limit or its wall-clock budget, whichever comes first; removing a canister or a reset stops it at once.
+Calls to the LLM canister go to `llm`, the one function the gRPC `CallCandid` door uses as well; calls
+between installed canisters (a canister's calls to itself included) and to the management canister are
+served here.
 Time is the engine's clock: a canister's timer and its bounded-wait deadlines wait on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import wasmtime
 
@@ -31,8 +39,10 @@ from icllm_emulator.runtime.errors import (
     EXPLICIT_REJECT,
     METHOD_NOT_FOUND,
     CanisterReject,
+    CanisterTrap,
     RuntimeUsageError,
     UnknownCanister,
+    check_instruction_limit,
     error_code_for,
 )
 from icllm_emulator.runtime.ids import (
@@ -58,17 +68,31 @@ from icllm_emulator.runtime.standins import Delay, FaultBook, StandIn, reject_of
 from icllm_emulator.runtime.values import Interface
 
 log = logging.getLogger("icllm.canister")
+T = TypeVar("T")
 
-# Wasm instructions per message. The IC allows 40 billion for an update; Wasm runs here at 1-2 billion
-# a second, so an endless loop would take half a minute to stop: 5 billion (the IC's query limit) ends
-# it in a few seconds, and is far above what a canister's LLM logic executes.
+# Wasm instructions per message (at most MAX_INSTRUCTION_LIMIT, the IC's limit for an update). Wasm runs
+# here at 1-2 billion a second, so an endless loop would take half a minute to stop at the IC's 40 billion:
+# 5 billion (the IC's query limit) ends it in a few seconds, and is far above what a canister's LLM logic
+# executes.
 DEFAULT_INSTRUCTION_LIMIT = 5_000_000_000
+# Wall-clock seconds a message may run. The IC bounds a message by instructions only, but here a system
+# call costs microseconds, so a loop of them stays under the instruction limit for minutes: this budget
+# ends it. 10 s is far above any message of a real canister (an Azle canister's init takes 0.4 s).
+DEFAULT_TIME_LIMIT = 10.0
 # The heap a canister may have. The IC allows 4 GiB (wasm32) and more (wasm64), but every message copies
 # the heap for rollback: a test canister gets 1 GiB, far above what an agent's logic uses.
 DEFAULT_MAX_MEMORY = 1024**3
+# The memory all canisters may hold together (heaps, the heaps' rollback copies, stable memory, its undo
+# journal, logs): a message that would need more is refused as the IC refuses it when out of memory, before
+# the test process runs out. 2 GiB holds a hundred agents; one canister's heap may be up to 1 GiB, whose
+# rollback copy takes as much again.
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+# How much lower the thread that runs canister code is scheduled than the rest of the process (nice).
+CANISTER_NICENESS = 5
 DEFAULT_MAX_TABLE = 1_000_000
 MAX_RESPONSE_BYTES = 2 * 1024 * 1024
-# The first canister id handed out, as PocketIC does (lxzze-o7777-77777-aaaaa-cai, then up).
+# The first canister id handed out: hujql-op777-77777-qaaaa-cai, then htiw7-dx777-77777-qaaaq-cai and up
+# (a range no mainnet canister uses; PocketIC starts lower, at lxzze-o7777-77777-aaaaa-cai).
 FIRST_CANISTER_INDEX = 0xFFFFFFFFFFF00000
 
 LlmCall = Callable[[str, bytes, str, int], Awaitable[Response]]
@@ -100,6 +124,8 @@ class CanisterRuntime:
         *,
         seed: int = 0,
         instruction_limit: int = DEFAULT_INSTRUCTION_LIMIT,
+        time_limit: float = DEFAULT_TIME_LIMIT,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
         max_memory_bytes: int = DEFAULT_MAX_MEMORY,
         max_table_elements: int = DEFAULT_MAX_TABLE,
         use_cache: bool = True,
@@ -109,7 +135,9 @@ class CanisterRuntime:
         self.outcalls = OutcallBook() if outcalls is None else outcalls
         self.llm = llm
         self.seed = seed
-        self.instruction_limit = instruction_limit
+        self.instruction_limit = check_instruction_limit(instruction_limit)
+        self.time_limit = time_limit
+        self.memory_limit = memory_limit
         self.max_memory_bytes = max_memory_bytes
         self.max_table_elements = max_table_elements
         self.max_response_bytes = MAX_RESPONSE_BYTES
@@ -127,6 +155,20 @@ class CanisterRuntime:
         self._last_ns = 0
         # Compiled modules by the hash of their prepared bytes: a second install skips even the disk cache.
         self.compiled = modules.CompiledCache()
+        # Messages run one at a time, in order, on one thread of their own.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="icllm-canister", initializer=_yield_to_the_doors
+        )
+        self._turn = asyncio.Lock()
+        self._executing: asyncio.Future[Any] | None = None
+        self._running: CanisterInstance | None = None
+        # Why the work running on the thread is being stopped (None: it is not), and why the last was.
+        self.stop_requested: str | None = None
+        self.stopped_because = ""
+        # Bookkeeping the work on the thread left for the loop (see `on_loop`).
+        self._on_thread = threading.local()
+        self._effects: list[Callable[[], None]] = []
+        self._queued = 0  # work waiting for the thread or running there
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -153,9 +195,12 @@ class CanisterRuntime:
     async def install_async(
         self, wasm: bytes, settings: InstallSettings = InstallSettings()
     ) -> CanisterInstance:
-        """`install`, with the compile (seconds for a large module) off the event loop."""
+        """`install`, with the compile (seconds for a large module) and the module's code off the loop."""
         compiled = await asyncio.to_thread(self.compile, wasm)
-        return self.install(wasm, settings, compiled=compiled)
+        instance: CanisterInstance = await self.execute(
+            None, lambda: self.install(wasm, settings, compiled=compiled)
+        )
+        return instance
 
     def install(
         self,
@@ -193,6 +238,13 @@ class CanisterRuntime:
         except BaseException:
             del self.lifecycle.records[record.principal]  # a failed install leaves no canister behind
             raise
+
+    def memory_in_use(self) -> int:
+        """The bytes the installed canisters held after their last messages (what the budget counts)."""
+        return sum(c.footprint for c in list(self.canisters.values()))  # a list: the loop may change it
+
+    def is_installed(self, instance: CanisterInstance) -> bool:
+        return self.canisters.get(instance.principal) is instance
 
     def next_id(self) -> bytes:
         """The next canister id that no canister has (a specified id may have taken one in the sequence)."""
@@ -238,6 +290,7 @@ class CanisterRuntime:
         instance = self.get(canister_id)
         del self.canisters[instance.principal]
         self.lifecycle.records.pop(instance.principal, None)
+        self._interrupt(instance, f"canister {instance.id} was removed")
         timer = self._timers.pop(instance.principal, None)
         if timer is not None:
             timer[1].cancel()
@@ -249,13 +302,32 @@ class CanisterRuntime:
                 CANISTER_NOT_FOUND,
             ),
         )
-        instance.close()
+        self._close(instance)
+
+    def _close(self, instance: CanisterInstance) -> None:
+        """Free a canister that is gone, once no Wasm of it runs.
+
+        A message that was running is being interrupted, but it ends on the runtime's thread a moment
+        after `remove` or `clear` returns: its store is freed on that thread, right after it (the thread
+        runs one thing at a time, in order). The canister counts as closed at once.
+        """
+        if self._executing is None:
+            instance.close()
+            return
+        instance.closed = True
+        self._executor.submit(instance.close)
 
     def retire(self, instance: CanisterInstance, why: str) -> None:
         """An instance replaced by another module (upgrade, reinstall, uninstall, snapshot): calls that
-        wait on it end with a reject, its timer stops, its memory is freed; the new one takes its place."""
-        self.set_aside(instance, why)
-        instance.close()
+        wait on it end with a reject, its timer stops, a message of it still running is stopped, its
+        memory is freed; the new one takes its place."""
+        self._interrupt(instance, f"canister {instance.id} was {why}")
+
+        def retired() -> None:
+            self.set_aside(instance, why)
+            self._close(instance)
+
+        self.on_loop(retired)
 
     def set_aside(self, instance: CanisterInstance, why: str) -> None:
         """Calls that wait on the instance end with a reject and its timer stops; the instance lives on."""
@@ -265,21 +337,28 @@ class CanisterRuntime:
         self.end_calls(instance, why)
 
     def end_calls(self, instance: CanisterInstance, why: str) -> None:
-        self._end_calls(
-            instance,
-            Response.rejected(
-                RejectCode.CANISTER_ERROR,
-                f"Canister {instance.id} was {why} before it answered",
-                CANISTER_NOT_FOUND if why == "removed" else "IC0503",
-            ),
+        response = Response.rejected(
+            RejectCode.CANISTER_ERROR,
+            f"Canister {instance.id} was {why} before it answered",
+            CANISTER_NOT_FOUND if why == "removed" else "IC0503",
         )
+        self.on_loop(lambda: self._end_calls(instance, response))
+
+    def place(self, instance: CanisterInstance) -> None:
+        """`instance` answers for its canister from now on (set on the loop, where the doors read
+        `canisters`)."""
+
+        def placed() -> None:
+            self.canisters[instance.principal] = instance
+
+        self.on_loop(placed)
 
     def schedule_timer(self, instance: CanisterInstance) -> None:
-        self._schedule_timer(instance)
+        self.on_loop(lambda: self._schedule_timer(instance))
 
     def after_system_message(self, instance: CanisterInstance, message: Message) -> None:
         """A committed canister_init or post_upgrade: its calls are sent, its timer set."""
-        self._finish(instance, message, None)
+        self.on_loop(lambda: self._finish(instance, message, None))
 
     def record(self, canister_id: str) -> CanisterRecord:
         """A canister's record, installed or empty (an `UnknownCanister` if there is none)."""
@@ -297,6 +376,7 @@ class CanisterRuntime:
 
     def clear(self) -> None:
         """Remove every canister but the session's and stop everything in flight (between tests)."""
+        self._interrupt(None, "the emulator was reset")
         kept = self.lifecycle.set_aside_pinned()
         for instance in self.canisters.values():
             self._end_calls(
@@ -312,7 +392,7 @@ class CanisterRuntime:
         self._tasks.clear()
         self._timers.clear()
         for instance in self.canisters.values():
-            instance.close()
+            self._close(instance)
         self.canisters.clear()
         self.standins.clear()
         self.faults = FaultBook()
@@ -349,12 +429,21 @@ class CanisterRuntime:
         else:
             assert instance is not None
             if not query and instance.entry_point(method, False) == (f"canister_update {method}", False):
-                inspect_message(self, instance, method, arg, caller_bytes)
+                await self._inspect(instance, method, arg, caller_bytes)
             response = await self.deliver(instance, method, arg, caller_bytes, cycles, query=query)
         if response.reply is None:
             assert response.reject_code is not None
             raise CanisterReject(response.reject_code, response.reject_message, response.error_code)
         return response.reply
+
+    async def _inspect(self, instance: CanisterInstance, method: str, arg: bytes, caller: bytes) -> None:
+        """The canister's `canister_inspect_message`, on the runtime's thread (a reject if it refuses)."""
+
+        def work() -> None:
+            if not instance.closed and self.is_installed(instance):  # else the call finds it removed
+                inspect_message(self, instance, method, arg, caller)
+
+        await self.execute(instance, work)
 
     def check_method(self, canister_id: str, method: str, query: bool) -> None:
         instance = self.get(canister_id)
@@ -417,15 +506,118 @@ class CanisterRuntime:
             time_ns=self.now_ns(),
             deadline_ns=deadline_ns,
         )
-        with composite_state(instance, context):
-            trap = instance.run(message, export, context)
-        self._finish(instance, message, trap)
+        await self._run(instance, message, export, context)
         response = await future
         if as_query and cycles:
             response = Response(
                 response.reply, response.reject_code, response.reject_message, response.error_code, cycles
             )
         return response
+
+    # -- execution ----------------------------------------------------------------------------------
+
+    async def execute(self, instance: CanisterInstance | None, work: Callable[[], T]) -> T:
+        """Run `work` (a message's Wasm, or None: an install's, an upgrade's, a snapshot's) on the
+        runtime's thread, after the work delivered before it. The loop stays free meanwhile; the wall-clock
+        budget interrupts the work by moving the engine's epoch (only one runs at a time, so only it is
+        interrupted). What the work hands to `on_loop` runs on the loop when it ends, in order.
+        """
+        self._queued += 1
+        try:
+            async with self._turn:
+                return await self._execute_now(instance, work)
+        finally:
+            self._queued -= 1
+
+    async def _execute_now(self, instance: CanisterInstance | None, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        self._running = instance
+        self.stop_requested = None
+        budget = loop.call_later(self.time_limit, self._interrupt, instance)
+
+        def on_thread() -> T:
+            self._on_thread.active = True
+            try:
+                return work()
+            finally:
+                self._on_thread.active = False
+
+        try:
+            running: asyncio.Future[T] = loop.run_in_executor(self._executor, on_thread)
+            self._executing = running
+            return await running
+        finally:
+            budget.cancel()
+            self._executing = None
+            self._running = None
+            self.stop_requested = None
+            effects, self._effects = self._effects, []
+            for effect in effects:
+                effect()
+
+    def stopping(self) -> bool:
+        """Whether the work on the runtime's thread that asks is being stopped."""
+        return self.stop_requested is not None and getattr(self._on_thread, "active", False)
+
+    def on_loop(self, effect: Callable[[], None]) -> None:
+        """Run `effect` (bookkeeping of the loop's: calls sent, futures answered, timers) now; from the
+        runtime's thread, on the loop as soon as the work there ends."""
+        if getattr(self._on_thread, "active", False):
+            self._effects.append(effect)
+        else:
+            effect()
+
+    def budget_text(self) -> str:
+        return (
+            f"it ran for more than the canister runtime's wall-clock budget of {self.time_limit:g} s per "
+            "message (set canister_time_limit, --canister-time-limit, to change it)"
+        )
+
+    def _interrupt(self, instance: CanisterInstance | None, why: str | None = None) -> None:
+        """Stop the running work now, if it is `instance`'s (None: whatever runs)."""
+        if self._executing is None or (instance is not None and self._running is not instance):
+            return
+        self.stop_requested = self.stopped_because = why or self.budget_text()
+        self.engine.increment_epoch()
+
+    async def _run(
+        self,
+        instance: CanisterInstance,
+        message: Message,
+        entry: str | tuple[int, int],
+        context: CallContext | None = None,
+        answered: Call | None = None,
+    ) -> None:
+        """Run one message (a callback: of the call `answered`, and its cleanup if it traps), then send
+        what it left."""
+        cleanup = None if answered is None else answered.cleanup
+
+        def work() -> CanisterTrap | None:
+            if instance.closed or self.canisters.get(instance.principal) is not instance:
+                return None  # removed while it waited for its turn
+            with composite_state(instance, context):
+                trap = instance.run(message, entry, context)
+                if trap is not None and cleanup is not None:
+                    done = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
+                    failed = instance.run(done, cleanup, context)
+                    if failed is not None:
+                        instance.log_trap(done, failed)
+            return trap
+
+        trap = await self.execute(instance, work)
+        if self.canisters.get(instance.principal) is not instance:  # removed before or while it ran
+            if context is not None:
+                context.respond(
+                    Response.rejected(
+                        RejectCode.DESTINATION_INVALID,
+                        f"Canister {instance.id} was removed before it answered",
+                        CANISTER_NOT_FOUND,
+                    )
+                )
+            return
+        if answered is not None and context is not None:
+            context.outstanding -= 1  # only now: until its callback ran, the call kept the context open
+        self._finish(instance, message, trap)
 
     def _finish(self, instance: CanisterInstance, message: Message, trap: Any) -> None:
         """After a message: send its calls and its reply if it committed; end its call context if done."""
@@ -436,6 +628,8 @@ class CanisterRuntime:
             for call in message.calls:
                 if call.context is not None:
                     call.context.outstanding += 1
+                instance.calls_in_flight += 1
+                instance.call_bytes_in_flight += len(call.arg)
                 self._spawn(self._send(instance, call))
             if context is not None:
                 if message.reply is not None:
@@ -499,8 +693,10 @@ class CanisterRuntime:
                     f"{call.method!r} got no response within {call.timeout} s; its outcome is unknown",
                     error_code_for(RejectCode.SYS_UNKNOWN),
                 )
+        instance.calls_in_flight -= 1
+        instance.call_bytes_in_flight -= len(call.arg)
         if instance.epoch == epoch:  # else a snapshot was loaded: the callback belongs to a past state
-            self._callback(instance, call, response)
+            await self._callback(instance, call, response)
 
     async def _route(self, instance: CanisterInstance, call: Call, deadline_ns: int) -> Response:
         arg = bytes(call.arg)
@@ -558,12 +754,10 @@ class CanisterRuntime:
             deadline_ns=deadline_ns,
         )
 
-    def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
+    async def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
         if self.canisters.get(instance.principal) is not instance:
             return  # the canister was removed while its call was out
         context = call.context
-        if context is not None:
-            context.outstanding -= 1
         instance.balance += response.refund
         replied = response.reply is not None
         message = Message(
@@ -578,14 +772,7 @@ class CanisterRuntime:
             reject_message="" if replied else response.reject_message,
             refunded=response.refund,
         )
-        with composite_state(instance, context):
-            trap = instance.run(message, call.reply if replied else call.reject, context)
-            if trap is not None and call.cleanup is not None:
-                cleanup = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
-                failed = instance.run(cleanup, call.cleanup, context)
-                if failed is not None:
-                    instance.log_trap(cleanup, failed)
-        self._finish(instance, message, trap)
+        await self._run(instance, message, call.reply if replied else call.reject, context, call)
 
     # -- timers ---------------------------------------------------------------------------------------
 
@@ -612,8 +799,7 @@ class CanisterRuntime:
             return
         self._last_ns = max(self._last_ns, when_ns)
         message = Message(MessageKind.TIMER, None, time_ns=self.now_ns(), caller=MANAGEMENT)
-        trap = instance.run(message, "canister_global_timer")
-        self._finish(instance, message, trap)
+        await self._run(instance, message, "canister_global_timer")
 
     async def tick(self) -> None:
         """One round: every running canister's heartbeat, then what is due runs until nothing is in flight."""
@@ -623,23 +809,31 @@ class CanisterRuntime:
                 and self.lifecycle.admit(instance.principal) is None
             ):
                 message = Message(MessageKind.HEARTBEAT, None, time_ns=self.now_ns(), caller=MANAGEMENT)
-                trap = instance.run(message, "canister_heartbeat")
-                self._finish(instance, message, trap)
+                await self._run(instance, message, "canister_heartbeat")
         await asyncio.sleep(0)
         await self.settle()
 
     # -- waiting ------------------------------------------------------------------------------------
 
-    def _busy(self) -> list[asyncio.Task[Any]]:
+    def _busy(self) -> list[asyncio.Future[Any]]:
+        """What is in flight: tasks of calls (timers waiting on the clock do not count), and the work on
+        the runtime's thread (work waiting for it is counted in `_queued`)."""
         timers = {task for _, task in self._timers.values()}
-        return [t for t in self._tasks if not t.done() and t not in timers]
+        busy: list[asyncio.Future[Any]] = [t for t in self._tasks if not t.done() and t not in timers]
+        if self._executing is not None:
+            busy.append(self._executing)
+        return busy
 
     async def quiesce(self, rounds: int = 500) -> None:
         """Let work in flight run on, for at most `rounds` loop iterations (after the clock moved)."""
         for _ in range(rounds):
-            if not self._busy():
+            busy = self._busy()
+            if not busy and not self._queued:
                 return
-            await asyncio.sleep(0)
+            if self._executing is not None:  # a message running on the runtime's thread counts as one round
+                await asyncio.wait({self._executing})
+            else:
+                await asyncio.sleep(0)
 
     async def settle(self, timeout: float = 5.0) -> bool:
         """Wait until no call is in flight (timers waiting on the clock do not count); False on timeout."""
@@ -647,16 +841,26 @@ class CanisterRuntime:
         end = loop.time() + timeout
         while True:
             busy = self._busy()
-            if not busy:
+            if not busy and not self._queued:
                 for _ in range(3):
                     await asyncio.sleep(0)
-                if not self._busy():
+                if not self._busy() and not self._queued:
                     return True
                 continue
             remaining = end - loop.time()
             if remaining <= 0:
                 return False
-            await asyncio.wait(busy, timeout=min(remaining, 0.05))
+            if busy:
+                await asyncio.wait(busy, timeout=min(remaining, 0.05))
+            else:
+                await asyncio.sleep(0.001)  # work waits for its turn on the runtime's thread
+
+
+def _yield_to_the_doors() -> None:
+    """Run canister code at a lower CPU priority than the event loop, so a spinning canister on a busy
+    machine delays the other doors less (Linux; elsewhere the thread keeps its priority)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CANISTER_NICENESS)
 
 
 def _no_method(instance: CanisterInstance, method: str, query: bool) -> str:

@@ -3,8 +3,10 @@
 A message either commits or leaves no trace: before it runs, the heap, the mutable globals, the timer,
 the cycle balance and the certified data are snapshotted, and stable memory keeps an undo log of the
 message's writes; a trap restores all of them. A query always restores them (a query keeps no state).
-Execution is bounded by fuel (one unit per Wasm instruction), so an endless loop traps as the IC's
-instruction limit does.
+Execution is bounded by fuel (one unit per Wasm instruction, plus the IC's charge for each system call),
+so an endless loop traps as the IC's instruction limit does; the runtime also stops a message by moving the
+engine's epoch (its wall-clock budget, a removal, a reset). Before a message runs, the memory it would hold
+is checked against the runtime's budget.
 """
 
 from __future__ import annotations
@@ -16,10 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 from wasmtime import _ffi as ffi
+from wasmtime._extern import wrap_extern
 
-from icllm_emulator.runtime.errors import INSTRUCTION_LIMIT, WASM_TRAP, CanisterTrap, ModuleError
+from icllm_emulator.runtime.errors import (
+    INSTRUCTION_LIMIT,
+    OUT_OF_MEMORY,
+    QUERY_INSTRUCTION_LIMIT,
+    TIME_LIMIT,
+    WASM_TRAP,
+    CanisterTrap,
+    ModuleError,
+    limit_text,
+)
 from icllm_emulator.runtime.messages import CallContext, Message, MessageKind
-from icllm_emulator.runtime.module import GLOBAL_EXPORT, ModuleInfo, explain
+from icllm_emulator.runtime.module import EXPORT_FUNC, EXPORT_MEMORY, GLOBAL_EXPORT, ModuleInfo, explain
 from icllm_emulator.runtime.system_api import MAX_STABLE_PAGES, PAGE, U64, SystemApi
 
 if TYPE_CHECKING:
@@ -28,15 +40,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("icllm.canister")
 
 UPDATE_PREFIX = "canister_update "
+# The log text a canister keeps: the IC interface specification's 4 KiB (fetch_canister_logs: "If new logs
+# are added resulting in exceeding the maximum total log size of 4KiB, the oldest logs will be removed").
+MAX_LOG_BYTES = 4096
 QUERY_PREFIXES = ("canister_query ", "canister_composite_query ")
 
 
 @dataclass(frozen=True, slots=True)
 class LogLine:
-    """One `debug_print` line and the canister time (ns) of the message that printed it."""
+    """One `debug_print` line and the canister time (ns) of the message that printed it; `truncated`: the
+    line was longer than a canister's whole log, and only its end is kept."""
 
     time_ns: int
     text: str
+    truncated: bool = False
+
+
+class Log(list[LogLine]):
+    """A canister's log lines, oldest first, and the size of their text in bytes (`size`).
+
+    One log outlives the canister's modules (an upgrade's new module writes to it), so the size it keeps
+    to is counted with it, not per module.
+    """
+
+    size = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +123,14 @@ class CanisterInstance:
         self.certified_data = b""
         self.stable = bytearray()
         self._journal: list[tuple[int, bytes]] = []
-        self.logs: list[LogLine] = []
+        self._journal_bytes = 0
+        # The heap's size after the last message (read from the store only while no other thread runs it).
+        self._heap_bytes = 0
+        # A list, not a deque: the doors read it from the event loop while a message appends to it.
+        self.logs = Log()
+        # Calls this canister made that are sent or about to be, and not answered yet.
+        self.calls_in_flight = 0
+        self.call_bytes_in_flight = 0  # their arguments
         # Calls made to this canister that have not ended yet (a removal or a reset ends them).
         self.open_contexts: set[CallContext] = set()
         self._message_time = 0
@@ -129,7 +163,8 @@ class CanisterInstance:
         except CanisterTrap as trap:
             raise ModuleError(f"the module's start function trapped: {trap.message}") from None
         except wasmtime.Trap as trap:
-            raise ModuleError(f"the module's start function trapped: {_trap_text(trap)}") from None
+            stopped = self._wasm_trap(trap, start).message
+            raise ModuleError(f"the module's start function trapped: {stopped}") from None
         except wasmtime.WasmtimeError as error:
             raise ModuleError(
                 f"the module cannot be instantiated: {explain(error)} (the canister runtime allows "
@@ -138,24 +173,37 @@ class CanisterInstance:
             ) from None
         finally:
             self.api.message = None
-        exports = self.instance.exports(self.store)
+        # Exports are looked up by name: listing them all through wasmtime's C API costs time quadratic
+        # in their number (20,000 exports took 18 s).
         memory = next(
-            (m for name in _export_names(exports) if isinstance(m := exports[name], wasmtime.Memory)), None
+            (m for name, kind in info.exports.items() if kind == EXPORT_MEMORY and (m := self._export(name))),
+            None,
         )
-        if memory is None:
+        if not isinstance(memory, wasmtime.Memory):
             raise ModuleError("the module exports no memory, so the system API cannot reach its data")
         self.memory: wasmtime.Memory = memory
-        table = exports.get(info.table_export) if info.table_export else None
+        table = self._export(info.table_export) if info.table_export else None
         self.table: wasmtime.Table | None = table if isinstance(table, wasmtime.Table) else None
         self.globals: list[wasmtime.Global] = [
             g
             for i in info.mutable_globals
-            if isinstance(g := exports[f"{GLOBAL_EXPORT}{i}"], wasmtime.Global)
+            if isinstance(g := self._export(f"{GLOBAL_EXPORT}{i}"), wasmtime.Global)
         ]
         self._globals = _GlobalValues(self.store, self.globals)
+        self._heap_bytes = self.memory.data_len(self.store)
         self.functions: dict[str, wasmtime.Func] = {
-            name: f for name in _export_names(exports) if isinstance(f := exports[name], wasmtime.Func)
+            name: f
+            for name, kind in info.exports.items()
+            if kind == EXPORT_FUNC and isinstance(f := self._export(name), wasmtime.Func)
         }
+
+    def _export(self, name: str) -> Any:
+        raw = name.encode()
+        item = ffi.wasmtime_extern_t()
+        found = ffi.wasmtime_instance_export_get(
+            self.store._context(), ctypes.byref(self.instance._instance), raw, len(raw), ctypes.byref(item)
+        )
+        return wrap_extern(item) if found else None
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -165,7 +213,8 @@ class CanisterInstance:
         Every way a canister goes (removed, its IC reset, its test ended) ends here. wasmtime frees a
         store's memories and host functions only when the store is deleted, and a canister's objects
         refer to one another, so without this they would wait for Python's cycle collector.
-        The logs stay readable; the canister can run no message any more.
+        The logs stay readable; the canister can run no message any more. The runtime calls it only
+        while none of the canister's Wasm runs (on its thread, after an interrupted message).
         """
         self.closed = True
         self.api.message = None
@@ -174,6 +223,7 @@ class CanisterInstance:
         self._shadow = bytearray()
         self.stable = bytearray()
         self._journal.clear()
+        self._heap_bytes = self._journal_bytes = 0
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -196,32 +246,57 @@ class CanisterInstance:
 
     def log_trap(self, message: Message, trap: CanisterTrap) -> None:
         """A trap is logged as the replica logs it, so `Canister.logs` shows why a message left no trace."""
-        self.logs.append(LogLine(message.time_ns, f"[TRAP in {message.kind.value}]: {trap.message}"))
+        self._keep(LogLine(message.time_ns, f"[TRAP in {message.kind.value}]: {trap.message}"))
         log.debug("[%s] trap in %s: %s", self.name, message.kind.value, trap.message)
 
     def log(self, text: str) -> None:
-        self.logs.append(LogLine(self._message_time, text))
+        self._keep(LogLine(self._message_time, text))
         log.debug("[%s] %s", self.name, text)
+
+    def _keep(self, line: LogLine) -> None:
+        """Keep the last MAX_LOG_BYTES of log text, as the IC keeps a canister's log (oldest lines go)."""
+        size = len(line.text.encode())
+        if size > MAX_LOG_BYTES:
+            text = line.text.encode()[-MAX_LOG_BYTES:].decode("utf-8", "replace")
+            line, size = LogLine(line.time_ns, text, truncated=True), MAX_LOG_BYTES
+        self.logs.append(line)
+        self.logs.size += size
+        dropped = 0
+        while self.logs.size > MAX_LOG_BYTES:
+            self.logs.size -= len(self.logs[dropped].text.encode())
+            dropped += 1
+        if dropped:
+            del self.logs[:dropped]
 
     # -- execution --------------------------------------------------------------------------------
 
     def _begin(self, message: Message) -> None:
-        message.fuel = self.instruction_limit
+        limit = self.instruction_limit
+        if message.kind in (MessageKind.QUERY, MessageKind.COMPOSITE_QUERY):
+            limit = min(limit, QUERY_INSTRUCTION_LIMIT)
+        message.fuel = limit
         self.store.set_fuel(message.fuel)
+        self.store.set_epoch_deadline(1)  # the runtime moves the epoch to interrupt this message
         self._message_time = message.time_ns
         self.api.message = message
+        self.api.owed = 0
 
     def instructions_used(self, message: Message) -> int:
-        return message.fuel - self.store.get_fuel()
+        return message.fuel - self.store.get_fuel() + self.api.owed
 
     def run(
         self, message: Message, entry: str | tuple[int, int], context: CallContext | None = None
     ) -> CanisterTrap | None:
         """Run one message to its end: None if it committed, else the trap (and nothing of it remains)."""
+        refused = self.check_memory()
+        if refused is not None:
+            return refused
         snapshot = self._snapshot(context)
         self._begin(message)
         error: CanisterTrap | None = None
         try:
+            if self.runtime.stopping():  # stopped before it began
+                raise CanisterTrap(self._interrupt_text(message), TIME_LIMIT)
             self._call(entry)
         except CanisterTrap as trap:
             error = trap
@@ -235,6 +310,8 @@ class CanisterInstance:
             self._restore(snapshot, context)
         else:
             del self._journal[snapshot.journal_start :]
+            self._journal_bytes = sum(len(old) for _, old in self._journal)
+        self._heap_bytes = self.memory.data_len(self.store)
         return error
 
     def _call(self, entry: str | tuple[int, int]) -> None:
@@ -256,12 +333,14 @@ class CanisterInstance:
 
     def _wasm_trap(self, trap: wasmtime.Trap, message: Message) -> CanisterTrap:
         if trap.trap_code is wasmtime.TrapCode.OUT_OF_FUEL:
-            return CanisterTrap(
-                f"Canister exceeded the limit of {message.fuel} instructions for single message execution "
-                "(Wasm instructions, counted as fuel; install with instruction_limit= to change it)",
-                INSTRUCTION_LIMIT,
-            )
+            return CanisterTrap(limit_text(message.fuel), INSTRUCTION_LIMIT)
+        if trap.trap_code is wasmtime.TrapCode.INTERRUPT:
+            return CanisterTrap(self._interrupt_text(message), TIME_LIMIT)
         return CanisterTrap(f"Canister trapped: {_trap_text(trap)}", WASM_TRAP)
+
+    def _interrupt_text(self, message: Message) -> str:
+        why = self.runtime.stop_requested or self.runtime.stopped_because or self.runtime.budget_text()
+        return f"Canister {self.id} was stopped in {message.kind.value}: {why}"
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -295,6 +374,7 @@ class CanisterInstance:
         self._globals.restore(self.store)
         while len(self._journal) > snapshot.journal_start:
             offset, old = self._journal.pop()
+            self._journal_bytes -= len(old)
             self.stable[offset : offset + len(old)] = old
         del self.stable[snapshot.stable_size :]
         self.balance = snapshot.balance
@@ -302,6 +382,48 @@ class CanisterInstance:
         self.certified_data = snapshot.certified_data
         if context is not None and snapshot.cycles_available is not None:
             context.cycles_available = snapshot.cycles_available
+
+    # -- memory -----------------------------------------------------------------------------------
+
+    @property
+    def heap_size(self) -> int:
+        """The heap's size in bytes after the last message (safe to read while a message runs)."""
+        return self._heap_bytes
+
+    @property
+    def footprint(self) -> int:
+        """The bytes this canister holds between messages, as the runtime's memory budget counts them."""
+        return self._kept(self._heap_bytes)
+
+    def _kept(self, heap: int) -> int:
+        kept = len(self.stable) + self._journal_bytes + self.logs.size + self.call_bytes_in_flight
+        return 2 * heap + kept
+
+    def _needed(self, grow: int = 0) -> int:
+        """The bytes this canister holds while a message runs: its heap and the heap's copy kept to roll
+        the message back, stable memory and its undo journal, its logs, the arguments of its calls in
+        flight; `grow` more."""
+        return self._kept(self.memory.data_len(self.store)) + grow
+
+    def memory_left(self, grow: int = 0) -> bool:
+        """Whether the runtime's memory budget allows this canister `grow` more bytes."""
+        others = self.runtime.memory_in_use() - (self.footprint if self.runtime.is_installed(self) else 0)
+        return others + self._needed(grow) <= self.runtime.memory_limit
+
+    def check_memory(self, grow: int = 0) -> CanisterTrap | None:
+        """The IC's out-of-memory error when the runtime's budget cannot hold this canister's message."""
+        if self.memory_left(grow):
+            return None
+        limit = self.runtime.memory_limit
+        return CanisterTrap(
+            f"Canister {self.id} is out of memory: with this message it would hold {self._needed(grow)} "
+            "bytes (its heap, the heap's copy kept for rollback, stable memory and its undo journal, logs, "
+            "its calls' arguments) "
+            f"and the canister runtime allows {limit} bytes for all canisters together (in use: "
+            f"{self.runtime.memory_in_use()}; set canister_memory_limit, --canister-memory-limit, to "
+            "change it)",
+            OUT_OF_MEMORY,
+        )
 
     def image(self) -> Image:
         """The heap, globals, stable memory, certified data and timer as they are between messages."""
@@ -323,6 +445,7 @@ class CanisterInstance:
                 g.set_value(self.store, value)
         self.stable[:] = image.stable
         self._journal.clear()
+        self._journal_bytes = 0
         self.certified_data = image.certified_data
         self.timer = image.timer
 
@@ -335,12 +458,13 @@ class CanisterInstance:
         ctypes.memmove(base, data, len(data))
         if length > len(data):
             ctypes.memset(base + len(data), 0, length - len(data))
+        self._heap_bytes = length
 
     # -- stable memory ----------------------------------------------------------------------------
 
     def stable_grow(self, pages: int) -> int:
         old = len(self.stable) // PAGE
-        if old + pages > MAX_STABLE_PAGES:
+        if old + pages > MAX_STABLE_PAGES or not self.memory_left(pages * PAGE):
             return U64  # -1: the IC's answer when stable memory cannot grow
         self.stable.extend(bytes(pages * PAGE))
         return old
@@ -355,7 +479,11 @@ class CanisterInstance:
 
     def stable_write(self, what: str, offset: int, data: bytes) -> None:
         self._stable_range(what, offset, len(data))
+        refused = self.check_memory(len(data))
+        if refused is not None:
+            raise refused
         self._journal.append((offset, bytes(self.stable[offset : offset + len(data)])))
+        self._journal_bytes += len(data)
         self.stable[offset : offset + len(data)] = data
 
     def stable_read(self, what: str, offset: int, size: int) -> bytes:
@@ -396,10 +524,6 @@ class _GlobalValues:
                 raise wasmtime.WasmtimeError._from_ptr(error)
         for g, value in zip(self._wrapped, self._wrapped_values, strict=True):
             g.set_value(store, value)
-
-
-def _export_names(exports: Any) -> list[str]:
-    return [name for name, _ in exports.items()] if hasattr(exports, "items") else list(exports)
 
 
 def _first_line(error: BaseException) -> str:

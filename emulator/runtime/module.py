@@ -31,6 +31,12 @@ from icllm_emulator.runtime.errors import ModuleError
 WASM_MAGIC = b"\0asm\x01\0\0\0"
 GZIP_MAGIC = b"\x1f\x8b"
 TABLE_EXPORT = "__icllm_table"
+EXPORT_FUNC, EXPORT_MEMORY = 0, 2
+# The IC's limits on a module's exported methods (canister_update/query/composite_query ...): their
+# number, and the sum of their names' lengths.
+MAX_EXPORTED_FUNCTIONS = 1_000
+MAX_EXPORTED_NAME_BYTES = 20_000
+METHOD_PREFIXES = ("canister_update ", "canister_query ", "canister_composite_query ")
 GLOBAL_EXPORT = "__icllm_global_"
 # The IC's limit on an installed module (after decompression): 100 MiB, with 30 MiB of code sections.
 MAX_MODULE_BYTES = 100 * 1024 * 1024
@@ -236,7 +242,27 @@ def inspect(wasm: bytes) -> ModuleInfo:
                 if kind == 1 and index == 0:
                     info.own_table_export = name
         pos = end
+    _check_exports(info)
     return info
+
+
+def _check_exports(info: ModuleInfo) -> None:
+    functions = [
+        name.split(" ", 1)[1]
+        for name, kind in info.exports.items()
+        if kind == EXPORT_FUNC and name.startswith(METHOD_PREFIXES)
+    ]
+    if len(functions) > MAX_EXPORTED_FUNCTIONS:
+        raise ModuleError(
+            f"the module exports {len(functions)} methods; the IC accepts at most {MAX_EXPORTED_FUNCTIONS} "
+            "(canister_update, canister_query and canister_composite_query functions together)"
+        )
+    length = sum(len(name.encode()) for name in functions)
+    if length > MAX_EXPORTED_NAME_BYTES:
+        raise ModuleError(
+            f"the names of the module's methods are {length} bytes long together; the IC accepts "
+            f"at most {MAX_EXPORTED_NAME_BYTES}"
+        )
 
 
 def prepare(wasm: bytes, info: ModuleInfo) -> bytes:
@@ -326,13 +352,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-icllm" / "modules"
 
 
-ENGINE_SETTINGS = "memory64+fuel+v1"
+ENGINE_SETTINGS = "memory64+fuel+epoch+v1"
 
 
 def make_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
     config.wasm_memory64 = True
     config.consume_fuel = True
+    config.epoch_interruption = True  # the wall-clock budget, and a reset, stop a running message
     return wasmtime.Engine(config)
 
 

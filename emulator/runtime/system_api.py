@@ -17,8 +17,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
-from icllm_emulator.runtime.errors import OUT_OF_CYCLES, WASM_TRAP, CanisterTrap, ModuleError
+from icllm_emulator.runtime.errors import (
+    CONTRACT_VIOLATION,
+    INSTRUCTION_LIMIT,
+    OUT_OF_CYCLES,
+    WASM_TRAP,
+    CanisterTrap,
+    ModuleError,
+    limit_text,
+)
 from icllm_emulator.runtime.messages import Call, Message, MessageKind
 
 if TYPE_CHECKING:
@@ -51,6 +60,34 @@ ROOT_KEY = bytes.fromhex(
     "308182301d060d2b0601040182dc7c0503010201060c2b0601040182dc7c05030201036100"
 ) + bytes(96)
 SUBNET_ID = bytes.fromhex("0000000000000000fe01") + bytes(19)
+# What a system API call costs in instructions, beside the Wasm that makes it, as the IC charges it
+# (dfinity/ic, rs/embedders/src/wasmtime_embedder/system_api_complexity.rs, `overhead::new`): 500 for most
+# calls, the exceptions below; and one instruction per byte copied between the heap and the system.
+# It is what ends a loop of cheap system calls, each of which costs microseconds here.
+SYSTEM_API_COST = 500
+SYSTEM_API_COSTS = {
+    "call_new": 1_500,
+    "call_perform": 5_000,
+    "is_controller": 1_000,
+    "performance_counter": 200,
+    "debug_print": 100,
+    "stable_read": 20,
+    "stable_write": 20,
+    "stable_size": 20,
+    "stable64_read": 20,
+    "stable64_write": 20,
+    "stable64_size": 20,
+}
+# The system API's charges are taken from the message's fuel once they reach this many instructions
+# (taking them at each call doubled a system call's cost): a message may overrun its limit by less.
+SETTLE_EVERY = 1_000_000
+# The IC's limit on an inter-canister call's argument (MAX_INTER_CANISTER_PAYLOAD_IN_BYTES).
+MAX_CALL_ARG_BYTES = 2 * 1024 * 1024
+# Calls a canister may have in flight (about to be sent, or sent and not answered); beyond it
+# `ic0.call_perform` fails with SYS_TRANSIENT and the call is not made, as on the IC when a canister's
+# output queue (500 messages) is full.
+MAX_CALLS_IN_FLIGHT = 500
+SYS_TRANSIENT = 2
 # What a call costs to send, as the IC charges on a 13-node subnet: a fee plus one per byte.
 CALL_FEE = 260_000
 CALL_BYTE_FEE = 1_000
@@ -67,6 +104,10 @@ class SystemApi:
         self.instance = instance
         self.message: Message | None = None
         self._caller: wasmtime.Caller | None = None
+        self._fuel = ctypes.c_uint64()
+        self._fuel_ref = ctypes.byref(self._fuel)
+        # Instructions charged to the running message and not yet taken from its fuel.
+        self.owed = 0
 
     # -- binding ----------------------------------------------------------------------------------
 
@@ -106,6 +147,7 @@ class SystemApi:
         results = [32 if str(r) == "i32" else 64 for r in functype.results]
         bits = results[0] if results else 0
         api_ref = weakref.ref(self)
+        cost = SYSTEM_API_COSTS.get(name, SYSTEM_API_COST)
 
         def host(caller: wasmtime.Caller, *args: int) -> Any:
             api = api_ref()
@@ -113,7 +155,8 @@ class SystemApi:
                 raise CanisterTrap(f"ic0.{name}: the canister was removed")
             api._caller = caller
             try:
-                value = impl(api, *[a & m for a, m in zip(args, masks, strict=True)])
+                api.charge(cost)
+                value = impl(api, *[a & m for a, m in zip(args, masks, strict=True)]) if args else impl(api)
             finally:
                 api._caller = None
             if not bits:
@@ -123,6 +166,24 @@ class SystemApi:
 
         host.__name__ = name
         return host
+
+    def charge(self, instructions: int) -> None:
+        """Charge the running message `instructions`; they are taken from its fuel a batch at a time."""
+        self.owed += instructions
+        if self.owed >= SETTLE_EVERY:
+            self.settle()
+
+    def settle(self) -> None:
+        """Take what is owed from the running message's fuel; past its limit, the message traps."""
+        assert self._caller is not None
+        owed, self.owed = self.owed, 0
+        context = self._caller._context()
+        ffi.wasmtime_context_get_fuel(context, self._fuel_ref)
+        left = self._fuel.value
+        if owed > left:
+            ffi.wasmtime_context_set_fuel(context, 0)
+            raise CanisterTrap(limit_text(self.message.fuel if self.message else 0), INSTRUCTION_LIMIT)
+        ffi.wasmtime_context_set_fuel(context, left - owed)
 
     # -- memory -----------------------------------------------------------------------------------
 
@@ -142,10 +203,12 @@ class SystemApi:
     def read(self, what: str, addr: int, size: int) -> bytes:
         if size == 0:
             return b""
+        self.charge(size)
         return ctypes.string_at(self._bounds(what, addr, size), size)
 
     def write(self, what: str, addr: int, data: bytes) -> None:
         if data:
+            self.charge(len(data))
             ctypes.memmove(self._bounds(what, addr, len(data)), data, len(data))
 
     def _copy_out(self, what: str, source: bytes, dst: int, offset: int, size: int) -> None:
@@ -471,6 +534,16 @@ class SystemApi:
 
     def ic0_call_data_append(self, src: int, size: int) -> None:
         call = self._building("call_data_append")
+        if len(call.arg) + size > MAX_CALL_ARG_BYTES:
+            raise CanisterTrap(
+                f"ic0.call_data_append: the call's argument would be {len(call.arg) + size} bytes; the IC "
+                f"accepts at most {MAX_CALL_ARG_BYTES} bytes (2 MiB) in a call between canisters",
+                CONTRACT_VIOLATION,
+            )
+        pending = sum(len(c.arg) for c in self._running("call_data_append").calls) + len(call.arg) + size
+        refused = self.instance.check_memory(pending)
+        if refused is not None:
+            raise refused
         call.arg += self.read("ic0.call_data_append", src, size)
 
     def ic0_call_with_best_effort_response(self, timeout_seconds: int) -> None:
@@ -499,6 +572,10 @@ class SystemApi:
         message = self._running("call_perform")
         call = self._building("call_perform")
         message.building = None
+        if self.instance.calls_in_flight + len(message.calls) >= MAX_CALLS_IN_FLIGHT:
+            # The IC's answer when the canister's output queue is full: the call is not made.
+            self.instance.balance += call.cycles
+            return SYS_TRANSIENT
         message.calls.append(call)
         return 0
 

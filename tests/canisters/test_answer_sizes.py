@@ -105,50 +105,55 @@ def test_get_outcalls_after_a_large_outcall_shortens_it_and_says_so(emu: Stubs) 
     assert [o.url for o in one.outcalls] == ["https://example.com/big"] and one.next_page_token == "1"
 
 
-def test_get_logs_with_long_lines_comes_in_pages_and_marks_cut_lines(emu: Stubs) -> None:
+def test_get_logs_comes_in_pages_and_marks_a_line_cut_to_the_canisters_log(emu: Stubs) -> None:
     loud = install(emu, bytes(wasmtime.wat2wasm(LOUD)))
     for letter in b"abc":
-        assert call(emu, loud, "print", bytes([letter]) * 1_500_000).WhichOneof("outcome") == "reply"
+        assert call(emu, loud, "print", bytes([letter]) * 1_000).WhichOneof("outcome") == "reply"
     call(emu, loud, "print", b"short")
-    entries, token = [], ""
-    while True:
-        page = canisters(emu).GetLogs(pb.GetLogsRequest(canister_id=loud, page_token=token), timeout=60)
-        entries += page.entries
-        if not page.next_page_token:
-            break
-        token = page.next_page_token
-    assert [(e.text[:1], len(e.text), e.truncated) for e in entries] == [
-        ("a", 64 * 1024, True),
-        ("b", 64 * 1024, True),
-        ("c", 64 * 1024, True),
-        ("s", 5, False),
-    ]
     paged = canisters(emu).GetLogs(pb.GetLogsRequest(canister_id=loud, page_size=3), timeout=60)
-    assert len(paged.entries) == 3 and paged.next_page_token == "3"
-    assert (
-        canisters(emu)
-        .GetLogs(pb.GetLogsRequest(canister_id=loud, page_token="3"), timeout=60)
-        .entries[0]
-        .text
-        == "short"
-    )
+    assert [(e.text[:1], len(e.text), e.truncated) for e in paged.entries] == [
+        ("a", 1_000, False),
+        ("b", 1_000, False),
+        ("c", 1_000, False),
+    ]
+    assert paged.next_page_token == "3"
+    rest = canisters(emu).GetLogs(pb.GetLogsRequest(canister_id=loud, page_token="3"), timeout=60)
+    assert [e.text for e in rest.entries] == ["short"] and not rest.next_page_token
+    for letter in b"xyz":  # lines longer than the canister's whole log: each keeps its end, marked
+        assert call(emu, loud, "print", bytes([letter]) * 1_500_000).WhichOneof("outcome") == "reply"
+        kept = canisters(emu).GetLogs(pb.GetLogsRequest(canister_id=loud), timeout=60)
+        assert [(e.text, e.truncated) for e in kept.entries] == [(chr(letter) * 4096, True)]
+        assert not kept.next_page_token
 
 
-def test_list_canisters_with_long_method_names_cuts_them_and_says_so(emu: Stubs) -> None:
-    # 20 names of 90,000 bytes (Wasm allows 100,000 for one name): 1.8 MB of names in all
-    letters = "abcdefghijklmnopqrst"
-    names = "".join(f'(func (export "canister_query {letter * 90_000}"))' for letter in letters)
-    wide = install(emu, bytes(wasmtime.wat2wasm(f'(module (memory (export "memory") 1) {names})')))
+def test_list_canisters_with_long_method_names_cuts_them_and_comes_in_pages(emu: Stubs) -> None:
+    # 4 names of 4,990 bytes: within the IC's 20,000 bytes of method names, each over the 4 KiB listed
+    letters = "abcd"
+    names = "".join(f'(func (export "canister_query {letter * 4_990}"))' for letter in letters)
+    wide_wasm = bytes(wasmtime.wat2wasm(f'(module (memory (export "memory") 1) {names})'))
+    wide = install(emu, wide_wasm)
     plain = install(emu, bytes(wasmtime.wat2wasm(LOUD)))
     listed = canisters(emu).ListCanisters(pb.ListCanistersRequest(), timeout=60)
     assert [c.canister_id for c in listed.canisters] == [wide, plain]
     first, second = listed.canisters
-    assert first.methods_truncated and first.ByteSize() < ANSWER_BYTES
-    assert [name[:1] for name in first.query_methods] == list(letters[: len(first.query_methods)])
-    assert first.query_methods and all(len(name) == 4096 for name in first.query_methods)
+    assert first.methods_truncated
+    assert [name[:1] for name in first.query_methods] == list(letters)
+    assert all(len(name) == 4096 for name in first.query_methods)
     assert not second.methods_truncated and sorted(second.update_methods) == ["print", "reject"]
     paged = canisters(emu).ListCanisters(pb.ListCanistersRequest(page_size=1), timeout=60)
     assert [c.canister_id for c in paged.canisters] == [wide] and paged.next_page_token == "1"
+    # More canisters than one answer holds (16 KiB of names each): every one is listed, page by page.
+    many = [wide, plain] + [install(emu, wide_wasm) for _ in range(80)]
+    seen, token, pages = [], "", 0
+    while True:
+        page = canisters(emu).ListCanisters(pb.ListCanistersRequest(page_token=token), timeout=60)
+        assert page.ByteSize() <= ANSWER_BYTES
+        seen += [c.canister_id for c in page.canisters]
+        pages += 1
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert seen == many and pages > 1
 
 
 def test_a_50_mib_reject_message_comes_back_shortened_and_marked(emu: Stubs) -> None:

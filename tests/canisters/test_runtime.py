@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,7 @@ def test_every_way_a_canister_goes_frees_its_store_and_host_functions(
 
     async def main() -> None:
         ic = runtime(tmp_path)
+        gc.collect()  # what earlier tests left is freed now, not in the middle of the counts below
         start = registered()
         removed = ic.install(COUNTER_WASM)
         assert registered() > start
@@ -217,7 +219,7 @@ def test_every_module_the_management_canister_drops_is_freed(
         lifecycle, principal, arg = ic.lifecycle, first.principal, b"DIDL\0\0"
         upgraded = await lifecycle.install_code(ANONYMOUS, principal, COUNTER_WASM, arg, InstallMode.UPGRADE)
         assert first.closed and registered() == one
-        snapshot = lifecycle.take_snapshot(ANONYMOUS, principal)
+        snapshot = await lifecycle.take_snapshot(ANONYMOUS, principal)
         other = await lifecycle.install_code(
             ANONYMOUS, principal, bytes(wasmtime.wat2wasm(EMPTY)), arg, InstallMode.REINSTALL
         )

@@ -300,8 +300,9 @@ def test_a_delay_fault_holds_a_call_between_real_canisters_until_the_clock_passe
             assert not pending.done()
             icllm.advance(1)
             assert pending.result(timeout=5) == "100000000 e8s"
-            icllm_canister.faults.on(callee=ledger).hang()
+            hung = icllm_canister.faults.on(callee=ledger).hang()
             never = wallet.submit("balance_at", ledger.id, bytes(32))
+            wait_until(lambda: hung.uses == 1, "the hang")
             icllm.advance(3600)
             assert not never.done()
         """,

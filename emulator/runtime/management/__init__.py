@@ -277,7 +277,7 @@ async def _take(
     m: Management, instance: CanisterInstance, call: Call, arg: Any
 ) -> tuple[tuple[Any, ...], int]:
     principal = _principal(arg["canister_id"])
-    snapshot = m.lifecycle.take_snapshot(instance.principal, principal, arg.get("replace_snapshot"))
+    snapshot = await m.lifecycle.take_snapshot(instance.principal, principal, arg.get("replace_snapshot"))
     if arg.get("uninstall_code"):
         await m.lifecycle.uninstall_code(instance.principal, principal)
     return (_snapshot_value(snapshot),), 0

@@ -29,10 +29,11 @@ from icllm_emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
     CanisterReject,
     ModuleError,
+    check_instruction_limit,
     error_code_for,
 )
 from icllm_emulator.runtime.ids import principal_text
-from icllm_emulator.runtime.instance import CanisterInstance, Image, LogLine
+from icllm_emulator.runtime.instance import CanisterInstance, Image, Log
 from icllm_emulator.runtime.messages import Message, MessageKind, Response
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class CanisterRecord:
     version: int = 0
     chunks: dict[bytes, bytes] = field(default_factory=dict)
     snapshots: dict[bytes, Snapshot] = field(default_factory=dict)
-    logs: list[LogLine] = field(default_factory=list)
+    logs: Log = field(default_factory=Log)
     stop_waiters: list[asyncio.Future[None]] = field(default_factory=list)
     snapshot_counter: int = 0
 
@@ -332,16 +333,19 @@ class Lifecycle:
                 f"Error from Canister {record.id}: Canister's Wasm module is not valid: {error}",
                 "IC0505",
             ) from None
-        return self.install_compiled(
-            record,
-            raw,
-            compiled,
-            arg,
-            mode,
-            options,
-            sender=sender,
-            name=name,
-            instruction_limit=instruction_limit,
+        return await self.runtime.execute(  # the module's code runs on the runtime's thread
+            None,
+            lambda: self.install_compiled(
+                record,
+                raw,
+                compiled,
+                arg,
+                mode,
+                options,
+                sender=sender,
+                name=name,
+                instruction_limit=instruction_limit,
+            ),
         )
 
     def install_compiled(
@@ -474,11 +478,15 @@ class Lifecycle:
             controllers=record.controllers,
             candid=info.candid,
             name=name or record.id,
-            instruction_limit=instruction_limit or runtime.instruction_limit,
+            instruction_limit=check_instruction_limit(instruction_limit or runtime.instruction_limit),
         )
         instance.env = record.env  # one dict: update_settings reaches the running module
-        instance.logs = record.logs  # the canister's log outlives its modules, as on the IC
+        instance.logs = record.logs  # the canister's log (and its size) outlives its modules, as on the IC
         instance.version = record.version + 1
+        refused = instance.check_memory()  # the runtime's memory budget holds the new module's heap
+        if refused is not None:
+            instance.close()
+            raise reject(RejectCode.CANISTER_ERROR, refused.message, refused.error_code)
         return instance
 
     def _run_entry(
@@ -511,7 +519,7 @@ class Lifecycle:
         record.wasm = raw
         record.module_hash = hashlib.sha256(raw).digest()
         record.version = instance.version
-        self.runtime.canisters[record.principal] = instance
+        self.runtime.place(instance)
         self.runtime.schedule_timer(instance)
 
     async def uninstall_code(self, sender: bytes, principal: bytes) -> None:
@@ -674,7 +682,7 @@ class Lifecycle:
         instance = self.instance(record)
         heap = stable = 0
         if instance is not None:
-            heap = instance.memory.data_len(instance.store)
+            heap = instance.heap_size
             stable = len(instance.stable)
         chunk_bytes = sum(len(c) for c in record.chunks.values())
         snapshot_bytes = sum(s.total_size for s in record.snapshots.values())
@@ -772,7 +780,9 @@ class Lifecycle:
 
     # -- snapshots ------------------------------------------------------------------------------------
 
-    def take_snapshot(self, sender: bytes, principal: bytes, replace_id: bytes | None = None) -> Snapshot:
+    async def take_snapshot(
+        self, sender: bytes, principal: bytes, replace_id: bytes | None = None
+    ) -> Snapshot:
         record = self.controlled(principal, sender)
         instance = self.instance(record)
         if instance is None or record.wasm is None:
@@ -796,7 +806,7 @@ class Lifecycle:
             id=snapshot_id,
             taken_at_ns=self.runtime.now_ns(),
             wasm=record.wasm,
-            image=instance.image(),
+            image=await self.runtime.execute(None, instance.image),  # never while its message runs
             chunks=tuple(record.chunks.items()),
         )
         if replace_id is not None:
@@ -820,9 +830,21 @@ class Lifecycle:
 
         When the installed module is the snapshot's, the state is written into the instance in place
         (the fast path a per-test restore takes); otherwise the snapshot's module is instantiated anew.
+        Either is done on the runtime's thread, never while a message of the canister runs.
         """
         record = self.controlled(principal, sender)
         snapshot = self._snapshot(record, snapshot_id)
+        compiled = None
+        if self.instance(record) is None or record.wasm != snapshot.wasm:
+            compiled = await asyncio.to_thread(self.runtime.compile, snapshot.wasm)
+        await self.runtime.execute(None, lambda: self._load(record, snapshot, compiled))
+
+    def _load(
+        self,
+        record: CanisterRecord,
+        snapshot: Snapshot,
+        compiled: tuple[modules.ModuleInfo, wasmtime.Module] | None,
+    ) -> None:
         instance = self.instance(record)
         if instance is not None:
             self.runtime.end_calls(instance, "its snapshot was loaded")
@@ -831,8 +853,7 @@ class Lifecycle:
             instance.version += 1
             instance.epoch += 1
         else:
-            compiled = await asyncio.to_thread(self.runtime.compile, snapshot.wasm)
-            info, module = compiled
+            info, module = compiled or self.runtime.compile(snapshot.wasm)
             old = instance
             instance = self._instantiate(
                 record,
@@ -851,7 +872,7 @@ class Lifecycle:
                 self.runtime.retire(old, "replaced by a snapshot")
             record.wasm = snapshot.wasm
             record.module_hash = hashlib.sha256(snapshot.wasm).digest()
-            self.runtime.canisters[record.principal] = instance
+            self.runtime.place(instance)
         record.chunks = dict(snapshot.chunks)
         record.version = instance.version
         self.runtime.schedule_timer(instance)

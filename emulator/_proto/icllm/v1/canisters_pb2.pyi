@@ -312,7 +312,7 @@ class LogEntry(_message.Message):
     """Canister time of the message that printed it, in nanoseconds since the Unix epoch."""
     text: _builtins.str
     truncated: _builtins.bool
-    """The line was longer than 64 KiB: `text` is its beginning."""
+    """The line was longer than a canister's whole log (4 KiB, as on the IC): `text` is its end."""
     def __init__(
         self,
         *,
