@@ -426,7 +426,7 @@ class Canister:
         """Take a snapshot of the canister's module and state; returns its id."""
         __tracebackhide__ = True
         taken = self._ic.loop.run(
-            self._ic.runtime.lifecycle.take_snapshot(self._ic.sender(caller), self._principal)
+            self._ic.runtime.lifecycle.take_snapshot(self._ic._sender(caller), self._principal)
         )
         return bytes(taken.id)
 

@@ -126,7 +126,6 @@ class CanistersServicer(canisters_pb2_grpc.CanistersServicer):
     async def Call(
         self, request: pb.CanisterCallRequest, context: grpc.aio.ServicerContext
     ) -> pb.CanisterCallResponse:
-
         caller = principal_of(request.caller, "caller") if request.caller else None
         cycles = checked_cycles(request.cycles or "0", "cycles", BadRequest)
         principal_bytes(request.canister_id)
