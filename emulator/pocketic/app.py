@@ -1,0 +1,651 @@
+"""PocketIC's REST API (server 14.0.0) over the canister runtime, as a Starlette app.
+
+Every handler parses its JSON into runtime values, calls the instance, and writes PocketIC's JSON back;
+a caller's mistake is a 4xx `{"message": ...}` (clients treat any top-level `message` as an error),
+never a 500. Everything is answered synchronously: no `state_label`/`op_id` "busy, poll again" replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import hashlib
+import inspect
+import json
+import logging
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from icllm_emulator.config import EmulatorConfig
+from icllm_emulator.domain import Reject, RejectCode
+from icllm_emulator.errors import ErrorKind, IcllmError
+from icllm_emulator.outcalls import HttpResponse
+from icllm_emulator.pocketic import wire
+from icllm_emulator.pocketic.instance import SUBNET_KINDS, PocketInstance
+from icllm_emulator.pocketic.wire import BadRequest, b64, blob, field, nat, principal
+from icllm_emulator.runtime.messages import Response as CallResponse
+
+log = logging.getLogger("icllm.pocketic")
+
+# A JSON request carries at most one ingress message (2 MiB on the IC) in base64, and a little more.
+MAX_JSON_BYTES = 4 * 1024 * 1024
+# The blob store takes stable memory images (the IC's stable memory is up to 500 GiB; a test's is small).
+MAX_BLOB_BYTES = 256 * 1024 * 1024
+MAX_BLOB_STORE_BYTES = 1024 * 1024 * 1024
+# Each instance is an IC with its own engine and canisters; a Motoko agent takes some 10-20 MiB.
+DEFAULT_MAX_INSTANCES = 64
+# PocketIC's default: a server (and here an instance) unused this long is freed.
+DEFAULT_TTL_SECONDS = 60
+_PAGE = 65536
+
+
+class Door:
+    """The server's state: its instances, their limit and time-to-live, and the blob store."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        *,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    ) -> None:
+        self.config = config
+        self.max_instances = max_instances
+        self.ttl_seconds = ttl_seconds
+        self.instances: dict[int, PocketInstance] = {}
+        self.deleted: dict[int, str] = {}
+        self.next_id = 0
+        self.blobs: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
+        self.last_request = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    # -- instances ----------------------------------------------------------------------------------
+
+    def get(self, request: Request) -> PocketInstance:
+        text = request.path_params["instance_id"]
+        try:
+            instance_id = int(text)
+        except ValueError:
+            raise BadRequest(
+                f"the instance id is a number, as POST /instances returns; got {text!r}"
+            ) from None
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            why = self.deleted.get(instance_id)
+            if why is not None:
+                raise BadRequest(f"PocketIC instance {instance_id} was deleted ({why})", 410)
+            live = ", ".join(str(i) for i in self.instances) or "none"
+            raise BadRequest(f"no PocketIC instance {instance_id} (live instances: {live})", 404)
+        instance.last_used = time.monotonic()
+        return instance
+
+    async def create(self, kinds: list[str]) -> PocketInstance:
+        async with self._lock:
+            if len(self.instances) >= self.max_instances:
+                raise BadRequest(
+                    f"this server holds {self.max_instances} PocketIC instances at once "
+                    f"(--max-instances), each a whole IC in memory: delete one (tearDown) or start the "
+                    "server with a larger --max-instances",
+                    429,
+                )
+            instance = PocketInstance(self.next_id, self.config, kinds)
+            self.next_id += 1
+            await instance.start()
+            self.instances[instance.id] = instance
+            return instance
+
+    async def delete(self, instance_id: int, why: str) -> None:
+        instance = self.instances.pop(instance_id, None)
+        if instance is not None:
+            self.deleted[instance_id] = why
+            await instance.close()
+
+    async def sweep(self) -> None:
+        """Free every instance unused for the time-to-live."""
+        now = time.monotonic()
+        for instance in list(self.instances.values()):
+            if now - instance.last_used > self.ttl_seconds:
+                log.info("freeing PocketIC instance %d, unused for %g s", instance.id, self.ttl_seconds)
+                await self.delete(instance.id, f"unused for more than --ttl {self.ttl_seconds:g} s")
+
+    async def close(self) -> None:
+        for instance_id in list(self.instances):
+            await self.delete(instance_id, "the server stopped")
+
+    # -- blobs --------------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes, gzipped: bool) -> bytes:
+        blob_id = hashlib.sha256(data).digest()
+        self.blobs[blob_id] = (data, gzipped)
+        self.blobs.move_to_end(blob_id)
+        while sum(len(d) for d, _ in self.blobs.values()) > MAX_BLOB_STORE_BYTES and len(self.blobs) > 1:
+            self.blobs.popitem(last=False)
+        return blob_id
+
+    def get_blob(self, blob_id: bytes) -> bytes:
+        entry = self.blobs.get(blob_id)
+        if entry is None:
+            raise BadRequest(
+                f"no blob {blob_id.hex()} in the blob store: upload it with POST /blobstore first"
+            )
+        data, gzipped = entry
+        if not gzipped:
+            return data
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise BadRequest(
+                f"blob {blob_id.hex()} was uploaded as gzip but does not decompress: {error}"
+            ) from None
+
+
+Handler = Callable[[Door, Request], Awaitable[Any]]
+
+
+def _endpoint(handler: Handler, door: Door) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        door.last_request = time.monotonic()
+        try:
+            result = await handler(door, request)
+        except BadRequest as error:
+            return JSONResponse({"message": error.message}, status_code=error.status)
+        except IcllmError as error:
+            status = 404 if error.kind is ErrorKind.NOT_FOUND else 400
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            return JSONResponse({"message": message}, status_code=status)
+        except Exception as error:  # a fault of the door: still JSON, so the client shows it
+            log.exception("the PocketIC door failed on %s %s", request.method, request.url.path)
+            return JSONResponse(
+                {"message": f"the PocketIC door failed on {request.url.path}: {error!r}"}, status_code=500
+            )
+        if isinstance(result, Response):
+            return result
+        return JSONResponse(result)
+
+    return endpoint
+
+
+async def _json(request: Request) -> Any:
+    body = await _body(request, MAX_JSON_BYTES)
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"the body of {request.url.path} is not JSON: {error}") from None
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"the body is {declared} bytes; {request.url.path} takes at most {limit}", 413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the body is over {limit} bytes; {request.url.path} takes at most {limit}", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _call_json(response: CallResponse) -> dict[str, Any]:
+    if response.reply is not None:
+        return wire.reply_json(response.reply)
+    assert response.reject_code is not None
+    return wire.reject_json(response.reject_code, response.reject_message, response.error_code)
+
+
+# -- the server ---------------------------------------------------------------------------------------
+
+
+async def status(door: Door, request: Request) -> Any:
+    return Response(status_code=200)
+
+
+async def list_instances(door: Door, request: Request) -> Any:
+    return ["Available" if i in door.instances else "Deleted" for i in range(door.next_id)]
+
+
+async def create_instance(door: Door, request: Request) -> Any:
+    body = await _json(request)
+    where = "POST /instances"
+    config_set = field(body, "subnet_config_set", dict, where)
+    kinds: list[str] = []
+    for name, kind in SUBNET_KINDS.items():
+        value = config_set.get(name)
+        specs = value if isinstance(value, list) else [] if value is None else [value]
+        if isinstance(value, int | bool):
+            raise BadRequest(
+                f"{where}: subnet_config_set.{name} is {value!r}, as PocketIC servers before 3.0 took it; "
+                f"this server speaks the REST API of PocketIC server {wire.SERVER_VERSION} "
+                "(@dfinity/pic 0.23, the pocket-ic crate 16): use a client of that version"
+            )
+        for spec in specs:
+            state = spec.get("state_config", "New") if isinstance(spec, dict) else None
+            if state != "New":
+                raise BadRequest(
+                    f"{where}: subnet_config_set.{name} asks for state {state!r}; only new, empty subnets "
+                    "are emulated (loading subnet state from a directory is not)"
+                )
+            kinds.append(kind)
+    if not kinds:
+        raise BadRequest(f"{where}: the subnet_config_set asks for no subnet; ask for at least one")
+    features = body.get("icp_features")
+    if isinstance(features, dict) and any(v is not None for v in features.values()):
+        asked = ", ".join(k for k, v in features.items() if v is not None)
+        raise BadRequest(
+            f"{where}: icp_features ({asked}) are not emulated: the NNS, II, ledgers and the other system "
+            "canisters do not exist here; leave icp_features out"
+        )
+    instance = await door.create(kinds)
+    return {
+        "Created": {"instance_id": instance.id, "topology": _topology(instance), "http_gateway_info": None}
+    }
+
+
+async def delete_instance(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    await door.delete(instance.id, "deleted by its client")
+    return Response(status_code=200)
+
+
+def _topology(instance: PocketInstance) -> dict[str, Any]:
+    return {
+        "subnet_configs": {
+            subnet.id: {
+                "subnet_kind": subnet.kind,
+                "subnet_seed": list(subnet.seed),
+                "size": 13,
+                "instruction_config": "Production",
+                "canister_ranges": [
+                    {"start": {"canister_id": b64(start)}, "end": {"canister_id": b64(end)}}
+                    for start, end in subnet.ranges
+                ],
+            }
+            for subnet in instance.subnets
+        },
+        "default_effective_canister_id": {"canister_id": b64(instance.main_subnet.ranges[0][0])},
+    }
+
+
+async def topology(door: Door, request: Request) -> Any:
+    return _topology(door.get(request))
+
+
+async def upload_blob(door: Door, request: Request) -> Any:
+    data = await _body(request, MAX_BLOB_BYTES)
+    encoding = request.headers.get("content-encoding", "")
+    if encoding not in ("", "gzip"):
+        raise BadRequest(f"the blob store takes Content-Encoding gzip or none, got {encoding!r}")
+    return PlainTextResponse(door.put_blob(data, encoding == "gzip").hex())
+
+
+async def get_blob(door: Door, request: Request) -> Any:
+    try:
+        blob_id = bytes.fromhex(request.path_params["blob_id"])
+    except ValueError:
+        raise BadRequest("a blob id is the hex the blob store returned") from None
+    data, gzipped = door.blobs.get(blob_id, (None, False))
+    if data is None:
+        raise BadRequest(f"no blob {blob_id.hex()} in the blob store", 404)
+    headers = {"Content-Encoding": "gzip"} if gzipped else {}
+    return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+async def not_emulated(door: Door, request: Request) -> Any:
+    raise BadRequest(
+        f"{request.method} {request.url.path} is not emulated by this PocketIC door "
+        "(no HTTP gateway, no state graph polling, no threshold keys): "
+        "see the list of served endpoints in pytest-icllm's documentation",
+        501,
+    )
+
+
+# -- time -----------------------------------------------------------------------------------------------
+
+
+async def get_time(door: Door, request: Request) -> Any:
+    return {"nanos_since_epoch": door.get(request).now_ns()}
+
+
+async def set_time(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    body = await _json(request)
+    await instance.set_time(nat(body, "nanos_since_epoch", request.url.path, bits=64))
+    return None
+
+
+async def tick(door: Door, request: Request) -> Any:
+    await door.get(request).tick()
+    return None
+
+
+async def auto_progress(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    if request.method == "GET":
+        return instance.auto_progress is not None
+    body = await _json(request) or {}
+    delay = body.get("artificial_delay_ms") if isinstance(body, dict) else None
+    if delay is not None and (not isinstance(delay, int) or delay < 0):
+        raise BadRequest(f"auto_progress: artificial_delay_ms is a natural number of ms, got {delay!r}")
+    instance.start_progress(delay or 0)
+    return None
+
+
+async def stop_progress(door: Door, request: Request) -> Any:
+    door.get(request).stop_progress()
+    return None
+
+
+# -- calls --------------------------------------------------------------------------------------------
+
+
+def _canister_call(body: Any, where: str) -> tuple[bytes, bytes, str, bytes, tuple[str, bytes | None]]:
+    return (
+        principal(body, "sender", where),
+        principal(body, "canister_id", where),
+        field(body, "method", str, where),
+        blob(body, "payload", where),
+        wire.effective_principal(field(body, "effective_principal", (str, dict), where), where),
+    )
+
+
+async def submit_ingress(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    sender, canister, method, payload, effective = _canister_call(await _json(request), request.url.path)
+    submitted = instance.submit(sender, canister, method, payload)
+    if isinstance(submitted, CallResponse):
+        return _call_json(submitted)
+    return {"Ok": {"effective_principal": wire.effective_json(*effective), "message_id": b64(submitted)}}
+
+
+def _message(instance: PocketInstance, body: Any, where: str) -> Any:
+    wire.effective_principal(field(body, "effective_principal", (str, dict), where), where)
+    message_id = blob(body, "message_id", where)
+    message = instance.ingress.get(message_id)
+    if message is None:
+        raise BadRequest(
+            f"{where}: no ingress message {message_id.hex()} in instance {instance.id}: use the message_id "
+            "that submit_ingress_message returned (the oldest finished messages are forgotten after "
+            "10000 more)"
+        )
+    return message
+
+
+async def await_ingress(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    message = _message(instance, await _json(request), request.url.path)
+    return _call_json(await asyncio.shield(message.task))
+
+
+async def ingress_status(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    body = await _json(request)
+    message = _message(instance, field(body, "raw_message_id", dict, request.url.path), request.url.path)
+    caller = body.get("raw_caller")
+    if isinstance(caller, dict) and principal(caller, "principal_id", request.url.path) != message.sender:
+        raise BadRequest("ingress_status: the message was submitted by another caller", 403)
+    if not message.task.done():
+        return None
+    return _call_json(message.task.result())
+
+
+async def query(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    sender, canister, method, payload, _ = _canister_call(await _json(request), request.url.path)
+    return _call_json(await instance.call(sender, canister, method, payload, query=True))
+
+
+# -- canister state -------------------------------------------------------------------------------------
+
+
+def _record(instance: PocketInstance, body: Any, where: str) -> Any:
+    canister = principal(body, "canister_id", where)
+    record = instance.runtime.lifecycle.records.get(canister)
+    if record is None:
+        raise BadRequest(
+            f"{where}: canister {wire.principal_text(canister)} does not exist in PocketIC instance "
+            f"{instance.id}",
+            404,
+        )
+    return record
+
+
+async def get_cycles(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    record = _record(instance, await _json(request), request.url.path)
+    live = instance.runtime.canisters.get(record.principal)
+    return {"cycles": record.balance if live is None else live.balance}
+
+
+async def add_cycles(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    body = await _json(request)
+    record = _record(instance, body, request.url.path)
+    instance.runtime.lifecycle.deposit_cycles(record.principal, nat(body, "amount", request.url.path))
+    live = instance.runtime.canisters.get(record.principal)
+    return {"cycles": record.balance if live is None else live.balance}
+
+
+async def get_stable_memory(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    record = _record(instance, await _json(request), request.url.path)
+    live = instance.runtime.canisters.get(record.principal)
+    return {"blob": b64(b"" if live is None else bytes(live.stable))}
+
+
+async def set_stable_memory(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    body = await _json(request)
+    record = _record(instance, body, request.url.path)
+    data = door.get_blob(blob(body, "blob_id", request.url.path))
+    live = instance.runtime.canisters.get(record.principal)
+    if live is None:
+        raise BadRequest(
+            f"canister {record.id} has no module installed: install one before its stable memory"
+        )
+    live.stable[:] = data + bytes(-len(data) % _PAGE)
+    return None
+
+
+async def get_controllers(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    record = _record(instance, await _json(request), request.url.path)
+    return [{"principal_id": b64(c)} for c in sorted(record.controllers)]
+
+
+async def get_subnet(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    body = await _json(request)
+    subnet = instance.subnet_of(principal(body, "canister_id", request.url.path))
+    return None if subnet is None else {"subnet_id": b64(subnet.principal)}
+
+
+# -- outcalls -------------------------------------------------------------------------------------------
+
+
+async def get_canister_http(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    subnet = instance.main_subnet.principal
+    return [
+        {
+            "subnet_id": {"subnet_id": b64(subnet)},
+            "request_id": outcall.request_id,
+            "http_method": outcall.request.method.upper(),
+            "url": outcall.request.url,
+            "headers": [{"name": k, "value": v} for k, v in outcall.request.headers],
+            "body": b64(outcall.request.body),
+            "max_response_bytes": outcall.request.max_response_bytes,
+        }
+        for outcall in instance.outcalls.pending.values()
+    ]
+
+
+def _outcall_response(value: Any, where: str) -> HttpResponse | Reject:
+    if isinstance(value, dict) and "CanisterHttpReply" in value:
+        reply = value["CanisterHttpReply"]
+        status = nat(reply, "status", where, bits=16)
+        headers = field(reply, "headers", list, where)
+        return HttpResponse(
+            status,
+            tuple((str(field(h, "name", str, where)), str(field(h, "value", str, where))) for h in headers),
+            blob(reply, "body", where),
+        )
+    if isinstance(value, dict) and "CanisterHttpReject" in value:
+        reject = value["CanisterHttpReject"]
+        code = nat(reject, "reject_code", where, bits=8)
+        if code not in {int(c) for c in RejectCode}:
+            raise BadRequest(f"{where}: reject_code is an IC reject code 1-6, got {code}")
+        return Reject(RejectCode(code), field(reject, "message", str, where))
+    raise BadRequest(f'{where}: response is {{"CanisterHttpReply": ...}} or {{"CanisterHttpReject": ...}}')
+
+
+async def mock_canister_http(door: Door, request: Request) -> Any:
+    instance = door.get(request)
+    body = await _json(request)
+    where = request.url.path
+    response = _outcall_response(field(body, "response", dict, where), where)
+    try:
+        instance.outcalls.mock(nat(body, "request_id", where, bits=64), response)
+    except KeyError as error:
+        raise BadRequest(str(error.args[0])) from None
+    await asyncio.sleep(0)
+    await instance.runtime.settle()
+    return None
+
+
+async def pub_key(door: Door, request: Request) -> Any:
+    raise BadRequest(
+        "read/pub_key is not emulated: this door certifies nothing, so no subnet has a threshold BLS key "
+        "(an agent that verifies certificates cannot be pointed at it)",
+        501,
+    )
+
+
+# -- /icllm/: the LLM canister's control plane, per instance ----------------------------------------
+
+
+def _control(method: str, request_type: Any) -> Handler:
+    """A Control RPC over JSON: the body is the request message in proto3 JSON, the answer likewise."""
+
+    async def handler(door: Door, request: Request) -> Any:
+        from icllm_emulator.grpc_api.servicers import ControlServicer
+
+        instance = door.get(request)
+        body = await _json(request) if request.method != "GET" else None
+        message = request_type()
+        try:
+            json_format.ParseDict(body or {}, message)
+        except json_format.ParseError as error:
+            raise BadRequest(
+                f"{request.url.path}: the body is not a {request_type.__name__}: {error}"
+            ) from None
+        servicer = ControlServicer(instance.engine)
+        run = inspect.unwrap(getattr(servicer, method))
+        try:
+            result = await run(servicer, message, None)
+        except Reject as reject:
+            raise BadRequest(reject.message) from None
+        except (ValueError, KeyError) as error:
+            if isinstance(error, IcllmError):
+                raise
+            raise BadRequest(str(error)) from None
+        return json_format.MessageToDict(result, preserving_proto_field_name=True)
+
+    return handler
+
+
+async def icllm_reset(door: Door, request: Request) -> Any:
+    """The LLM canister back to its start: rules, holds, queue, history, cassette, settings; the
+    instance's canisters and time stay."""
+    engine = door.get(request).engine
+    engine.queue.reset()
+    engine.rules.clear()
+    engine.history.clear()
+    engine.canister.ledger.balances.clear()
+    engine.cassettes.reset()
+    initial = engine.initial_config
+    engine.configure(**{f.name: getattr(initial, f.name) for f in dataclasses.fields(initial)})
+    return {}
+
+
+def create_app(door: Door) -> Starlette:
+    from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+
+    def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, _endpoint(handler, door), methods=methods)
+
+    i = "/instances/{instance_id}"
+    icllm = f"{i}/icllm"
+    return Starlette(
+        routes=[
+            route("/status", status, ["GET"]),
+            route("/instances", list_instances, ["GET"]),
+            route("/instances", create_instance, ["POST"]),
+            route(i, delete_instance, ["DELETE"]),
+            route(f"{i}/_/topology", topology, ["GET"]),
+            route(f"{i}/read/topology", topology, ["GET"]),
+            route("/blobstore", upload_blob, ["POST"]),
+            route("/blobstore/{blob_id}", get_blob, ["GET"]),
+            route(f"{i}/read/get_time", get_time, ["GET"]),
+            route(f"{i}/update/set_time", set_time, ["POST"]),
+            route(f"{i}/update/set_certified_time", set_time, ["POST"]),
+            route(f"{i}/update/tick", tick, ["POST"]),
+            route(f"{i}/auto_progress", auto_progress, ["GET", "POST"]),
+            route(f"{i}/stop_progress", stop_progress, ["POST"]),
+            route(f"{i}/update/submit_ingress_message", submit_ingress, ["POST"]),
+            route(f"{i}/update/await_ingress_message", await_ingress, ["POST"]),
+            route(f"{i}/read/ingress_status", ingress_status, ["POST"]),
+            route(f"{i}/read/query", query, ["POST"]),
+            route(f"{i}/read/get_cycles", get_cycles, ["POST"]),
+            route(f"{i}/update/add_cycles", add_cycles, ["POST"]),
+            route(f"{i}/read/get_stable_memory", get_stable_memory, ["POST"]),
+            route(f"{i}/update/set_stable_memory", set_stable_memory, ["POST"]),
+            route(f"{i}/read/get_controllers", get_controllers, ["POST"]),
+            route(f"{i}/read/get_subnet", get_subnet, ["POST"]),
+            route(f"{i}/read/pub_key", pub_key, ["POST"]),
+            route(f"{i}/read/get_canister_http", get_canister_http, ["GET"]),
+            route(f"{i}/update/mock_canister_http", mock_canister_http, ["POST"]),
+            route("/http_gateway", not_emulated, ["POST"]),
+            route("/http_gateway/{gateway_id}/stop", not_emulated, ["POST"]),
+            route("/read_graph/{state_label}/{op_id}", not_emulated, ["GET"]),
+            route(f"{icllm}/rules", _control("ListRules", cpb.ListRulesRequest), ["GET"]),
+            route(f"{icllm}/rules", _control("AddRules", cpb.AddRulesRequest), ["POST"]),
+            route(f"{icllm}/rules", _control("ClearRules", cpb.ClearRulesRequest), ["DELETE"]),
+            route(f"{icllm}/hold", _control("SetHold", cpb.SetHoldRequest), ["POST"]),
+            route(f"{icllm}/release", _control("Release", cpb.ReleaseRequest), ["POST"]),
+            route(f"{icllm}/pause", _control("SetPaused", cpb.SetPausedRequest), ["POST"]),
+            route(f"{icllm}/jobs", _control("ListJobs", cpb.ListJobsRequest), ["GET"]),
+            route(f"{icllm}/history", _control("GetHistory", cpb.GetHistoryRequest), ["GET"]),
+            route(f"{icllm}/stats", _control("GetStats", cpb.GetStatsRequest), ["GET"]),
+            route(f"{icllm}/settings", _control("GetConfig", cpb.GetConfigRequest), ["GET"]),
+            route(f"{icllm}/settings", _control("Configure", cpb.ConfigureRequest), ["POST"]),
+            route(f"{icllm}/reset", icllm_reset, ["POST"]),
+        ],
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse(
+        {
+            "message": f"{request.method} {request.url.path} is not an endpoint of PocketIC server "
+            f"{wire.SERVER_VERSION}'s REST API as this door serves it (a client of another version?)"
+        },
+        status_code=404,
+    )
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"message": f"{request.url.path} does not take {request.method}"}, status_code=405)
