@@ -72,6 +72,9 @@ class Door:
     # -- instances ----------------------------------------------------------------------------------
 
     def get(self, request: Request) -> PocketInstance:
+        """The instance a request names: by its id, or (for /subnets/{subnet_id}/icllm/) by a subnet."""
+        if "subnet_id" in request.path_params:
+            return self._by_subnet(request.path_params["subnet_id"])
         text = request.path_params["instance_id"]
         try:
             instance_id = int(text)
@@ -88,6 +91,17 @@ class Door:
             raise BadRequest(f"no PocketIC instance {instance_id} (live instances: {live})", 404)
         instance.last_used = time.monotonic()
         return instance
+
+    def _by_subnet(self, subnet_id: str) -> PocketInstance:
+        """Clients that do not show the instance id (pic-js) know their subnets from the topology."""
+        for instance in self.instances.values():
+            if any(subnet.id == subnet_id for subnet in instance.subnets):
+                instance.last_used = time.monotonic()
+                return instance
+        raise BadRequest(
+            f"no live PocketIC instance has a subnet {subnet_id} (the topology lists an instance's subnets)",
+            404,
+        )
 
     async def create(self, kinds: list[str]) -> PocketInstance:
         async with self._lock:
@@ -586,8 +600,23 @@ def create_app(door: Door) -> Starlette:
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
         return Route(path, _endpoint(handler, door), methods=methods)
 
+    def control_routes(base: str) -> list[Route]:
+        return [
+            route(f"{base}/rules", _control("ListRules", cpb.ListRulesRequest), ["GET"]),
+            route(f"{base}/rules", _control("AddRules", cpb.AddRulesRequest), ["POST"]),
+            route(f"{base}/rules", _control("ClearRules", cpb.ClearRulesRequest), ["DELETE"]),
+            route(f"{base}/hold", _control("SetHold", cpb.SetHoldRequest), ["POST"]),
+            route(f"{base}/release", _control("Release", cpb.ReleaseRequest), ["POST"]),
+            route(f"{base}/pause", _control("SetPaused", cpb.SetPausedRequest), ["POST"]),
+            route(f"{base}/jobs", _control("ListJobs", cpb.ListJobsRequest), ["GET"]),
+            route(f"{base}/history", _control("GetHistory", cpb.GetHistoryRequest), ["GET"]),
+            route(f"{base}/stats", _control("GetStats", cpb.GetStatsRequest), ["GET"]),
+            route(f"{base}/settings", _control("GetConfig", cpb.GetConfigRequest), ["GET"]),
+            route(f"{base}/settings", _control("Configure", cpb.ConfigureRequest), ["POST"]),
+            route(f"{base}/reset", icllm_reset, ["POST"]),
+        ]
+
     i = "/instances/{instance_id}"
-    icllm = f"{i}/icllm"
     return Starlette(
         routes=[
             route("/status", status, ["GET"]),
@@ -620,18 +649,8 @@ def create_app(door: Door) -> Starlette:
             route("/http_gateway", not_emulated, ["POST"]),
             route("/http_gateway/{gateway_id}/stop", not_emulated, ["POST"]),
             route("/read_graph/{state_label}/{op_id}", not_emulated, ["GET"]),
-            route(f"{icllm}/rules", _control("ListRules", cpb.ListRulesRequest), ["GET"]),
-            route(f"{icllm}/rules", _control("AddRules", cpb.AddRulesRequest), ["POST"]),
-            route(f"{icllm}/rules", _control("ClearRules", cpb.ClearRulesRequest), ["DELETE"]),
-            route(f"{icllm}/hold", _control("SetHold", cpb.SetHoldRequest), ["POST"]),
-            route(f"{icllm}/release", _control("Release", cpb.ReleaseRequest), ["POST"]),
-            route(f"{icllm}/pause", _control("SetPaused", cpb.SetPausedRequest), ["POST"]),
-            route(f"{icllm}/jobs", _control("ListJobs", cpb.ListJobsRequest), ["GET"]),
-            route(f"{icllm}/history", _control("GetHistory", cpb.GetHistoryRequest), ["GET"]),
-            route(f"{icllm}/stats", _control("GetStats", cpb.GetStatsRequest), ["GET"]),
-            route(f"{icllm}/settings", _control("GetConfig", cpb.GetConfigRequest), ["GET"]),
-            route(f"{icllm}/settings", _control("Configure", cpb.ConfigureRequest), ["POST"]),
-            route(f"{icllm}/reset", icllm_reset, ["POST"]),
+            *control_routes(f"{i}/icllm"),
+            *control_routes("/subnets/{subnet_id}/icllm"),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
     )
