@@ -24,6 +24,7 @@ from icllm_emulator.domain import RejectCode
 from icllm_emulator.engine import Engine
 from icllm_emulator.pocketic.outcalls import PendingOutcallBook
 from icllm_emulator.pocketic.wire import BadRequest, principal_text
+from icllm_emulator.queue import JobState
 from icllm_emulator.runtime import CanisterReject, RuntimeUsageError
 from icllm_emulator.runtime.errors import CANISTER_NOT_FOUND, METHOD_NOT_FOUND
 from icllm_emulator.runtime.ic import FIRST_CANISTER_INDEX, LLM_CANISTER_ID, principal_bytes
@@ -31,6 +32,8 @@ from icllm_emulator.runtime.messages import Call, Response
 
 # 2021-05-06T19:17:10Z, the time every new PocketIC instance starts at.
 GENESIS_NS = 1_620_328_630 * 10**9
+# The longest a tick waits for the work it started (an LLM answer from real inference, say).
+TICK_SECONDS = 1.0
 # Completed ingress messages kept for ingress_status / await, per instance (the oldest go first).
 INGRESS_HISTORY = 10_000
 # Management methods only a canister may call (the IC refuses them as ingress).
@@ -168,7 +171,23 @@ class PocketInstance:
         self.time_ns = nanos
 
     async def tick(self) -> None:
-        await self.runtime.tick()
+        """A round: heartbeats, then what is due runs on until it is done, or waits on the test (a held
+        LLM answer, a pending outcall), or for at most `TICK_SECONDS`."""
+        loop = asyncio.get_running_loop()
+        ticking = asyncio.ensure_future(self.runtime.tick())
+        deadline = loop.time() + TICK_SECONDS
+        while not ticking.done() and loop.time() < deadline and not self._waits_on_test():
+            await asyncio.wait({ticking}, timeout=0.01)
+        if not ticking.done():
+            ticking.cancel()
+            await asyncio.gather(ticking, return_exceptions=True)
+
+    def _waits_on_test(self) -> bool:
+        """Whether what is in flight waits on the test, and no LLM job is being answered."""
+        jobs = self.engine.jobs()
+        answering = any(job.state in (JobState.QUEUED, JobState.LEASED) for job in jobs)
+        held = any(job.state is JobState.HELD for job in jobs)
+        return not answering and (held or bool(self.outcalls.pending))
 
     def start_progress(self, delay_ms: int) -> None:
         """Auto progress: time follows the wall clock and rounds run on their own, as PocketIC's."""
