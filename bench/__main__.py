@@ -18,6 +18,7 @@ BENCHMARKS = {
     "cassettes": "bench.cassettes",
     "canister": "bench.canister_runtime",
     "candid": "bench.candid_bad_inputs",
+    "pocketic": "bench.pocketic",
     "soak": "bench.soak",
 }
 
