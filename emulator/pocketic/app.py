@@ -31,7 +31,7 @@ from icllm_emulator.domain import Reject, RejectCode
 from icllm_emulator.errors import ErrorKind, IcllmError
 from icllm_emulator.outcalls import HttpResponse
 from icllm_emulator.pocketic import wire
-from icllm_emulator.pocketic.instance import SUBNET_KINDS, PocketInstance
+from icllm_emulator.pocketic.instance import GENESIS_NS, SUBNET_KINDS, PocketInstance
 from icllm_emulator.pocketic.wire import BadRequest, b64, blob, field, nat, principal
 from icllm_emulator.runtime.messages import Response as CallResponse
 
@@ -262,10 +262,42 @@ async def create_instance(door: Door, request: Request) -> Any:
             f"{where}: icp_features ({asked}) are not emulated: the NNS, II, ledgers and the other system "
             "canisters do not exist here; leave icp_features out"
         )
+    for name, what in (("state_dir", "a state directory"), ("http_gateway_config", "the HTTP gateway")):
+        if body.get(name) is not None:
+            raise BadRequest(f"{where}: {name} asks for {what}, which is not emulated; leave it out")
+    initial_ns, progress = _initial_time(body.get("initial_time"), where)
     instance = await door.create(kinds)
+    if initial_ns is not None:
+        await instance.set_time(initial_ns)
+    if progress is not None:
+        instance.start_progress(progress)
     return {
         "Created": {"instance_id": instance.id, "topology": _topology(instance), "http_gateway_info": None}
     }
+
+
+def _initial_time(value: Any, where: str) -> tuple[int | None, int | None]:
+    """`initial_time`: `{"Timestamp": {"nanos_since_epoch": n}}` (from genesis on) or
+    `{"AutoProgress": {"artificial_delay_ms": ms}}`; None for genesis. (time in ns, auto-progress delay)"""
+    if value is None:
+        return None, None
+    if isinstance(value, dict) and "Timestamp" in value:
+        nanos = nat(value["Timestamp"], "nanos_since_epoch", f"{where}: initial_time.Timestamp", bits=64)
+        if nanos < GENESIS_NS:
+            raise BadRequest(
+                f"{where}: initial_time {nanos} ns is before PocketIC's genesis ({GENESIS_NS} ns, "
+                "2021-05-06T19:17:10Z)"
+            )
+        return nanos, None
+    if isinstance(value, dict) and isinstance(value.get("AutoProgress"), dict):
+        delay = value["AutoProgress"].get("artificial_delay_ms") or 0
+        if not isinstance(delay, int) or delay < 0:
+            raise BadRequest(f"{where}: artificial_delay_ms is a natural number of ms, got {delay!r}")
+        return None, delay
+    raise BadRequest(
+        f'{where}: initial_time is {{"Timestamp": {{"nanos_since_epoch": n}}}} or '
+        f'{{"AutoProgress": {{"artificial_delay_ms": ms}}}}, got {value!r:.80}'
+    )
 
 
 async def delete_instance(door: Door, request: Request) -> Any:
@@ -400,7 +432,12 @@ def _message(instance: PocketInstance, body: Any, where: str) -> Any:
 async def await_ingress(door: Door, request: Request) -> Any:
     instance = door.get(request)
     message = _message(instance, await _json(request), request.url.path)
-    return _call_json(await asyncio.shield(message.task))
+    try:
+        return _call_json(await asyncio.shield(message.task))
+    except asyncio.CancelledError:
+        if message.task.cancelled():  # the instance went away while the call ran
+            raise BadRequest(f"PocketIC instance {instance.id} was deleted while the call ran", 410) from None
+        raise
 
 
 async def ingress_status(door: Door, request: Request) -> Any:
@@ -412,6 +449,8 @@ async def ingress_status(door: Door, request: Request) -> Any:
         raise BadRequest("ingress_status: the message was submitted by another caller", 403)
     if not message.task.done():
         return None
+    if message.task.cancelled():
+        raise BadRequest(f"PocketIC instance {instance.id} was deleted while the call ran", 410)
     return _call_json(message.task.result())
 
 

@@ -62,13 +62,22 @@ def stop(door: Door) -> None:
         door.process.wait(timeout=30)
 
 
-@pytest.fixture
-def door(tmp_path: Path) -> Iterator[Door]:
-    started = start(tmp_path, "--max-instances", "3")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
+    started = start(tmp_path_factory.mktemp("door"), "--max-instances", "3")
     try:
         yield started
     finally:
         stop(started)
+
+
+@pytest.fixture
+def door(server: Door) -> Iterator[Door]:
+    """The module's server, with no instance left over from the test before."""
+    yield server
+    for instance_id, state in enumerate(server.http.get("/instances").json()):
+        if state == "Available":
+            server.http.delete(f"/instances/{instance_id}")
 
 
 def test_version_is_the_line_the_rust_crate_compares() -> None:
@@ -104,11 +113,11 @@ def test_unknown_and_deleted_instances_are_named(door: Door) -> None:
     gone = door.http.get(f"/instances/{instance}/read/get_time")
     assert gone.status_code == 410
     assert gone.json()["message"] == f"PocketIC instance {instance} was deleted (deleted by its client)"
-    unknown = door.http.get("/instances/99/read/get_time")
-    assert unknown.status_code == 404 and "no PocketIC instance 99" in unknown.json()["message"]
+    unknown = door.http.get("/instances/9999/read/get_time")
+    assert unknown.status_code == 404 and "no PocketIC instance 9999" in unknown.json()["message"]
     bad = door.http.get("/instances/x/read/get_time")
     assert bad.status_code == 400 and "is a number" in bad.json()["message"]
-    assert door.http.get("/instances").json() == ["Deleted"]
+    assert door.http.get("/instances").json()[instance] == "Deleted"
 
 
 @pytest.mark.parametrize(
@@ -175,12 +184,11 @@ def test_a_client_of_another_protocol_version_is_told_so(door: Door) -> None:
 
 
 def test_instances_beyond_the_limit_are_refused_with_the_reason(door: Door) -> None:
-    for _ in range(3):
-        door.create()
+    first, *_ = [door.create() for _ in range(3)]
     refused = door.http.post("/instances", json=CREATE_BODY)
     assert refused.status_code == 429
     assert "holds 3 PocketIC instances at once (--max-instances)" in refused.json()["message"]
-    assert door.http.delete("/instances/0").is_success
+    assert door.http.delete(f"/instances/{first}").is_success
     door.create()  # room again
 
 
@@ -209,3 +217,17 @@ def test_not_emulated_endpoints_say_so(door: Door) -> None:
 
 def test_the_launcher_is_installed() -> None:
     assert shutil.which(str(LAUNCHER)) is not None
+
+
+def test_an_instance_may_start_at_a_later_time_but_not_before_genesis(door: Door) -> None:
+    later = 1_700_000_000_000_000_000
+    body = {**CREATE_BODY, "initial_time": {"Timestamp": {"nanos_since_epoch": later}}}
+    created = door.http.post("/instances", json=body).json()["Created"]["instance_id"]
+    assert door.http.get(f"/instances/{created}/read/get_time").json() == {"nanos_since_epoch": later}
+    early = {**CREATE_BODY, "initial_time": {"Timestamp": {"nanos_since_epoch": 5}}}
+    refused = door.http.post("/instances", json=early)
+    assert refused.status_code == 400 and "before PocketIC's genesis" in refused.json()["message"]
+    gateway = door.http.post("/instances", json={**CREATE_BODY, "http_gateway_config": {"port": 1}})
+    assert (
+        gateway.status_code == 400 and "the HTTP gateway, which is not emulated" in gateway.json()["message"]
+    )
