@@ -8,7 +8,8 @@ through the canister runtime in-process (as the `icllm_canister` fixture makes i
 
 Set-up: creating an instance (a fresh IC with its own engine) and deleting it, and installing the agent
 through the door (`provisional_create_canister_with_cycles` + `install_code`, as pic-js's
-`setupCanister` does).
+`setupCanister` does). Memory: the door process's resident memory with many instances, each with the
+agent installed, and after they are deleted, in rounds (what `--max-instances` bounds).
 """
 
 from __future__ import annotations
@@ -198,17 +199,47 @@ def set_up(door: RestDoor, repeat: int) -> None:
     )
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc (Linux only)")
+
+
+def memory(door: RestDoor, instances: int, rounds: int) -> None:
+    """The door process's memory with `instances` instances, each with the agent, and after deleting them."""
+    wasm = built("motoko-agent").read_bytes()
+    pid = door.process.pid
+    print(f"memory of the door process ({instances} instances, each with the Motoko agent, {rounds} rounds):")
+    base = _rss_mib(pid)
+    for round_ in range(rounds):
+        ids = [door.create() for _ in range(instances)]
+        for instance in ids:
+            door.install(instance, wasm)
+        full = _rss_mib(pid)
+        for instance in ids:
+            door.http.delete(f"/instances/{instance}")
+        print(
+            f"  round {round_ + 1}: {full:.0f} MiB with them ({(full - base) / instances:.1f} MiB each), "
+            f"{_rss_mib(pid):.0f} MiB after deleting them (before: {base:.0f} MiB)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench pocketic", description=__doc__)
     parser.add_argument("--calls", type=int, default=200, help="calls per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--repeat", type=int, default=10, help="instances created and installs")
+    parser.add_argument(
+        "--instances", type=int, default=20, help="instances held at once for the memory figure"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as directory:
         door = RestDoor(Path(directory))
         try:
             per_message(door, args.calls, args.rounds)
             set_up(door, args.repeat)
+            memory(door, args.instances, 3)
         finally:
             door.close()
     return 0

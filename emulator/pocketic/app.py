@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import gzip
 import hashlib
 import inspect
@@ -123,6 +124,7 @@ class Door:
         if instance is not None:
             self.deleted[instance_id] = why
             await instance.close()
+            gc.collect()  # an IC is a web of references (runtime, lifecycle, engine): free its memory now
 
     async def sweep(self) -> None:
         """Free every instance unused for the time-to-live."""
