@@ -124,15 +124,16 @@ class Door:
         if instance is not None:
             self.deleted[instance_id] = why
             await instance.close()
+            del instance
             gc.collect()  # an IC is a web of references (runtime, lifecycle, engine): free its memory now
 
     async def sweep(self) -> None:
         """Free every instance unused for the time-to-live."""
         now = time.monotonic()
-        for instance in list(self.instances.values()):
-            if now - instance.last_used > self.ttl_seconds:
-                log.info("freeing PocketIC instance %d, unused for %g s", instance.id, self.ttl_seconds)
-                await self.delete(instance.id, f"unused for more than --ttl {self.ttl_seconds:g} s")
+        unused = [i for i, instance in self.instances.items() if now - instance.last_used > self.ttl_seconds]
+        for instance_id in unused:
+            log.info("freeing PocketIC instance %d, unused for %g s", instance_id, self.ttl_seconds)
+            await self.delete(instance_id, f"unused for more than --ttl {self.ttl_seconds:g} s")
 
     async def close(self) -> None:
         for instance_id in list(self.instances):

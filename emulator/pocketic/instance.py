@@ -128,6 +128,8 @@ class PocketInstance:
             message.task.cancel()
         self.engine.runtime.clear()
         await self.engine.stop()
+        for _ in range(3):  # the cancelled workers and calls unwind, and let go of the engine
+            await asyncio.sleep(0)
 
     @property
     def runtime(self) -> Any:
