@@ -24,6 +24,7 @@ from pathlib import Path
 
 import uvicorn
 
+from icllm_emulator.addresses import is_loopback_host
 from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.ollama.serve import _Uvicorn, guarded_protocol
 from icllm_emulator.pocketic.app import DEFAULT_MAX_INSTANCES, DEFAULT_TTL_SECONDS, Door, create_app
@@ -145,6 +146,11 @@ async def run(
 
 
 def serve(args: argparse.Namespace, config: EmulatorConfig) -> int:
+    if not is_loopback_host(args.host):
+        raise ConfigError(
+            f"--host {args.host}: the PocketIC door installs and runs any canister module it is sent and has "
+            "no authentication, so it listens on loopback only (127.0.0.1, as PocketIC)"
+        )
     port_file = Path(args.port_file) if args.port_file else None
     if port_file is not None and _alive(port_file):
         return 0  # another server of this test driver serves already

@@ -231,3 +231,15 @@ def test_an_instance_may_start_at_a_later_time_but_not_before_genesis(door: Door
     assert (
         gateway.status_code == 400 and "the HTTP gateway, which is not emulated" in gateway.json()["message"]
     )
+
+
+def test_the_door_listens_on_loopback_only(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(LAUNCHER), "--port-file", str(tmp_path / "port"), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "listens on loopback only" in result.stderr
+    assert not (tmp_path / "port").exists()
