@@ -50,7 +50,7 @@ DEFAULT_TTL_SECONDS = 60
 _PAGE = 65536
 
 
-class Door:
+class PocketIcServer:
     """The server's state: its instances, their limit and time-to-live, and the blob store."""
 
     def __init__(
@@ -166,14 +166,14 @@ class Door:
             ) from None
 
 
-Handler = Callable[[Door, Request], Awaitable[Any]]
+Handler = Callable[[PocketIcServer, Request], Awaitable[Any]]
 
 
-def _endpoint(handler: Handler, door: Door) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(handler: Handler, server: PocketIcServer) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        door.last_request = time.monotonic()
+        server.last_request = time.monotonic()
         try:
-            result = await handler(door, request)
+            result = await handler(server, request)
         except BadRequest as error:
             return JSONResponse({"message": error.message}, status_code=error.status)
         except IcllmError as error:
@@ -226,15 +226,15 @@ def _call_json(response: CallResponse) -> dict[str, Any]:
 # -- the server ---------------------------------------------------------------------------------------
 
 
-async def status(door: Door, request: Request) -> Any:
+async def status(server: PocketIcServer, request: Request) -> Any:
     return Response(status_code=200)
 
 
-async def list_instances(door: Door, request: Request) -> Any:
-    return ["Available" if i in door.instances else "Deleted" for i in range(door.next_id)]
+async def list_instances(server: PocketIcServer, request: Request) -> Any:
+    return ["Available" if i in server.instances else "Deleted" for i in range(server.next_id)]
 
 
-async def create_instance(door: Door, request: Request) -> Any:
+async def create_instance(server: PocketIcServer, request: Request) -> Any:
     body = await _json(request)
     where = "POST /instances"
     config_set = field(body, "subnet_config_set", dict, where)
@@ -269,7 +269,7 @@ async def create_instance(door: Door, request: Request) -> Any:
         if body.get(name) is not None:
             raise BadRequest(f"{where}: {name} asks for {what}, which is not emulated; leave it out")
     initial_ns, progress = _initial_time(body.get("initial_time"), where)
-    instance = await door.create(kinds)
+    instance = await server.create(kinds)
     if initial_ns is not None:
         await instance.set_time(initial_ns)
     if progress is not None:
@@ -303,9 +303,9 @@ def _initial_time(value: Any, where: str) -> tuple[int | None, int | None]:
     )
 
 
-async def delete_instance(door: Door, request: Request) -> Any:
-    instance = door.get(request)
-    await door.delete(instance.id, "deleted by its client")
+async def delete_instance(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
+    await server.delete(instance.id, "deleted by its client")
     return Response(status_code=200)
 
 
@@ -328,31 +328,31 @@ def _topology(instance: PocketInstance) -> dict[str, Any]:
     }
 
 
-async def topology(door: Door, request: Request) -> Any:
-    return _topology(door.get(request))
+async def topology(server: PocketIcServer, request: Request) -> Any:
+    return _topology(server.get(request))
 
 
-async def upload_blob(door: Door, request: Request) -> Any:
+async def upload_blob(server: PocketIcServer, request: Request) -> Any:
     data = await _body(request, MAX_BLOB_BYTES)
     encoding = request.headers.get("content-encoding", "")
     if encoding not in ("", "gzip"):
         raise BadRequest(f"the blob store takes Content-Encoding gzip or none, got {encoding!r}")
-    return PlainTextResponse(door.put_blob(data, encoding == "gzip").hex())
+    return PlainTextResponse(server.put_blob(data, encoding == "gzip").hex())
 
 
-async def get_blob(door: Door, request: Request) -> Any:
+async def get_blob(server: PocketIcServer, request: Request) -> Any:
     try:
         blob_id = bytes.fromhex(request.path_params["blob_id"])
     except ValueError:
         raise BadRequest("a blob id is the hex the blob store returned") from None
-    data, gzipped = door.blobs.get(blob_id, (None, False))
+    data, gzipped = server.blobs.get(blob_id, (None, False))
     if data is None:
         raise BadRequest(f"no blob {blob_id.hex()} in the blob store", 404)
     headers = {"Content-Encoding": "gzip"} if gzipped else {}
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 
-async def not_emulated(door: Door, request: Request) -> Any:
+async def not_emulated(server: PocketIcServer, request: Request) -> Any:
     raise BadRequest(
         f"{request.method} {request.url.path} is not emulated by this PocketIC door "
         "(no HTTP gateway, no state graph polling, no threshold keys): "
@@ -364,24 +364,24 @@ async def not_emulated(door: Door, request: Request) -> Any:
 # -- time -----------------------------------------------------------------------------------------------
 
 
-async def get_time(door: Door, request: Request) -> Any:
-    return {"nanos_since_epoch": door.get(request).now_ns()}
+async def get_time(server: PocketIcServer, request: Request) -> Any:
+    return {"nanos_since_epoch": server.get(request).now_ns()}
 
 
-async def set_time(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def set_time(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     body = await _json(request)
     await instance.set_time(nat(body, "nanos_since_epoch", request.url.path, bits=64))
     return None
 
 
-async def tick(door: Door, request: Request) -> Any:
-    await door.get(request).tick()
+async def tick(server: PocketIcServer, request: Request) -> Any:
+    await server.get(request).tick()
     return None
 
 
-async def auto_progress(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def auto_progress(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     if request.method == "GET":
         return instance.auto_progress is not None
     body = await _json(request) or {}
@@ -392,8 +392,8 @@ async def auto_progress(door: Door, request: Request) -> Any:
     return None
 
 
-async def stop_progress(door: Door, request: Request) -> Any:
-    door.get(request).stop_progress()
+async def stop_progress(server: PocketIcServer, request: Request) -> Any:
+    server.get(request).stop_progress()
     return None
 
 
@@ -410,8 +410,8 @@ def _canister_call(body: Any, where: str) -> tuple[bytes, bytes, str, bytes, tup
     )
 
 
-async def submit_ingress(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def submit_ingress(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     sender, canister, method, payload, effective = _canister_call(await _json(request), request.url.path)
     submitted = instance.submit(sender, canister, method, payload)
     if isinstance(submitted, CallResponse):
@@ -432,8 +432,8 @@ def _message(instance: PocketInstance, body: Any, where: str) -> Any:
     return message
 
 
-async def await_ingress(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def await_ingress(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     message = _message(instance, await _json(request), request.url.path)
     try:
         return _call_json(await asyncio.shield(message.task))
@@ -443,8 +443,8 @@ async def await_ingress(door: Door, request: Request) -> Any:
         raise
 
 
-async def ingress_status(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def ingress_status(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     body = await _json(request)
     message = _message(instance, field(body, "raw_message_id", dict, request.url.path), request.url.path)
     caller = body.get("raw_caller")
@@ -457,8 +457,8 @@ async def ingress_status(door: Door, request: Request) -> Any:
     return _call_json(message.task.result())
 
 
-async def query(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def query(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     sender, canister, method, payload, _ = _canister_call(await _json(request), request.url.path)
     return _call_json(await instance.call(sender, canister, method, payload, query=True))
 
@@ -478,15 +478,15 @@ def _record(instance: PocketInstance, body: Any, where: str) -> Any:
     return record
 
 
-async def get_cycles(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def get_cycles(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     record = _record(instance, await _json(request), request.url.path)
     live = instance.runtime.canisters.get(record.principal)
     return {"cycles": record.balance if live is None else live.balance}
 
 
-async def add_cycles(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def add_cycles(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     body = await _json(request)
     record = _record(instance, body, request.url.path)
     instance.runtime.lifecycle.deposit_cycles(record.principal, nat(body, "amount", request.url.path))
@@ -494,18 +494,18 @@ async def add_cycles(door: Door, request: Request) -> Any:
     return {"cycles": record.balance if live is None else live.balance}
 
 
-async def get_stable_memory(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def get_stable_memory(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     record = _record(instance, await _json(request), request.url.path)
     live = instance.runtime.canisters.get(record.principal)
     return {"blob": b64(b"" if live is None else bytes(live.stable))}
 
 
-async def set_stable_memory(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def set_stable_memory(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     body = await _json(request)
     record = _record(instance, body, request.url.path)
-    data = door.get_blob(blob(body, "blob_id", request.url.path))
+    data = server.get_blob(blob(body, "blob_id", request.url.path))
     live = instance.runtime.canisters.get(record.principal)
     if live is None:
         raise BadRequest(
@@ -515,14 +515,14 @@ async def set_stable_memory(door: Door, request: Request) -> Any:
     return None
 
 
-async def get_controllers(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def get_controllers(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     record = _record(instance, await _json(request), request.url.path)
     return [{"principal_id": b64(c)} for c in sorted(record.controllers)]
 
 
-async def get_subnet(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def get_subnet(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     body = await _json(request)
     subnet = instance.subnet_of(principal(body, "canister_id", request.url.path))
     return None if subnet is None else {"subnet_id": b64(subnet.principal)}
@@ -531,8 +531,8 @@ async def get_subnet(door: Door, request: Request) -> Any:
 # -- outcalls -------------------------------------------------------------------------------------------
 
 
-async def get_canister_http(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def get_canister_http(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     subnet = instance.main_subnet.principal
     return [
         {
@@ -567,8 +567,8 @@ def _outcall_response(value: Any, where: str) -> HttpResponse | Reject:
     raise BadRequest(f'{where}: response is {{"CanisterHttpReply": ...}} or {{"CanisterHttpReject": ...}}')
 
 
-async def mock_canister_http(door: Door, request: Request) -> Any:
-    instance = door.get(request)
+async def mock_canister_http(server: PocketIcServer, request: Request) -> Any:
+    instance = server.get(request)
     body = await _json(request)
     where = request.url.path
     response = _outcall_response(field(body, "response", dict, where), where)
@@ -581,7 +581,7 @@ async def mock_canister_http(door: Door, request: Request) -> Any:
     return None
 
 
-async def pub_key(door: Door, request: Request) -> Any:
+async def pub_key(server: PocketIcServer, request: Request) -> Any:
     raise BadRequest(
         "read/pub_key is not emulated: this door certifies nothing, so no subnet has a threshold BLS key "
         "(an agent that verifies certificates cannot be pointed at it)",
@@ -595,10 +595,10 @@ async def pub_key(door: Door, request: Request) -> Any:
 def _control(method: str, request_type: Any) -> Handler:
     """A Control RPC over JSON: the body is the request message in proto3 JSON, the answer likewise."""
 
-    async def handler(door: Door, request: Request) -> Any:
+    async def handler(server: PocketIcServer, request: Request) -> Any:
         from icllm_emulator.grpc_api.servicers import ControlServicer
 
-        instance = door.get(request)
+        instance = server.get(request)
         body = await _json(request) if request.method != "GET" else None
         message = request_type()
         try:
@@ -622,10 +622,10 @@ def _control(method: str, request_type: Any) -> Handler:
     return handler
 
 
-async def icllm_reset(door: Door, request: Request) -> Any:
+async def icllm_reset(server: PocketIcServer, request: Request) -> Any:
     """The LLM canister back to its start: rules, holds, queue, history, cassette, settings; the
     instance's canisters and time stay."""
-    engine = door.get(request).engine
+    engine = server.get(request).engine
     engine.queue.reset()
     engine.rules.clear()
     engine.history.clear()
@@ -636,11 +636,11 @@ async def icllm_reset(door: Door, request: Request) -> Any:
     return {}
 
 
-def create_app(door: Door) -> Starlette:
+def create_app(server: PocketIcServer) -> Starlette:
     from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
-        return Route(path, _endpoint(handler, door), methods=methods)
+        return Route(path, _endpoint(handler, server), methods=methods)
 
     def control_routes(base: str) -> list[Route]:
         return [

@@ -27,7 +27,7 @@ import uvicorn
 from icllm_emulator.addresses import is_loopback_host
 from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.ollama.serve import _Uvicorn, guarded_protocol
-from icllm_emulator.pocketic.app import DEFAULT_MAX_INSTANCES, DEFAULT_TTL_SECONDS, Door, create_app
+from icllm_emulator.pocketic.app import DEFAULT_MAX_INSTANCES, DEFAULT_TTL_SECONDS, PocketIcServer, create_app
 from icllm_emulator.pocketic.wire import SERVER_VERSION
 
 log = logging.getLogger("icllm.pocketic")
@@ -92,7 +92,7 @@ async def run(
     ttl: float,
     max_instances: int,
 ) -> None:
-    door = Door(config, max_instances=max_instances, ttl_seconds=ttl)
+    server = PocketIcServer(config, max_instances=max_instances, ttl_seconds=ttl)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -104,7 +104,7 @@ async def run(
     sock.setblocking(False)
     bound = sock.getsockname()[1]
     uvicorn_config = uvicorn.Config(
-        create_app(door),
+        create_app(server),
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -112,14 +112,14 @@ async def run(
         timeout_graceful_shutdown=0,
         http=guarded_protocol(config.header_timeout),
     )
-    server = _Uvicorn(uvicorn_config, asyncio.Event())
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    http = _Uvicorn(uvicorn_config, asyncio.Event())
+    serving = asyncio.ensure_future(http.serve(sockets=[sock]))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        ready = asyncio.ensure_future(server.ready.wait())
+        ready = asyncio.ensure_future(http.ready.wait())
         await asyncio.wait((serving, ready), return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
@@ -130,15 +130,15 @@ async def run(
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _SWEEP_SECONDS)
-            await door.sweep()
-            if not door.instances and time.monotonic() - door.last_request > ttl:
+            await server.sweep()
+            if not server.instances and time.monotonic() - server.last_request > ttl:
                 log.info("no request for %g s and no instance: exiting", ttl)
                 break
     finally:
-        server.exit()
+        http.exit()
         with contextlib.suppress(Exception):
             await serving
-        await door.close()
+        await server.close()
         if port_file is not None:
             with contextlib.suppress(OSError):
                 if port_file.read_text().strip() == str(bound):

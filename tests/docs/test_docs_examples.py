@@ -302,11 +302,11 @@ def test_the_pocketic_reference_lists_every_route_the_door_serves() -> None:
     """Each PocketIC route of the door is a row of docs/reference/pocketic.md (the /icllm/ ones are in
     docs/reference/http.md)."""
     from icllm_emulator.config import EmulatorConfig
-    from icllm_emulator.pocketic.app import Door, create_app
+    from icllm_emulator.pocketic.app import PocketIcServer, create_app
 
     page = (DOCS / "reference" / "pocketic.md").read_text(encoding="utf-8")
     icllm = (DOCS / "reference" / "http.md").read_text(encoding="utf-8")
-    for route in create_app(Door(EmulatorConfig())).routes:
+    for route in create_app(PocketIcServer(EmulatorConfig())).routes:
         path = getattr(route, "path", "").replace("{instance_id}", "{id}").replace("{gateway_id}", "{id}")
         if "/icllm/" in path:
             assert f"`{path.split('/icllm')[1]}`" in icllm, path

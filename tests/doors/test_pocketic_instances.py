@@ -8,28 +8,28 @@ import weakref
 import pytest
 
 from icllm_emulator.config import EmulatorConfig
-from icllm_emulator.pocketic.app import Door
+from icllm_emulator.pocketic.app import PocketIcServer
 
 
 @pytest.mark.asyncio
 async def test_a_deleted_instance_is_freed_at_once() -> None:
-    door = Door(EmulatorConfig())
-    instance_id = (await door.create(["Application"])).id
-    engine = weakref.ref(door.instances[instance_id].engine)
-    runtime = weakref.ref(door.instances[instance_id].engine.runtime)
+    server = PocketIcServer(EmulatorConfig())
+    instance_id = (await server.create(["Application"])).id
+    engine = weakref.ref(server.instances[instance_id].engine)
+    runtime = weakref.ref(server.instances[instance_id].engine.runtime)
     gc.disable()  # what frees it must be the deletion, not a collection that happens to run
     try:
-        await door.delete(instance_id, "deleted by its client")
+        await server.delete(instance_id, "deleted by its client")
         assert engine() is None and runtime() is None
     finally:
         gc.enable()
-    assert door.deleted == {0: "deleted by its client"}
+    assert server.deleted == {0: "deleted by its client"}
 
 
 @pytest.mark.asyncio
 async def test_an_instance_unused_for_the_ttl_is_swept() -> None:
-    door = Door(EmulatorConfig(), ttl_seconds=0.0)
-    kept = await door.create(["Application"])
-    await door.sweep()
-    assert door.instances == {}
-    assert "unused for more than --ttl 0 s" in door.deleted[kept.id]
+    server = PocketIcServer(EmulatorConfig(), ttl_seconds=0.0)
+    kept = await server.create(["Application"])
+    await server.sweep()
+    assert server.instances == {}
+    assert "unused for more than --ttl 0 s" in server.deleted[kept.id]
