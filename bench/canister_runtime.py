@@ -8,6 +8,9 @@ the same LLM call in the same run made directly: the Candid argument the caniste
 test's thread, as the `icllm_canister` fixture makes it, and every variant asks the same prompts.
 Aim: the runtime's call at most 2x the bare CallCandid call.
 
+Neighbours: the Motoko wallet's `balance_at` calls a ledger's `account_balance`, once a stand-in scripted
+from Python at the ICP ledger's id, once a real ledger module installed beside it; same run, same calls.
+
 Install: a canister from the compiled-module disk cache (a fresh runtime), from the runtime's memory
 (a second install), and the cold compile that the cache saves. The Rust and ic-cdk (Azle) agents too.
 """
@@ -37,6 +40,7 @@ from icllm_emulator.runtime.values import Interface
 from icllm_emulator.server import ThreadedEmulator
 
 TARGET_RATIO = 2.0
+LEDGER_ID = "ryjl3-tyaaa-aaaaa-aaaba-cai"
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "canisters" / "build.py"
 
 
@@ -124,6 +128,60 @@ def per_message(calls: int, rounds: int) -> int:
     return 0
 
 
+def neighbours(calls: int, rounds: int) -> int:
+    from icllm_emulator.runtime.standins import StandInRule
+
+    wallet_wasm, ledger_wasm = built("motoko-wallet"), built("motoko-ledger")
+    ledger_did = BUILD_SCRIPT.parent / "motoko" / "ledger" / "ledger.did"
+    with ThreadedEmulator(EmulatorConfig(grpc_port=0, ollama_port=None)) as emulator:
+        runtime = emulator.engine.runtime
+
+        def on_loop(work: Coroutine[Any, Any, Any]) -> Any:
+            return asyncio.run_coroutine_threadsafe(work, emulator.loop).result(30)
+
+        async def set_up() -> tuple[Any, Any, Any]:
+            wallet = runtime.install(wallet_wasm.read_bytes(), InstallSettings())
+            ledger = runtime.install(ledger_wasm.read_bytes(), InstallSettings())
+            standin = runtime.stub(LEDGER_ID, Interface(ledger_did.read_text(encoding="utf-8")))
+            standin.add(StandInRule("account_balance", standin.reply_values("account_balance", {"e8s": 1})))
+            return wallet, ledger, standin
+
+        wallet, ledger, standin = on_loop(set_up())
+        interface = Interface(wallet.candid or "")
+        account = bytes(32)
+        to_standin = interface.encode_call("balance_at", (LEDGER_ID, account))
+        to_ledger = interface.encode_call("balance_at", (ledger.id, account))
+        variants: dict[str, Callable[[int], Any]] = {
+            "wallet -> stand-in ledger (Python)": lambda _: on_loop(
+                runtime.call(wallet.id, "balance_at", to_standin)
+            ),
+            "wallet -> real ledger (Motoko)": lambda _: on_loop(
+                runtime.call(wallet.id, "balance_at", to_ledger)
+            ),
+        }
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for run in variants.values():
+            timed(min(50, calls), run)
+        for _ in range(rounds):
+            for name, run in variants.items():
+                results[name].extend(timed(calls, run))
+
+        async def forget_calls() -> int:
+            count = len(standin.calls)
+            standin.calls.clear()
+            return count
+
+        answered = on_loop(forget_calls())
+    print(f"a call to a neighbour, {rounds} rounds x {calls} calls ({answered} stand-in calls answered):")
+    medians = []
+    for name, samples in results.items():
+        p50, p90 = summary(samples)
+        medians.append(p50)
+        print(f"  {name:<40} p50 {p50:8.0f} us   p90 {p90:8.0f} us")
+    print(f"  stand-in / real canister: {medians[0] / medians[1]:.2f}x")
+    return 0
+
+
 def installs(repeat: int) -> int:
     print(f"install (median of {repeat}):")
 
@@ -169,4 +227,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="installs and compiles per module")
     args = parser.parse_args(argv)
     status = per_message(args.calls, args.rounds)
+    status |= neighbours(args.calls, args.rounds)
     return status | installs(args.repeat)

@@ -55,7 +55,9 @@ def _scope(setting: Setting) -> str:
 
 
 def settings_page(settings: Iterable[Setting] = SETTINGS) -> str:
-    rows = [f"| `{s.name}` | {_where(s)} | {_default(s)} | {_scope(s)} | {_cell(s.help)} |" for s in settings]
+    rows = [
+        f"| `{s.name}` | {_where(s)} | {_default(s)} | {_scope(s)} | {_cell(s.flag_help)} |" for s in settings
+    ]
     return (
         GENERATED.format(source="icllm_emulator/settings.py (SETTINGS)") + "\n# Settings\n\n"
         "Every setting has one name. A setting `x_y` is the flag `--x-y` of `icllm-emulator serve` (and of\n"

@@ -23,9 +23,12 @@ MAX_CYCLES = 2**64 - 1
 
 def checked_cycles(text: str, what: str, error: Callable[[str], Exception]) -> int:
     """A number of cycles given as text (metadata, a header), within the emulator's range; else `error`."""
-    digits = text.strip()
+    digits = text
     if not digits.isascii() or not digits.isdigit():
-        raise error(f"{what} {digits[:30]!r} is not a natural number of cycles")
+        raise error(
+            f"{what} {digits[:30]!r} is not a natural number of cycles (decimal digits only, no sign "
+            "or spaces: e.g. 1000000)"
+        )
     if len(digits) > 20 or int(digits) > MAX_CYCLES:
         raise error(
             f"{what} {digits[:30]!r} is more cycles than the emulator carries "

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from icllm_emulator import settings
+from icllm_emulator import motoko, settings
 from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import FakeBackend
 from icllm_emulator.cassettes.commands import add_cassette_commands, run_cassette_command
@@ -74,7 +74,8 @@ class _Repeatable(argparse.Action):
 def _add_settings(parser: argparse.ArgumentParser, door: Door, environ: Mapping[str, str]) -> None:
     """One flag per setting of `door`; its env var, when set, is the flag's default."""
     for setting in settings.at(door):
-        default, text = (setting.worker if door is Door.WORKER else None) or (setting.default, setting.help)
+        own = setting.worker if door is Door.WORKER else None
+        default, text = own or (setting.default, setting.flag_help)
         if setting.env in environ:
             given = environ[setting.env]
             try:
@@ -88,6 +89,8 @@ def _add_settings(parser: argparse.ArgumentParser, door: Door, environ: Mapping[
             default=default,
             action=_Repeatable if setting.repeatable else "store",
             help=f"{text} [env {setting.env}]",
+            nargs="?" if setting.switch else None,  # a boolean's flag alone means true
+            const="true" if setting.switch else None,
         )
 
 
@@ -100,6 +103,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_settings(pocket_ic, Door.SERVE, environ)
     pocketic_serve.add_arguments(pocket_ic)
     add_cassette_commands(commands)
+    motoko.add_command(commands)
     return parser
 
 
@@ -170,7 +174,13 @@ async def run_worker(args: argparse.Namespace, environ: Mapping[str, str] | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with grpc.aio.insecure_channel(args.connect) as channel:
-        source = GrpcSource(channel, models=models, poll_seconds=args.poll_seconds, target=args.connect)
+        source = GrpcSource(
+            channel,
+            models=models,
+            poll_seconds=args.poll_seconds,
+            target=args.connect,
+            control_token=args.control_token,
+        )
         task = asyncio.create_task(Worker(worker_id, source, backend, RealClock()).run())
         log.info("worker %s serving %s for the emulator at %s", worker_id, backend.name, args.connect)
         stopping = asyncio.ensure_future(stop.wait())
@@ -188,6 +198,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = build_parser(environ).parse_args(argv)
     if args.command == "cassette":
         return run_cassette_command(args)
+    if args.command == "build-motoko":
+        return motoko.run_command(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

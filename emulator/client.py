@@ -241,15 +241,19 @@ class ChatBuilder(Generic[R]):
     tools: tuple[Tool, ...] = ()
 
     def with_messages(self, messages: Iterable[Message]) -> ChatBuilder[R]:
+        """The conversation so far (`user(...)`, `system(...)`, `assistant(...)`, `tool_result(...)`)."""
         return dataclasses.replace(self, messages=tuple(messages))
 
     def with_tools(self, tools: Iterable[Tool | ToolBuilder]) -> ChatBuilder[R]:
+        """The tools the model may call (`tool(name).with_parameter(...)`)."""
         return dataclasses.replace(self, tools=tuple(_as_tool(t) for t in tools))
 
     def request(self) -> ChatRequest:
+        """The request `send` would send."""
         return ChatRequest(model=self.model, messages=self.messages, tools=self.tools, api=Api.V1)
 
     def send(self) -> R:
+        """Send it as `v1_chat`: the assistant message (awaitable, from the async client)."""
         return self._send(self.request())
 
 
@@ -348,15 +352,19 @@ class LlmClient(_ClientSettings):
         return call.decode(response)
 
     def prompt(self, model: str, text: str) -> str:
+        """One user message to `model`; returns the answer's text (ic-llm's `prompt`)."""
         return self._invoke(_prompt_call(model, text))
 
     def chat(self, model: str) -> ChatBuilder[AssistantMessage]:
+        """A chat with `model`, built as in ic-llm: `.with_messages([...]).with_tools([...]).send()`."""
         return ChatBuilder(model, self.v1_chat)
 
     def v0_chat(self, model: str, messages: Sequence[Message]) -> str:
+        """The canister's `v0_chat`: messages without tools; returns the answer's text."""
         return self._invoke(_v0_call(model, messages))
 
     def v1_chat(self, request: ChatRequest) -> AssistantMessage:
+        """The canister's `v1_chat`: a whole request (messages, tools); returns the assistant message."""
         return self._invoke(_v1_call(request))
 
     def call_candid(self, method: str, arg: bytes) -> bytes:
@@ -368,6 +376,7 @@ class LlmClient(_ClientSettings):
         return self._invoke(_deposit_call(beneficiary))
 
     def close(self) -> None:
+        """Close the connection (leaving a `with` block does it)."""
         self._channel.close()
 
     def __enter__(self) -> Self:
@@ -403,15 +412,19 @@ class AsyncLlmClient(_ClientSettings):
         return call.decode(response)
 
     async def prompt(self, model: str, text: str) -> str:
+        """One user message to `model`; returns the answer's text (ic-llm's `prompt`)."""
         return await self._invoke(_prompt_call(model, text))
 
     def chat(self, model: str) -> ChatBuilder[Awaitable[AssistantMessage]]:
+        """A chat with `model`: `await client.chat(model).with_messages([...]).send()`."""
         return ChatBuilder(model, self.v1_chat)
 
     async def v0_chat(self, model: str, messages: Sequence[Message]) -> str:
+        """The canister's `v0_chat`: messages without tools; returns the answer's text."""
         return await self._invoke(_v0_call(model, messages))
 
     async def v1_chat(self, request: ChatRequest) -> AssistantMessage:
+        """The canister's `v1_chat`: a whole request (messages, tools); returns the assistant message."""
         return await self._invoke(_v1_call(request))
 
     async def call_candid(self, method: str, arg: bytes) -> bytes:
@@ -423,6 +436,7 @@ class AsyncLlmClient(_ClientSettings):
         return await self._invoke(_deposit_call(beneficiary))
 
     async def close(self) -> None:
+        """Close the connection (leaving an `async with` block does it)."""
         await self._channel.close()
 
     async def __aenter__(self) -> Self:

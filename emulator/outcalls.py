@@ -20,6 +20,13 @@ from icllm_emulator.errors import IcllmError
 
 MAX_RESPONSE_CEILING = 2_000_000
 MAX_URL_LENGTH = 8192
+# The IC's limits on an outcall request (ic-types canister_http.rs, validate_http_headers_and_body).
+MAX_REQUEST_BYTES = 2_000_000  # header names and values, and the body
+MAX_HEADERS = 64
+MAX_HEADER_PART_BYTES = 8 * 1024  # one header's name, or its value
+MAX_HEADERS_BYTES = 48 * 1024
+# An HTTP header name is a token (RFC 9110); its value is visible ASCII, spaces and tabs.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 METHODS = ("get", "head", "post")
 
 
@@ -221,12 +228,59 @@ def check_url(url: str) -> str | None:
     """Why the IC would refuse this URL, or None."""
     if len(url) > MAX_URL_LENGTH:
         return f"the URL is {len(url)} characters; the IC allows at most {MAX_URL_LENGTH}"
+    bad = next((i for i, c in enumerate(url) if c <= " " or c == "\x7f"), None)
+    if bad is not None:
+        return (
+            f"{url[:80]!r} is not a URL: it has {url[bad]!r} at position {bad} (spaces and control "
+            "characters are percent-encoded in a URL)"
+        )
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 -- parsing the port checks its range
     except ValueError as error:
         return f"{url[:80]!r} is not a URL: {error}"
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return f"{url[:80]!r} is not an http(s) URL with a host (the IC sends outcalls to https URLs)"
+    return None
+
+
+def check_request(headers: tuple[tuple[str, str], ...], body: bytes) -> str | None:
+    """Why the IC would refuse these headers and body (with its own message), or None."""
+    names = [len(name.encode()) for name, _ in headers]
+    values = [len(value.encode()) for _, value in headers]
+    headers_bytes = sum(names) + sum(values)
+    if len(headers) > MAX_HEADERS:
+        return f"number of all http headers {len(headers)} exceeds {MAX_HEADERS}"
+    if max(names, default=0) > MAX_HEADER_PART_BYTES:
+        return (
+            f"number of bytes to represent some http header name {max(names)} exceeds {MAX_HEADER_PART_BYTES}"
+        )
+    if max(values, default=0) > MAX_HEADER_PART_BYTES:
+        return (
+            f"number of bytes to represent some http header value {max(values)} exceeds "
+            f"{MAX_HEADER_PART_BYTES}"
+        )
+    if headers_bytes > MAX_HEADERS_BYTES:
+        return (
+            "total number of bytes to represent all http header names and values "
+            f"{headers_bytes} exceeds {MAX_HEADERS_BYTES}"
+        )
+    if headers_bytes + len(body) > MAX_REQUEST_BYTES:
+        return (
+            "total number of bytes to represent all http header names and values and http body "
+            f"{headers_bytes + len(body)} exceeds {MAX_REQUEST_BYTES}"
+        )
+    for name, value in headers:
+        if not name or not set(name) <= _TOKEN:
+            return (
+                f"the header name {name[:80]!r} is not an HTTP header name "
+                "(letters, digits and !#$%&'*+-.^_`|~)"
+            )
+        if any(not (" " <= c <= "~" or c == "\t") for c in value):
+            return (
+                f"the value of header {name} ({value[:80]!r}) is not an HTTP header value "
+                "(visible ASCII characters, spaces and tabs)"
+            )
     return None
 
 
@@ -254,7 +308,8 @@ async def _pass_through(request: HttpRequest) -> HttpResponse:
                 if len(body) > limit:
                     break
             return HttpResponse(answer.status_code, tuple(answer.headers.items()), bytes(body))
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as error:
+        # ValueError: what httpx refuses before sending (check_url and check_request refuse it first)
         raise Reject(
             RejectCode.SYS_TRANSIENT,
             f"the loopback outcall to {request.url} failed: {type(error).__name__}: {error}",

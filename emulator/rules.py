@@ -2,7 +2,9 @@
 
 Rules are tried in the order they were added; the first that matches and has uses left answers.
 `contains` and `regex` look at the content of every message (only messages of `role` when that is
-given); `tool` asks that the request offers a tool of that name. A rule file (YAML or JSON) holds
+given); with `last`, they look at the request's last message only (of `role`, when given), so that in a
+conversation a rule answers the turn that asks, not every later turn that repeats it; `tool` asks that
+the request offers a tool of that name. A rule file (YAML or JSON) holds
 `rules: [{match: {...}, reply: ... | reject: {...} | hang: true, delay: S, times: N}]`.
 """
 
@@ -43,8 +45,11 @@ class Match:
     regex: str | None = None
     role: Role | None = None
     tool: str | None = None
+    last: bool = False
 
     def __post_init__(self) -> None:
+        if self.last and self.contains is None and self.regex is None and self.role is None:
+            raise RuleError("last=True narrows contains, regex or role to the last message: give one of them")
         if self.regex is not None:
             try:
                 patterns.compiled(self.regex)
@@ -56,16 +61,26 @@ class Match:
         why = []
         if self.model is not None and request.model != self.model:
             why.append(f"model is {request.model!r}, not {self.model!r}")
-        contents = [m.content or "" for m in request.messages if self.role is None or m.role is self.role]
-        scope = f"{self.role.value} message" if self.role else "message"
-        if self.role is not None and not contents:
-            why.append(f"no {scope} in the request")
+        kind = f"{self.role.value} message" if self.role else "message"
+        if self.last:
+            final = request.messages[-1:]
+            contents = [m.content or "" for m in final if self.role is None or m.role is self.role]
+            if not contents:
+                role = final[0].role.value if final else ""
+                is_a = f"{'an' if role[:1] in 'aeiou' else 'a'} {role} message" if final else "missing"
+                why.append(f"the last message is {is_a}, not a {kind}")
+            contains, matches = "the last message does not contain", "the last message does not match"
+        else:
+            contents = [m.content or "" for m in request.messages if self.role is None or m.role is self.role]
+            if self.role is not None and not contents:
+                why.append(f"no {kind} in the request")
+            contains, matches = f"no {kind} contains", f"no {kind} matches"
         if self.contains is not None and not any(self.contains in text for text in contents):
-            why.append(f"no {scope} contains {self.contains!r}")
+            why.append(f"{contains} {self.contains!r}")
         if self.regex is not None:
             try:
                 if not any(patterns.search(self.regex, text) for text in contents):
-                    why.append(f"no {scope} matches /{self.regex}/")
+                    why.append(f"{matches} /{self.regex}/")
             except patterns.PatternTimeout as timeout:
                 why.append(f"{timeout}, so it counts as a miss")
         if self.tool is not None and all(t.name != self.tool for t in request.tools):
@@ -74,7 +89,7 @@ class Match:
         return why
 
     def describe(self) -> str:
-        fields = {k: getattr(self, k) for k in ("model", "contains", "regex", "role", "tool")}
+        fields = {k: getattr(self, k) for k in ("model", "contains", "regex", "role", "tool", "last")}
         shown = ", ".join(
             f"{k}={v!r}" if k != "role" else f"role={v.value!r}" for k, v in fields.items() if v
         )
@@ -103,10 +118,30 @@ class Rule:
     id: str = ""
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.delay) or self.delay < 0:
-            raise RuleError(f"delay must be a finite number of seconds, 0 or more, got {self.delay}")
-        if self.times is not None and self.times < 1:
-            raise RuleError(f"times must be 1 or more (leave it out for any number), got {self.times}")
+        check_delay(self.delay)
+        check_times(self.times)
+
+
+def check_delay(delay: float) -> None:
+    """A scripted answer's delay: seconds on the engine's clock (LLM rules, stand-ins, faults)."""
+    if not math.isfinite(delay) or delay < 0:
+        raise RuleError(f"delay must be a finite number of seconds, 0 or more, got {delay}")
+
+
+def check_times(times: int | None) -> None:
+    """How often a scripted answer may answer: None for any number (LLM rules, stand-ins, faults)."""
+    if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+        raise RuleError(f"times must be 1 or more (leave it out for any number), got {times!r}")
+
+
+def used_up(uses: int, times: int | None) -> bool:
+    return times is not None and uses >= times
+
+
+def miss_line(rule_id: str, description: str, uses: int, times: int | None, why: list[str]) -> str:
+    """A scripted answer that did not answer a call, and why (one wording for LLM rules and stand-ins)."""
+    reasons = [f"used up ({uses} of {times} uses)"] if used_up(uses, times) else []
+    return f"- {rule_id} {description}: {'; '.join(reasons + why)}"
 
 
 @dataclass(slots=True)
@@ -116,7 +151,7 @@ class RuleState:
 
     @property
     def exhausted(self) -> bool:
-        return self.rule.times is not None and self.uses >= self.rule.times
+        return used_up(self.uses, self.rule.times)
 
 
 @dataclass
@@ -167,16 +202,15 @@ class RuleBook:
             lines.append("no rules are defined; add one with the Control service or --rules FILE")
         for state in self.states:
             rule = state.rule
-            why = ["used up" + f" ({state.uses} of {rule.times} uses)"] if state.exhausted else []
-            why += rule.match.mismatches(request)
-            lines.append(f"- {rule.id} {rule.match.describe()}: {'; '.join(why)}")
+            why = rule.match.mismatches(request)
+            lines.append(miss_line(rule.id, rule.match.describe(), state.uses, rule.times, why))
         return "\n".join(lines)
 
 
 # -- rule files ------------------------------------------------------------------------------------
 
 _RULE_KEYS = {"id", "match", "reply", "reject", "hang", "delay", "times"}
-_MATCH_KEYS = {"model", "contains", "regex", "role", "tool"}
+_MATCH_KEYS = {"model", "contains", "regex", "role", "tool", "last"}
 
 
 def load_rules(path: Path) -> list[Rule]:
@@ -212,9 +246,13 @@ def rule_from_dict(item: Any) -> Rule:
     match_data = item.get("match") or {}
     if not isinstance(match_data, Mapping) or set(match_data) - _MATCH_KEYS:
         raise RuleError(f"match must be a mapping with keys among {sorted(_MATCH_KEYS)}, got {match_data!r}")
+    last = match_data.get("last", False)
+    if not isinstance(last, bool):
+        raise RuleError(f"match.last must be true or false, got {last!r}")
     match = Match(
-        **{k: _text(v, k) for k, v in match_data.items() if k != "role"},
+        **{k: _text(v, k) for k, v in match_data.items() if k not in ("role", "last")},
         role=parse_role(match_data["role"]) if "role" in match_data else None,
+        last=last,
     )
     action: Action
     if "reply" in outcomes:

@@ -38,7 +38,7 @@ from icllm_emulator.engine import Engine
 from icllm_emulator.grpc_api.canisters import CanistersServicer
 from icllm_emulator.grpc_api.servicers import AiWorkerServicer, ControlServicer, LlmCanisterServicer
 from icllm_emulator.grpc_api.status import (
-    MAX_MESSAGE_BYTES,
+    SEND_MAX_BYTES,
     TRANSPORT_MAX_BYTES,
     guarded,
     token_checked,
@@ -49,6 +49,15 @@ from icllm_emulator.ollama.serve import OllamaHttpServer
 log = logging.getLogger(__name__)
 
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
+# The services that change the emulator, install and run code, or take prompts' work: with a control
+# token, they answer only calls that carry it (the LLM canister itself and health stay open).
+GUARDED_SERVICES = frozenset(
+    {
+        CONTROL_SERVICE,
+        canisters_pb2.DESCRIPTOR.services_by_name["Canisters"].full_name,
+        worker_pb2.DESCRIPTOR.services_by_name["AiWorker"].full_name,
+    }
+)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICE_NAMES = (
     canister_pb2.DESCRIPTOR.services_by_name["LlmCanister"].full_name,
@@ -100,9 +109,10 @@ class GenericHandlersOnly:
     ) -> None:
         if service in SERVICE_NAMES:
             handlers = {name: tolerant(handler) for name, handler in handlers.items()}
-        if service == CONTROL_SERVICE and self._control_token:
+        if service in GUARDED_SERVICES and self._control_token:
+            short = service.rsplit(".", 1)[-1]
             handlers = {
-                name: token_checked(handler, self._control_token) for name, handler in handlers.items()
+                name: token_checked(handler, self._control_token, short) for name, handler in handlers.items()
             }
         elif service == HEALTH_SERVICE:
             handlers = {name: guarded(handler, f"{service}/{name}") for name, handler in handlers.items()}
@@ -126,12 +136,13 @@ class EmulatorServer:
             if not self.config.control_token:
                 raise ConfigError(
                     f"--host {self.config.host} is reachable beyond this machine, and so would be the "
-                    "Control service (reset, rules, cassettes): give it a token with --control-token "
+                    "Control, Canisters and AiWorker services (reset, rules, cassettes, canister modules, "
+                    "prompts' work): give it a token with --control-token "
                     "TOKEN (or ICLLM_CONTROL_TOKEN), or listen on 127.0.0.1"
                 )
             log.warning(
                 "listening on %s: the emulator is reachable from other machines; "
-                "Control calls need the token",
+                "Control, Canisters and AiWorker calls need the token",
                 self.config.host,
             )
         engine = self.engine = Engine(self.config)
@@ -139,7 +150,7 @@ class EmulatorServer:
             options=[
                 # above the IC's 2 MiB: the handlers refuse those at once (see grpc_api/status.py)
                 ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", SEND_MAX_BYTES),
                 ("grpc.so_reuseport", 0),
                 # An idle connection is closed (clients reconnect by themselves); a handshake that does
                 # not finish in time (a slowloris client) is dropped.

@@ -295,7 +295,8 @@ def prices(value: Any) -> dict[str, Price] | None:
     for spec in _text(value).split(","):
         model, equals, amounts = spec.strip().rpartition("=")
         per_call, _, per_token = amounts.partition("/")
-        if not equals or not model or not per_call.isdigit() or not (per_token or "0").isdigit():
+        amounts_ok = all(part.isascii() and part.isdigit() for part in (per_call, per_token or "0"))
+        if not equals or not model or not amounts_ok:
             raise SettingError(
                 f"{spec.strip()!r} is not MODEL=PER_CALL[/PER_TOKEN] in cycles, "
                 "e.g. gemma3:27b=2000000000/1000000"
@@ -314,12 +315,17 @@ def model_map(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def grpc_address(value: Any) -> str | None:
+    """HOST:PORT of a gRPC server (a `grpc://` in front is allowed); a URL of another scheme is refused."""
     if value is None or _text(value) == "":
         return None
     text = _text(value).removeprefix("grpc://")
+    valid = "use HOST:PORT, e.g. 127.0.0.1:50051 (the emulator's gRPC port, not its HTTP one)"
+    if "://" in text:
+        scheme = text.partition("://")[0]
+        raise SettingError(f"{value!r} is not a gRPC address: leave out {scheme}://; {valid}")
     host, _, number = text.rpartition(":")
-    if not host or not number.isdigit():
-        raise SettingError(f"{value!r} is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051")
+    if not host or "/" in host or not number.isdigit() or int(number) > 65535:
+        raise SettingError(f"{value!r} is not a gRPC address; {valid}")
     return text
 
 
@@ -433,18 +439,32 @@ class Setting:
 
     @property
     def flag(self) -> str:
+        """Its flag of `icllm-emulator serve` and `worker`: `--x-y`."""
         return "--" + self.name.replace("_", "-")
 
     @property
+    def switch(self) -> bool:
+        """A boolean: its flag takes true or false, and alone means true (`--x-y` is `--x-y true`)."""
+        return self.parse is boolean
+
+    @property
+    def flag_help(self) -> str:
+        """The help of its flag: a boolean's says which values it takes."""
+        return f"{self.help} (true or false; the flag alone: true)" if self.switch else self.help
+
+    @property
     def env(self) -> str:
+        """Its environment variable: `ICLLM_X_Y`."""
         return ENV_PREFIX + self.name.upper()
 
     @property
     def pytest_flag(self) -> str:
+        """Its pytest option: `--icllm-x-y`."""
         return "--icllm-" + self.name.replace("_", "-")
 
     @property
     def ini(self) -> str:
+        """Its ini key: `icllm_x_y`."""
         return "icllm_" + self.name
 
     def check(self, value: Any, origin: str) -> Any:
@@ -691,8 +711,10 @@ SETTINGS: tuple[Setting, ...] = (
         "control_token",
         optional_text,
         None,
-        "the token Control calls must carry (needed with a non-loopback --host; in pytest, the token of "
-        "the emulator at --icllm-url)",
+        "the token Control, Canisters and AiWorker calls must carry (needed with a non-loopback --host; "
+        "pytest: that of --icllm-url)",
+        EVERYWHERE,
+        worker=(None, "the emulator's control token, sent with every AiWorker call"),
     ),
     Setting("idle_timeout", seconds, 120.0, "seconds before an idle HTTP or gRPC connection is closed"),
     Setting("header_timeout", seconds, 10.0, "seconds an HTTP request's headers may take to arrive"),
@@ -758,6 +780,14 @@ SETTINGS: tuple[Setting, ...] = (
         grpc_address,
         None,
         "use a running emulator at HOST:PORT instead of starting one (env ICLLM_URL)",
+        PYTEST_ONLY,
+    ),
+    Setting(
+        "canister_timeout",
+        duration,
+        60.0,
+        "seconds a test's canister call may take (waiting for a held LLM answer, a paused worker, a "
+        "canister that never replies) before the test fails, saying what is pending",
         PYTEST_ONLY,
     ),
     Setting(

@@ -16,19 +16,22 @@ if TYPE_CHECKING:
     from icllm_emulator.grpc_api.control import Call, JobInfo
     from icllm_emulator.history import Stats
     from icllm_emulator.runtime.errors import CanisterReject
-    from pytest_icllm._canisters import Canister
+    from pytest_icllm._canisters import Canister, CanisterIC, PendingCall, Stub
     from pytest_icllm._controller import IcllmController
 
 __version__ = version("pytest-icllm")
 __all__ = [
     "Call",
     "Canister",
+    "CanisterIC",
     "CanisterReject",
     "EmulatorError",
     "IcllmController",
     "JobInfo",
     "LlmReject",
+    "PendingCall",
     "Stats",
+    "Stub",
     "__version__",
 ]
 
@@ -37,10 +40,13 @@ _LAZY = {
     "LlmReject": "icllm_emulator.client",
     "IcllmController": "pytest_icllm._controller",
     "Canister": "pytest_icllm._canisters",
+    "CanisterIC": "pytest_icllm._canisters",
+    "PendingCall": "pytest_icllm._canisters",
     "CanisterReject": "icllm_emulator.runtime.errors",
     "Call": "icllm_emulator.grpc_api.control",
     "JobInfo": "icllm_emulator.grpc_api.control",
     "Stats": "icllm_emulator.history",
+    "Stub": "pytest_icllm._canisters",
 }
 
 

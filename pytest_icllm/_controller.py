@@ -161,20 +161,24 @@ class IcllmController:
         model: str | None = None,
         role: str | Role | None = None,
         tool: str | None = None,
+        last: bool = False,
     ) -> Expectation:
         """Start a scripted answer for calls that match every criterion given (none: every call).
 
         `contains` and `regex` look in every message's content (only `role` messages, when given);
-        `tool` asks that the request offers that tool.
+        with `last=True`, in the last message only: a conversation repeats its earlier turns in every
+        later call, so a rule for one turn of a multi-turn agent needs it. `tool` asks that the request
+        offers that tool.
         """
         __tracebackhide__ = True
-        checked = _match(contains=contains, regex=regex, model=model, role=role, tool=tool)
+        checked = _match(contains=contains, regex=regex, model=model, role=role, tool=tool, last=last)
         match = cpb.RuleMatch(
             contains=contains,
             regex=regex,
             model=model,
             tool=tool,
             role=None if checked.role is None else checked.role.value,
+            last=last,
         )
         return Expectation(self, match)
 
@@ -220,14 +224,16 @@ class IcllmController:
         model: str | None = None,
         role: str | Role | None = None,
         tool: str | None = None,
+        last: bool = False,
         times: int | None = None,
     ) -> list[Call]:
         """Assert that calls matching these criteria arrived (`times` of them, if given); returns them.
 
-        On failure the message lists every call received and why each did not match.
+        The criteria are those of `on`. On failure the message lists every call received and why each
+        did not match.
         """
         __tracebackhide__ = True
-        match = _match(model=model, contains=contains, regex=regex, role=role, tool=tool)
+        match = _match(model=model, contains=contains, regex=regex, role=role, tool=tool, last=last)
         calls = self.calls
         matched = [call for call in calls if not match.mismatches(call.request)]
         if (times is None and matched) or (times is not None and len(matched) == times):
@@ -341,6 +347,7 @@ class IcllmController:
         return dict(response.balances)
 
     def balance(self, principal: str) -> int:
+        """The prepaid cycle balance of `principal` (0 when it has none)."""
         return self.balances().get(principal, 0)
 
     def set_prices(self, prices: Mapping[str, tuple[int, int]]) -> None:
@@ -489,6 +496,7 @@ def _match(
     regex: str | None,
     role: str | Role | None,
     tool: str | None,
+    last: bool,
 ) -> Match:
     """The criteria of `on` and `assert_prompted`, checked here so a mistake points at the test's line."""
     __tracebackhide__ = True
@@ -499,6 +507,7 @@ def _match(
             regex=regex,
             role=None if role is None else parse_role(role),
             tool=tool,
+            last=last,
         )
     except RuleError as error:
         raise ValueError(str(error)) from None

@@ -91,14 +91,20 @@ class Settings:
     idle_timeout: float = 120.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    canister_timeout: float = 60.0
 
     def details(self) -> str:
-        """Every other setting, as `icllm settings: name=value, ...` (the header's second line)."""
+        """The header's second line: the other settings that differ from their defaults, as
+        `icllm settings: name=value, ...` (all of them would make one line of a thousand characters)."""
         shown = {"backend", "clock", "workers", "url", "profile", "seed", "tool_policy", "strict_rules"}
         secret = {"control_token"}  # shown as set or not, never its value
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in shown}
+        values = {
+            f.name: value
+            for f in dataclasses.fields(self)
+            if f.name not in shown and (value := getattr(self, f.name)) != BY_NAME[f.name].default
+        }
         rest = [f"{k}={'(set)' if k in secret and v else _show(v)}" for k, v in values.items()]
-        return "icllm settings: " + ", ".join(rest)
+        return "icllm settings: " + (", ".join(rest) or "the others at their defaults")
 
     def header(self) -> str:
         server = (
@@ -149,7 +155,16 @@ def resolve(
     for name, value in ini.items():
         take(name, value, f"ini option {BY_NAME[name].ini}")
     for name, value in cli.items():
-        take(name, value, f"option {BY_NAME[name].pytest_flag}", trusted=True)
+        try:
+            take(name, value, f"option {BY_NAME[name].pytest_flag}", trusted=True)
+        except SettingError as error:
+            if not BY_NAME[name].switch:
+                raise
+            # `pytest --icllm-strict-rules tests/`: argparse gave the path to the option
+            flag = BY_NAME[name].pytest_flag
+            raise SettingError(
+                f"{error} (alone, {flag} means true: put it after the test paths, or write {flag}=true)"
+            ) from None
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if config:
         layers.append(("the icllm_config fixture", config))

@@ -43,6 +43,8 @@ class Outcall:
     cycles_attached: int
     cycles_charged: int
     unexpected: bool
+    # Too large for one answer (over 1 MiB): its bodies, headers or reject message are shortened.
+    truncated: bool = False
 
     def describe(self) -> str:
         ending = (
@@ -73,6 +75,7 @@ def _outcall(record: cpb.Outcall) -> Outcall:
         cycles_attached=int(record.cycles_attached or 0),
         cycles_charged=int(record.cycles_charged or 0),
         unexpected=record.unexpected,
+        truncated=record.truncated,
     )
 
 
@@ -181,7 +184,14 @@ class OutcallsController:
     @property
     def calls(self) -> list[Outcall]:
         """Every outcall since the test started, oldest first."""
-        return [_outcall(r) for r in self._rpc("GetOutcalls", cpb.GetOutcallsRequest()).outcalls]
+        calls: list[Outcall] = []
+        token = ""
+        while True:
+            page = self._rpc("GetOutcalls", cpb.GetOutcallsRequest(page_token=token))
+            calls += [_outcall(r) for r in page.outcalls]
+            if not page.next_page_token:
+                return calls
+            token = page.next_page_token
 
     def strict(self, enabled: bool = True) -> None:
         """Fail the test at teardown for each outcall that no scripted response expected."""

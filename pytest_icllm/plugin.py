@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             dest=f"icllm_{option.name}",
             default=None,
             action="append" if option.repeatable else "store",
-            help=option.help + (" (repeatable)" if option.repeatable else ""),
+            help=option.flag_help + (" (repeatable)" if option.repeatable else ""),
+            **({"nargs": "?", "const": "true"} if option.switch else {}),
         )
         parser.addini(option.ini, option.help, default=None)
 
@@ -293,13 +295,16 @@ def icllm(
 
 
 @pytest.fixture
-def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator[CanisterIC]:
-    """Install canister modules in this test's IC: `icllm_canister(wasm, did=, init=, env=, cycles=)`."""
+def icllm_canister(
+    request: pytest.FixtureRequest, icllm: IcllmController, _icllm_session: _Session
+) -> Iterator[CanisterIC]:
+    """This test's IC: `icllm_canister(wasm, did=, init=)`, `.stub(id, did=)`, `.faults.on()`."""
     from pytest_icllm._canisters import CanisterIC, Loop, PrivateLoop
 
     emulator = _icllm_session.emulator
+    timeout, explain = icllm.settings.canister_timeout, partial(_pending_answers, icllm)
     if emulator is not None:
-        loop = Loop(emulator.loop)
+        loop = Loop(emulator.loop, timeout, explain)
         engine = emulator.engine
 
         async def runtime() -> CanisterRuntime:
@@ -307,17 +312,20 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
         ic = CanisterIC(loop.run(runtime()), loop)
         yield ic
+        problems = _canister_problems(request.node, ic, icllm.settings)
 
         async def clear() -> None:
             engine.runtime.clear()
 
         loop.run(clear())
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
         return
     from icllm_emulator.clock import RealClock
     from icllm_emulator.runtime import CanisterRuntime as Runtime
     from icllm_emulator.runtime.llm import OverGrpc
 
-    private = PrivateLoop()
+    private = PrivateLoop(timeout, explain)
     target = _icllm_session.address.grpc_target
 
     async def remote() -> tuple[Runtime, OverGrpc]:
@@ -325,8 +333,11 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
         return Runtime(RealClock(), llm, seed=icllm.settings.seed), llm
 
     runtime_, llm = private.run(remote())
+    found: list[str] = []
     try:
-        yield CanisterIC(runtime_, private)
+        remote_ic = CanisterIC(runtime_, private)
+        yield remote_ic
+        found = _canister_problems(request.node, remote_ic, icllm.settings)
     finally:
 
         async def close() -> None:
@@ -335,6 +346,40 @@ def icllm_canister(icllm: IcllmController, _icllm_session: _Session) -> Iterator
 
         private.run(close())
         private.close()
+    if found:
+        pytest.fail("\n\n".join(found), pytrace=False)
+
+
+def _canister_problems(item: pytest.Item, ic: CanisterIC, settings: Settings) -> list[str]:
+    """The stand-ins' and faults' teardown checks, unless the test failed on its own."""
+    reports = item.stash.get(REPORTS_KEY, {})
+    if any(not report.passed for report in reports.values()):
+        return []
+    return ic._problems(settings.assert_all_used, settings.assert_all_expected)
+
+
+def _pending_answers(icllm: IcllmController) -> str:
+    """What a canister call that timed out may wait for: the LLM answers held, queued or being made."""
+    try:
+        jobs = icllm.jobs()
+    except Exception as error:  # a diagnosis that fails must not hide the timeout
+        return f"; the emulator's jobs could not be listed ({type(error).__name__}: {error})"
+    if not jobs:
+        return "; no LLM answer is pending: the canister itself has not replied"
+    held = [job.id for job in jobs if job.state == "HELD"]
+    parts = []
+    if held:
+        listed = ", ".join(repr(job_id) for job_id in held)
+        parts.append(
+            f"{len(held)} LLM answer{'s are' if len(held) > 1 else ' is'} held ({listed}): release "
+            f"{'them' if len(held) > 1 else 'it'} with icllm.release({listed}) or icllm.release_all()"
+        )
+    for job in jobs:
+        if job.state == "QUEUED":
+            parts.append(f"{job.id!r} ({job.model}) waits for a worker: are they paused (icllm.resume())?")
+        elif job.state == "LEASED":
+            parts.append(f"{job.id!r} ({job.model}) is being answered by {job.worker_id or 'a worker'}")
+    return "; " + "; ".join(parts)
 
 
 def _use_cassette(controller: IcllmController) -> None:

@@ -6,6 +6,16 @@ from typing import Protocol
 
 from icllm_emulator.domain import Answer, ChatRequest, ToolPolicy
 
+# What `--backend llama` says without the `llama` extra (here, where the docs' test reads it without it).
+LLAMA_INSTALL_HINT = (
+    "the llama backend needs the llama extra, which is not installed: "
+    "pip install '/path/to/pytest-icllm[llama]' (your clone of pytest-icllm, or the wheel its `make dist` "
+    "builds, with [llama] after it); PyPI has llama-cpp-python as source only, and where its default "
+    "build stops with 'Illegal instruction', build it portably: CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" "
+    "pip install --no-cache-dir '/path/to/pytest-icllm[llama]' (`make run-llama` and `make test` do this "
+    "for you)"
+)
+
 
 class Backend(Protocol):
     """Something that answers a chat request, keeping within a token cap.

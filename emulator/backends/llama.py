@@ -28,6 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icllm_emulator.backends import LLAMA_INSTALL_HINT as INSTALL_HINT
+from icllm_emulator.config import ConfigError
+
+# Before the chat-template module, which imports jinja2: every package of the extra is checked here.
+try:
+    import jinja2  # noqa: F401
+    import llama_cpp
+except ImportError as missing:
+    raise ConfigError(f"{INSTALL_HINT}; importing it failed: {missing}") from None
+
 from icllm_emulator.backends import Backend
 from icllm_emulator.backends.fake import canonical_request
 from icllm_emulator.backends.llama_chat import (
@@ -36,20 +46,14 @@ from icllm_emulator.backends.llama_chat import (
     TemplateError,
     parse_tool_calls,
 )
-from icllm_emulator.config import ConfigError
-from icllm_emulator.domain import Answer, AssistantMessage, ChatRequest, Reject, RejectCode, ToolPolicy
-
-INSTALL_HINT = (
-    "the llama backend needs llama-cpp-python: pip install 'pytest-icllm[llama]' "
-    "(on a CPU where the default build stops with 'Illegal instruction', build a portable one: "
-    "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install --no-cache-dir 'pytest-icllm[llama]'; "
-    "`make run-llama` and `make test` do this for you)"
+from icllm_emulator.domain import (
+    Answer,
+    AssistantMessage,
+    ChatRequest,
+    Reject,
+    RejectCode,
+    ToolPolicy,
 )
-
-try:
-    import llama_cpp
-except ImportError as missing:
-    raise ConfigError(f"{INSTALL_HINT}; importing it failed: {missing}") from None
 
 __all__ = ["INSTALL_HINT", "LlamaBackend", "LlamaSettings", "check_model_file", "template_for"]
 

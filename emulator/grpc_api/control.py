@@ -70,6 +70,7 @@ class Call:
 
     @property
     def messages(self) -> tuple[Message, ...]:
+        """The request's messages."""
         return self.request.messages
 
     @property
@@ -78,6 +79,7 @@ class Call:
         return (self.request.messages[-1].content or "") if self.request.messages else ""
 
     def describe(self) -> str:
+        """One line: id, method, model and the last message (as failure messages list calls)."""
         last = self.request.messages[-1] if self.request.messages else None
         role = last.role.value if last else "-"
         return f"{self.id} {self.method} {self.request.model!r}, last {role}: {self.prompt[:120]!r}"
@@ -260,6 +262,7 @@ def rule_from_pb(rule: cpb.Rule, index: int) -> Rule:
             regex=match.regex if match.HasField("regex") else None,
             role=parse_role(match.role) if match.HasField("role") else None,
             tool=match.tool if match.HasField("tool") else None,
+            last=match.last,
         ),
         action,
         delay=rule.action.delay_seconds,
@@ -291,6 +294,7 @@ def rule_pb(rule: Rule) -> cpb.Rule:
             regex=match.regex,
             role=match.role.value if match.role else None,
             tool=match.tool,
+            last=match.last,
         ),
         action=action,
         times=rule.times,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.domain import Reject
+from icllm_emulator.grpc_api.pages import ANSWER_BYTES, shortened
 from icllm_emulator.outcalls import HttpResponse, OutcallMatch, OutcallRecord, OutcallRule
 from icllm_emulator.rules import parse_reject_code
 
@@ -78,4 +81,35 @@ def record_pb(record: OutcallRecord) -> cpb.Outcall:
     if record.reject is not None:
         out.reject_code = int(record.reject.code)
         out.reject_message = record.reject.message
+    if out.ByteSize() > ANSWER_BYTES:
+        _shorten(out)
     return out
+
+
+# Each part of an outcall too large for an answer keeps at most this much.
+_PART_BYTES = ANSWER_BYTES // 8
+
+
+def _shorten(out: cpb.Outcall) -> None:
+    """Cut each large part of the outcall to its beginning, so that it fits in an answer, and say so."""
+    out.truncated = True
+    out.url = shortened(out.url, _PART_BYTES)[0]
+    out.reject_message = shortened(out.reject_message, _PART_BYTES)[0]
+    out.body = out.body[:_PART_BYTES]
+    _keep_headers(out.headers)
+    for part in ("response", "upstream"):
+        if not out.HasField(part):
+            continue  # absent: writing to it would make it present
+        response = getattr(out, part)
+        response.body = response.body[:_PART_BYTES]
+        _keep_headers(response.headers)
+
+
+def _keep_headers(headers: Any) -> None:
+    """Keep the first headers that fit in a part."""
+    room = _PART_BYTES
+    for index, header in enumerate(headers):
+        room -= header.ByteSize()
+        if room < 0:
+            del headers[index:]
+            return

@@ -27,6 +27,7 @@ from icllm_emulator.grpc_api.control import (
     rule_state_pb,
     stats_pb,
 )
+from icllm_emulator.grpc_api.pages import page
 from icllm_emulator.grpc_api.status import REFUNDED_KEY, caller_of, principal_of, rpc
 from icllm_emulator.queue import Job
 from icllm_emulator.settings import MAX_POLL_SECONDS
@@ -311,7 +312,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def GetOutcalls(
         self, request: cpb.GetOutcallsRequest, context: grpc.aio.ServicerContext
     ) -> cpb.GetOutcallsResponse:
-        return cpb.GetOutcallsResponse(outcalls=[outcalls.record_pb(r) for r in self.engine.outcalls.records])
+        records, token = page(
+            self.engine.outcalls.records, outcalls.record_pb, request.page_token, request.page_size
+        )
+        return cpb.GetOutcallsResponse(outcalls=records, next_page_token=token)
 
     @rpc
     async def SetOutcallPolicy(

@@ -41,6 +41,10 @@ GRPC_STATUS: dict[RejectCode, grpc.StatusCode] = {
 # and every handler refuses at once, with this status, what the IC would refuse.
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 TRANSPORT_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
+# What the server sends at most: a gRPC client's default receive limit, room for a 2 MiB reply. Lists
+# come in pages well below it and long parts are shortened (grpc_api/pages.py); an answer that is over
+# it all the same is refused by the handler with a message, not by the transport with a traceback.
+SEND_MAX_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 async def abort_with_reject(context: grpc.aio.ServicerContext, reject: Reject) -> NoReturn:
@@ -97,8 +101,9 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 CONTROL_TOKEN_KEY = "icllm-control-token"
 
 
-def token_checked(handler: grpc.RpcMethodHandler, token: str) -> grpc.RpcMethodHandler:
-    """A Control handler that answers only calls carrying the emulator's control token."""
+def token_checked(handler: grpc.RpcMethodHandler, token: str, service: str) -> grpc.RpcMethodHandler:
+    """A handler that answers only calls carrying the emulator's control token: that of every service
+    through which a caller can change the emulator, install and run code, or take prompts' work."""
     inner = handler.unary_unary
     if inner is None:
         return handler
@@ -108,8 +113,9 @@ def token_checked(handler: grpc.RpcMethodHandler, token: str) -> grpc.RpcMethodH
         if not hmac.compare_digest(given.encode(), token.encode()):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                f"the Control service needs the emulator's control token as metadata {CONTROL_TOKEN_KEY} "
-                "(with pytest: --icllm-control-token or ICLLM_CONTROL_TOKEN)"
+                f"the {service} service needs the emulator's control token (its --control-token) as "
+                f"metadata {CONTROL_TOKEN_KEY} (with pytest: --icllm-control-token; an external worker: "
+                "--control-token; either: ICLLM_CONTROL_TOKEN)"
                 + (": the one given is wrong" if given else ""),
             )
         return await inner(request, context)
@@ -188,11 +194,19 @@ def rpc(handler: Handler) -> Handler:
                 ),
             )
         try:
-            return await handler(self, request, context)
+            answer = await handler(self, request, context)
         except Reject as reject:
             await abort_with_reject(context, reject)
         except IcllmError as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             await context.abort(MISUSE_STATUS[error.kind], message)
+        size = answer.ByteSize()
+        if size > SEND_MAX_BYTES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the answer to {handler.__name__} is {size} bytes, over the {SEND_MAX_BYTES} a gRPC answer "
+                "of the emulator may have",
+            )
+        return answer
 
     return wrapper  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from icllm_emulator._proto.icllm.v1 import worker_pb2 as wpb
 from icllm_emulator._proto.icllm.v1 import worker_pb2_grpc
 from icllm_emulator.domain import Answer, Reject
 from icllm_emulator.grpc_api import convert
+from icllm_emulator.grpc_api.status import CONTROL_TOKEN_KEY
 from icllm_emulator.queue import LeaseLost
 from icllm_emulator.workers import Lease
 
@@ -25,7 +26,7 @@ MAX_FAILED_POLLS = 10
 
 
 class Unreachable(RuntimeError):
-    """The emulator a worker polls does not answer; the message says where it looked."""
+    """The emulator a worker polls does not answer, or refuses it; the message says where it looked."""
 
 
 class GrpcSource:
@@ -41,8 +42,11 @@ class GrpcSource:
         poll_seconds: float = 10.0,
         give_up_after: int = MAX_FAILED_POLLS,
         target: str = "the emulator",
+        control_token: str | None = None,
     ):
         self.stub = worker_pb2_grpc.AiWorkerStub(channel)
+        # The emulator's control token travels with every call (an emulator given one requires it).
+        self.metadata = ((CONTROL_TOKEN_KEY, control_token),) if control_token else ()
         self.models = models
         self.poll_seconds = poll_seconds
         self.give_up_after = give_up_after
@@ -52,9 +56,14 @@ class GrpcSource:
     async def lease(self, worker_id: str) -> Lease | None:
         try:
             reply = await self.stub.Poll(
-                wpb.PollRequest(worker_id=worker_id, wait_seconds=self.poll_seconds, models=self.models)
+                wpb.PollRequest(worker_id=worker_id, wait_seconds=self.poll_seconds, models=self.models),
+                metadata=self.metadata,
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+                raise Unreachable(
+                    f"the emulator at {self.target} refused this worker: {error.details()}"
+                ) from None
             self._failures += 1
             if error.code() is grpc.StatusCode.UNAVAILABLE and self._failures >= self.give_up_after:
                 raise Unreachable(
@@ -82,7 +91,8 @@ class GrpcSource:
     async def renew(self, lease: Lease, worker_id: str) -> float:
         try:
             reply = await self.stub.Renew(
-                wpb.RenewRequest(job_id=lease.job_id, attempt=lease.attempt, worker_id=worker_id)
+                wpb.RenewRequest(job_id=lease.job_id, attempt=lease.attempt, worker_id=worker_id),
+                metadata=self.metadata,
             )
         except grpc.aio.AioRpcError as error:
             raise LeaseLost(error.details()) from None
@@ -101,7 +111,7 @@ class GrpcSource:
         else:
             request.failure.CopyFrom(wpb.Failure(message=outcome.message))
         try:
-            await self.stub.Submit(request)
+            await self.stub.Submit(request, metadata=self.metadata)
         except grpc.aio.AioRpcError as error:
             if error.code() in _LEASE_GONE:
                 raise LeaseLost(error.details()) from None

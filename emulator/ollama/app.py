@@ -119,7 +119,7 @@ def _ollama_error(error: HttpError) -> JSONResponse:
 
 
 def _openai_error(error: HttpError, code: str | None = None) -> JSONResponse:
-    kinds = {400: "invalid_request_error", 404: "not_found_error", 501: "invalid_request_error"}
+    kinds = {400: "invalid_request_error", 404: "not_found_error"}
     body: dict[str, JSON] = {
         "message": error.message,
         "type": kinds.get(error.status, "api_error"),
@@ -346,7 +346,9 @@ class OllamaApi:
 
     def _rejected(self, reject: Reject, model: str) -> HttpError:
         if reject.code is RejectCode.CANISTER_REJECT and model not in self.engine.config.models:
-            return HttpError(UNKNOWN_MODEL_STATUS, f"model '{model}' not found: {reject.message}", reject)
+            # Ollama's words first, then the canister's reason without its own "unknown model 'x'"
+            reason = reject.message.removeprefix(f"unknown model {model!r}: ")
+            return HttpError(UNKNOWN_MODEL_STATUS, f"model '{model}' not found: {reason}", reject)
         return HttpError(
             REJECT_STATUS[reject.code],
             f"the LLM canister rejected the call with {reject.code.name} ({int(reject.code)}): "
@@ -537,10 +539,12 @@ class OllamaApi:
 
     async def unsupported(self, request: Request) -> Response:
         path = request.url.path
-        if path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape, and show its message
+        # OpenAI's clients read OpenAI's error shape, and show its message; 404 is what OpenAI answers for
+        # a route it lacks, and a status its SDK does not retry (it retries 408, 409, 429 and 5xx).
+        if path.startswith("/v1/"):
             return _openai_error(
                 HttpError(
-                    501,
+                    404,
                     f"{request.method} {path} is an OpenAI route the emulator does not implement: the LLM "
                     "canister only chats (use POST /v1/chat/completions; GET /v1/models lists its models)",
                 ),

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -87,6 +88,25 @@ class _Uvicorn(uvicorn.Server):
             await server.wait_closed()
 
 
+class _WritesUntilClosed:
+    """A transport that drops what is written once it is closing.
+
+    A client that hangs up mid-stream closes the transport at once, but uvicorn learns of it only a
+    turn of the event loop later; the pieces a stream writes meanwhile would each make asyncio log
+    "socket.send() raised exception." (22 lines for three streams closed early).
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def guarded_protocol(header_timeout: float) -> type[HttpToolsProtocol]:
     """uvicorn's HTTP protocol, closing a connection whose request headers do not arrive in time (a
     slowloris client, or a connection opened and never used)."""
@@ -109,7 +129,7 @@ def guarded_protocol(header_timeout: float) -> type[HttpToolsProtocol]:
                 self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(cast(asyncio.Transport, _WritesUntilClosed(transport)))
             self._arm()
 
         def on_message_begin(self) -> None:

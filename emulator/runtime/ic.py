@@ -23,6 +23,7 @@ from icp_principal import Principal
 from icllm_emulator.clock import Clock
 from icllm_emulator.domain import RejectCode
 from icllm_emulator.outcalls import OutcallBook
+from icllm_emulator.rules import Hang
 from icllm_emulator.runtime import module as modules
 from icllm_emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
@@ -38,6 +39,8 @@ from icllm_emulator.runtime.errors import (
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.management import Management
 from icllm_emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
+from icllm_emulator.runtime.standins import Delay, FaultBook, StandIn, reject_of
+from icllm_emulator.runtime.values import Interface
 
 log = logging.getLogger("icllm.canister")
 
@@ -116,6 +119,9 @@ class CanisterRuntime:
         self.engine = modules.make_engine()
         self.canisters: dict[bytes, CanisterInstance] = {}
         self.management = Management(self)
+        # Canisters scripted from the test, by principal, and faults on calls between canisters.
+        self.standins: dict[bytes, StandIn] = {}
+        self.faults = FaultBook()
         self._next_index = FIRST_CANISTER_INDEX
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[bytes, tuple[int, asyncio.Task[None]]] = {}
@@ -212,9 +218,32 @@ class CanisterRuntime:
             raise ModuleError("an init argument was given, but the module has no canister_init to take it")
 
     def _new_id(self) -> bytes:
-        index = self._next_index
-        self._next_index += 1
-        return index.to_bytes(8, "big") + b"\x01\x01"
+        while True:
+            index = self._next_index
+            self._next_index += 1
+            principal = index.to_bytes(8, "big") + b"\x01\x01"
+            if principal not in self.standins:
+                return principal
+
+    def stub(self, canister_id: str, interface: Interface) -> StandIn:
+        """A stand-in at `canister_id`, answering calls from its rules (see `standins`)."""
+        principal = principal_bytes(canister_id)
+        if principal in (MANAGEMENT, principal_bytes(LLM_CANISTER_ID)):
+            raise RuntimeUsageError(
+                f"{canister_id} is the {'LLM' if principal else 'management'} canister, which the emulator "
+                "serves itself (script the LLM with icllm.on); a stand-in takes any other principal"
+            )
+        if principal in self.canisters:
+            raise RuntimeUsageError(
+                f"a canister is installed at {canister_id}; a stand-in takes a principal where none is"
+            )
+        if principal in self.standins:
+            raise RuntimeUsageError(
+                f"a stand-in is at {canister_id} already; add rules to it instead of making another"
+            )
+        standin = StandIn(principal, principal_text(principal), interface)
+        self.standins[principal] = standin
+        return standin
 
     def get(self, canister_id: str) -> CanisterInstance:
         instance = self.canisters.get(principal_bytes(canister_id))
@@ -264,6 +293,8 @@ class CanisterRuntime:
         for instance in self.canisters.values():
             instance.close()
         self.canisters.clear()
+        self.standins.clear()
+        self.faults = FaultBook()
         self._next_index = FIRST_CANISTER_INDEX  # each test's first canister gets the same id
         self._last_ns = 0  # the clock may have been reset
         self.management = Management(self)
@@ -281,7 +312,8 @@ class CanisterRuntime:
         query: bool = False,
     ) -> bytes:
         """An update (or query) call from outside: the reply bytes, or a `CanisterReject`."""
-        instance = self.get(canister_id)
+        standin = self.standins.get(principal_bytes(canister_id))
+        instance = None if standin is not None else self.get(canister_id)
         caller_bytes = ANONYMOUS if caller is None else principal_bytes(caller, "caller")
         if cycles < 0:
             raise RuntimeUsageError(f"cycles attached to a call are 0 or more, got {cycles}")
@@ -289,7 +321,11 @@ class CanisterRuntime:
             raise RuntimeUsageError(
                 f"the argument is {len(arg)} bytes; the IC accepts at most 2 MiB per message"
             )
-        response = await self.deliver(instance, method, arg, caller_bytes, cycles, query=query)
+        if standin is not None:
+            response = await standin.answer(method, arg, principal_text(caller_bytes), cycles)
+        else:
+            assert instance is not None
+            response = await self.deliver(instance, method, arg, caller_bytes, cycles, query=query)
         if response.reply is None:
             assert response.reject_code is not None
             raise CanisterReject(response.reject_code, response.reject_message, response.error_code)
@@ -444,8 +480,20 @@ class CanisterRuntime:
             except Exception as error:  # a fault of the emulator must not wedge the canister
                 log.exception("the LLM canister failed on a call from %s", instance.id)
                 return Response.rejected(RejectCode.SYS_FATAL, f"the emulated LLM canister failed: {error}")
+        fault = self.faults.select(instance.id, callee, call.method)
+        if fault is not None:  # a scripted fault strikes before the call reaches its callee
+            if isinstance(fault.action, Delay):
+                await self.clock.sleep_until(self.clock.now() + fault.action.seconds)
+            elif isinstance(fault.action, Hang):
+                await asyncio.get_running_loop().create_future()  # ends at the caller's deadline, if any
+            else:
+                return reject_of(fault.action.code, fault.action.message, call.cycles)
         if call.callee == MANAGEMENT:
             return await self.management.call(instance, call)
+        standin = self.standins.get(call.callee)
+        if standin is not None:
+            await asyncio.sleep(0)  # as for a canister: the answer comes after the caller's message
+            return await standin.answer(call.method, arg, instance.id, call.cycles)
         target = self.canisters.get(call.callee)
         if target is None:
             return Response.rejected(

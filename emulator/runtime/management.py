@@ -19,7 +19,13 @@ from icp_candid.candid import LEB128
 from icp_principal import Principal
 
 from icllm_emulator.domain import Reject, RejectCode
-from icllm_emulator.outcalls import MAX_RESPONSE_CEILING, HttpRequest, HttpResponse, check_url
+from icllm_emulator.outcalls import (
+    MAX_RESPONSE_CEILING,
+    HttpRequest,
+    HttpResponse,
+    check_request,
+    check_url,
+)
 from icllm_emulator.runtime.errors import EXPLICIT_REJECT, RuntimeUsageError, error_code_for
 from icllm_emulator.runtime.messages import Call, Response
 from icllm_emulator.runtime.values import Interface
@@ -120,7 +126,7 @@ class Management:
             record.reject = Reject(code, message)
             return _rejected(code, message, refund)
 
-        problem = check_url(request.url)
+        problem = check_url(request.url) or check_request(request.headers, request.body)
         if problem is not None:
             return refuse(RejectCode.CANISTER_REJECT, f"http_request: {problem}", call.cycles)
         limit = MAX_RESPONSE_CEILING if request.max_response_bytes is None else request.max_response_bytes

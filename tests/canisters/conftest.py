@@ -53,3 +53,19 @@ def rust_agent() -> Path:
 @pytest.fixture(scope="session")
 def azle_agent() -> Path:
     return module_path("azle-agent")
+
+
+LEDGER_ID: str = BUILD.LEDGER_ID
+LEDGER_DID = Path(BUILD.HERE) / "motoko" / "ledger" / "ledger.did"
+
+
+@pytest.fixture(scope="session")
+def motoko_wallet() -> Path:
+    """A Motoko agent that imports `canister:ledger` (the ICP ledger's id) and calls it between LLM rounds."""
+    return module_path("motoko-wallet")
+
+
+@pytest.fixture(scope="session")
+def motoko_ledger() -> Path:
+    """A small ledger with the ICP ledger's `account_balance` and `transfer`, as a real neighbour."""
+    return module_path("motoko-ledger")

@@ -220,3 +220,44 @@ def test_the_emulator_goes_on_after_all_of_that(
 ) -> None:
     icllm.on().reply("still here")
     assert icllm_canister(motoko_agent).update("prompt", "hello?") == "still here"
+
+
+# -- what a test author sees -------------------------------------------------------------------------
+
+
+def test_misuse_points_at_the_tests_line_without_the_runtimes_frames(
+    pytester: pytest.Pytester, motoko_agent: Path
+) -> None:
+    """Each mistake is two lines under the test's own: the runtime's frames are not the user's business."""
+    from tests.pytester_support import INI
+
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_misuse=f"""
+        AGENT = {str(motoko_agent)!r}
+
+        def test_unknown_method(icllm_canister):
+            icllm_canister(AGENT).update("nosuch", 1)
+
+        def test_wrong_argument(icllm_canister):
+            icllm_canister(AGENT).update("prompt", 1)
+
+        def test_bytes_that_are_not_candid(icllm_canister):
+            icllm_canister(AGENT).update_raw("prompt", b"not candid")
+
+        def test_missing_module(icllm_canister):
+            icllm_canister("agnt.wasm")
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=4)
+    output = result.stdout.str()
+    for frame in ("icllm_emulator/", "pytest_icllm/", "concurrent/futures", "asyncio/"):
+        assert frame not in output, f"a frame of {frame} is shown:\n{output}"
+    result.stdout.fnmatch_lines(
+        [
+            '>       icllm_canister("agnt.wasm")',
+            f"E       *ModuleError: no canister module at agnt.wasm (that is {pytester.path}/agnt.wasm: "
+            "a relative path starts at the working directory, not at the test's folder; *",
+        ]
+    )

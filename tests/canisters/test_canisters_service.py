@@ -112,6 +112,11 @@ def test_a_call_waiting_on_a_held_answer_blocks_no_other_call(emu: Stubs, rust_a
             grpc.StatusCode.INVALID_ARGUMENT,
             "not a natural number of cycles",
         ),
+        (
+            pb.InstallRequest(wasm=b"\0asm\x01\0\0\0", cycles=" 5"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cycles ' 5' is not a natural number of cycles (decimal digits only, no sign or spaces",
+        ),
     ],
 )
 def test_bad_installs_get_clear_statuses(

@@ -8,6 +8,9 @@ import pytest
 
 from pytest_icllm import CanisterReject, IcllmController
 from pytest_icllm._canisters import CanisterIC
+from tests.pytester_support import pt, run
+
+__all__ = ["pt"]  # a fixture
 
 # Every call a canister makes reaches the emulator with the canister as its caller.
 
@@ -125,3 +128,44 @@ def test_paid_model_without_enough_cycles_in_the_canister_traps_before_the_call(
     assert caught.value.code == 5
     assert icllm.calls == []
     assert agent.balance == 1_000_000
+
+
+def test_a_call_stuck_on_a_held_answer_fails_naming_the_job_and_how_to_release_it(
+    pt: pytest.Pytester, motoko_agent: Path
+) -> None:
+    result = run(
+        pt,
+        f"""
+        def test_forgot_to_release(icllm, icllm_canister):
+            icllm.on().reply("never seen")
+            icllm.hold()
+            agent = icllm_canister({str(motoko_agent)!r})
+            agent.update("prompt", "hello")
+
+        def test_forgot_to_release_a_submitted_call(icllm, icllm_canister):
+            icllm.hold()
+            agent = icllm_canister({str(motoko_agent)!r})
+            pending = agent.submit("prompt", "hello")
+            icllm.held(count=1)
+            pending.result()
+
+        def test_nothing_pending(icllm, icllm_canister):
+            icllm.pause()
+            agent = icllm_canister({str(motoko_agent)!r})
+            agent.update("prompt", "hello")
+        """,
+        "--icllm-canister-timeout",
+        "1.5",
+    )
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*TimeoutError: the canister runtime did not finish within 1.5 s (--icllm-canister-timeout); "
+            "1 LLM answer is held ('call-000001'): release it with icllm.release('call-000001') "
+            "or icllm.release_all()",
+            "*TimeoutError: 'prompt' on * did not finish within 1.5 s (--icllm-canister-timeout); "
+            "1 LLM answer is held ('call-*'): release it with icllm.release('call-*') or icllm.release_all()",
+            "*TimeoutError: the canister runtime did not finish within 1.5 s (--icllm-canister-timeout); "
+            "'call-*' (llama3.1:8b) waits for a worker: are they paused (icllm.resume())?",
+        ]
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import wasmtime
 
+from icllm_emulator.runtime.management import http_interface
 from pytest_icllm import CanisterReject, IcllmController
 from pytest_icllm._canisters import CanisterIC
 from pytest_icllm.plugin import EmulatorAddress
@@ -149,5 +152,104 @@ def test_loopback_pass_through_is_opt_in_and_loopback_only(
 def test_an_outcall_url_that_is_not_a_url_is_rejected(icllm_canister: CanisterIC, motoko_agent: Path) -> None:
     agent = icllm_canister(motoko_agent)
     with pytest.raises(CanisterReject, match="is not an http\\(s\\) URL with a host") as caught:
-        agent.update("fetch_url", "not a url", 1_000_000_000)
+        agent.update("fetch_url", "not-a-url", 1_000_000_000)
     assert caught.value.code == 4
+
+
+# Sends its whole argument (Candid http_request_args) to the management canister's http_request with
+# 100B cycles, and replies with the reply's bytes, or with the reject code as a digit and the message.
+RELAY = """
+(module
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_data_append" (func $call_data_append (param i32 i32)))
+  (import "ic0" "call_cycles_add128" (func $cycles_add (param i64 i64)))
+  (import "ic0" "call_perform" (func $call_perform (result i32)))
+  (import "ic0" "msg_reject_code" (func $reject_code (result i32)))
+  (import "ic0" "msg_reject_msg_size" (func $reject_size (result i32)))
+  (import "ic0" "msg_reject_msg_copy" (func $reject_copy (param i32 i32 i32)))
+  (import "ic0" "msg_arg_data_size" (func $arg_size (result i32)))
+  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i32 i32 i32)))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory (export "memory") 64)
+  (table 2 funcref)
+  (elem (i32.const 0) $on_reply $on_reject)
+  (data (i32.const 0) "http_request")
+  (func $on_reply (param i32)
+    (call $arg_copy (i32.const 65536) (i32.const 0) (call $arg_size))
+    (call $append (i32.const 65536) (call $arg_size))
+    (call $reply))
+  (func $on_reject (param i32)
+    (i32.store8 (i32.const 65536) (i32.add (i32.const 48) (call $reject_code)))
+    (call $reject_copy (i32.const 65537) (i32.const 0) (call $reject_size))
+    (call $append (i32.const 65536) (i32.add (i32.const 1) (call $reject_size)))
+    (call $reply))
+  (func (export "canister_update relay")
+    (call $arg_copy (i32.const 65536) (i32.const 0) (call $arg_size))
+    (call $call_new
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 12)
+      (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 0))
+    (call $call_data_append (i32.const 65536) (call $arg_size))
+    (call $cycles_add (i64.const 0) (i64.const 100000000000))
+    (drop (call $call_perform)))
+)
+"""
+
+
+def _outcall(url: str, headers: tuple[tuple[str, str], ...] = (), body: bytes | None = None) -> bytes:
+    args = {
+        "url": url,
+        "max_response_bytes": None,
+        "method": {"post" if body else "get": None},
+        "headers": [{"name": name, "value": value} for name, value in headers],
+        "body": body,
+        "transform": None,
+        "is_replicated": None,
+    }
+    return http_interface().encode_call("http_request", (args,))
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "body", "problem"),
+    [
+        ("{base}/api/version\r\nX-Injected: 1", (), None, r"has '\\r' at position \d+ \(spaces and control"),
+        ("{base}/api/\tversion", (), None, r"has '\\t' at position \d+"),
+        ("http://127.0.0.1:99999/api/version", (), None, "is not a URL: Port out of range 0-65535"),
+        ("{base}/api/version", (("X-Name", "café"),), None, r"the value of header X-Name \('café'\) is not"),
+        ("{base}/api/version", (("X Name", "v"),), None, r"the header name 'X Name' is not an HTTP header"),
+        (
+            "{base}/api/version",
+            (("Content-Type", "text/plain"),),
+            b"x" * (2_000_001 - len("Content-Typetext/plain")),
+            "total number of bytes to represent all http header names and values and http body "
+            "2000001 exceeds 2000000",
+        ),
+    ],
+    ids=["CR-LF", "TAB", "port 99999", "non-ASCII header value", "bad header name", "over 2 MB"],
+)
+def test_an_outcall_httpx_would_refuse_is_rejected_like_a_bad_url(
+    icllm: IcllmController,
+    icllm_canister: CanisterIC,
+    icllm_server: EmulatorAddress,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    body: bytes | None,
+    problem: str,
+) -> None:
+    icllm.outcalls.allow_loopback()  # these would go out to this machine's loopback
+    relay = icllm_canister(bytes(wasmtime.wat2wasm(RELAY)))
+    answer = relay.update_raw("relay", _outcall(url.format(base=icllm_server.http_url), headers, body))
+    assert answer[:1] == b"4", answer[:300]  # CANISTER_REJECT, as for any bad URL, and the call is answered
+    message = answer[1:].decode()
+    assert message.startswith("http_request: ")
+    assert re.search(problem, message), message
+    assert icllm.outcalls.calls[-1].reject_code == 4
+
+
+def test_an_outcall_of_exactly_2_mb_is_sent(icllm: IcllmController, icllm_canister: CanisterIC) -> None:
+    icllm.outcalls.on(url_regex="/upload$").reply(body="stored")
+    relay = icllm_canister(bytes(wasmtime.wat2wasm(RELAY)))
+    answer = relay.update_raw(
+        "relay", _outcall("https://example.com/upload", (("A", "b"),), b"x" * 1_999_998)
+    )
+    assert http_interface().decode_reply("http_request", answer)["body"] == b"stored"

@@ -9,8 +9,9 @@ its fence, the runner that checks it: `<!-- example: KIND -->`. Kinds:
 - `client`: a program run against a started emulator (its address `127.0.0.1:50051` replaced).
 - `rules`: a rules file the emulator loads at start.
 - `cassette`: a cassette file that `icllm-emulator cassette check` accepts.
-- `canister`: a Motoko block, compiled by `moc`, and the python tests right after it, run with its
-  module in place of their `"x.wasm"`; `canister uses=PAGE` runs python tests with PAGE's first agent.
+- `canister`: a Motoko block, compiled by `moc`, and the next `canister` python tests of its page, run
+  with its module in place of their `"x.wasm"`; `canister uses=PAGE` runs python tests with PAGE's
+  first agent. The shell commands that build the canister tutorial's agent are run too.
 - `ts`: a TypeScript harness, run with node against the emulator process and the Rust test agent.
 - `pic`: a vitest file using @dfinity/pic, run against the PocketIC door with the Motoko test agent.
 - `not run: REASON`: shown only (it needs what a test machine lacks); the reason is required.
@@ -210,15 +211,16 @@ def test_cassette_example_is_valid(block: Block, tmp_path: Path) -> None:
 
 
 def _canister_pairs() -> list[tuple[Block, Block]]:
-    """(motoko, python tests) pairs: a `canister` Motoko block and the python block after it, or a
-    `canister uses=PAGE` python block and the first such Motoko block of PAGE."""
+    """(motoko, python tests) pairs: a `canister` Motoko block and the next `canister` python block of
+    its page, or a `canister uses=PAGE` python block and the first such Motoko block of PAGE."""
     pairs = []
     for index, block in enumerate(BLOCKS):
         if block.kind != "canister":
             continue
         if block.lang == "motoko":
-            tests = BLOCKS[index + 1]
-            assert tests.lang == "python" and tests.kind == "canister", f"{block.where}: no tests follow"
+            after = (b for b in BLOCKS[index + 1 :] if b.page == block.page and b.kind == "canister")
+            tests = next(after, None)
+            assert tests is not None and tests.lang == "python", f"{block.where}: no tests follow"
             pairs.append((block, tests))
         elif block.options.startswith("uses="):
             page = DOCS / block.options.removeprefix("uses=")
@@ -246,6 +248,43 @@ def test_canister_example_compiles_and_its_tests_pass(
         pytester.makepyfile(**{name.removesuffix(".py"): WASM_LITERAL.sub(repr(str(wasm)), text)})
     result = pytester.runpytest()
     result.assert_outcomes(passed=tests.text.count("\ndef test_") + tests.text.startswith("def test_"))
+
+
+def test_the_canister_tutorials_build_commands_build_its_agent(pytester: pytest.Pytester) -> None:
+    """The shell lines that build the tutorial's agent, as a user types them in a fresh folder: the npm
+    install (offline here: the project's own npm `motoko`, checked to be the version the line names)
+    and `icllm-emulator build-motoko`; then the tutorial's tests pass against the module it wrote."""
+    import shlex
+
+    from icllm_emulator.motoko import MOTOKO_VERSION
+    from tests.canisters.conftest import BUILD
+
+    page = DOCS / "tutorials" / "canister.md"
+    blocks = page_blocks(page)
+    (commands,) = [b for b in blocks if b.lang == "sh" and "build-motoko" in b.text]
+    agent = next(b for b in blocks if b.lang == "motoko" and b.kind == "canister")
+    tests = next(b for b in blocks if b.lang == "python" and b.kind == "canister")
+    (pytester.path / "agent.mo").write_text(agent.text, encoding="utf-8")
+    lines = [shlex.split(line, comments=True) for line in commands.text.splitlines() if line.strip()]
+    assert lines[0] == ["npm", "install", f"motoko@{MOTOKO_VERSION}"], commands.where
+    (pytester.path / "node_modules").symlink_to(BUILD.NODE_MODULES)  # what that install makes
+    for argv in lines[1:]:
+        assert argv[0] == "icllm-emulator", f"{commands.where}: {argv}"
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+            cwd=pytester.path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, f"{commands.where}: {shlex.join(argv)}: {result.stderr}"
+    wasm = pytester.path / "agent.wasm"
+    assert wasm.is_file() and wasm.with_suffix(".did").is_file()
+    pytester.makeini(INI)
+    files, _ = split_files(tests)
+    for name, text in files.items():
+        pytester.makepyfile(**{name.removesuffix(".py"): WASM_LITERAL.sub(repr(str(wasm)), text)})
+    pytester.runpytest().assert_outcomes(passed=tests.text.count("\ndef test_"))
 
 
 @pytest.mark.parametrize("block", of_kind("ts"), ids=ids(of_kind("ts")))
@@ -370,3 +409,74 @@ def test_the_http_reference_lists_every_route_the_app_serves() -> None:
         path.replace("{model:path}", "{model}") for path in re.findall(r'Route\("([^"]+)", api\.', source)
     }
     assert served == documented
+
+
+def test_the_cli_reference_names_every_key_of_the_port_file(tmp_path: Path) -> None:
+    import json
+
+    from icllm_emulator.server import Ports, write_port_file
+
+    page = " ".join((DOCS / "reference" / "cli.md").read_text(encoding="utf-8").split())
+    (documented,) = re.findall(r"\(JSON `\{([^}]*)\}`", page)
+    path = tmp_path / "ports.json"
+    write_port_file(path, Ports("127.0.0.1", 50051, 11434, (("agent", "lxzze-o7777-77777-aaaaa-cai"),)))
+    written = json.loads(path.read_text(encoding="utf-8"))
+    assert [key.strip(' "') for key in documented.split(",")] == list(written)
+
+
+def test_the_site_keeps_names_whole_in_tables_and_wraps_long_code_lines() -> None:
+    """Material breaks code in a table anywhere (`--icllm-strict-rul` / `es`) and scrolls a long code
+    line out of sight; the site's stylesheet says otherwise, and mkdocs.yml loads it."""
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8").replace("!!python", "#"))
+    (sheet,) = config["extra_css"]
+    css = " ".join((DOCS / sheet).read_text(encoding="utf-8").split())
+    assert ".md-typeset table:not([class]) code { word-break: normal; overflow-wrap: normal;" in css
+    assert ".md-typeset pre > code { white-space: pre-wrap;" in css
+
+
+def test_the_python_api_page_names_public_objects_whose_every_method_it_shows() -> None:
+    """The page's objects by the names a user imports; mkdocstrings leaves out what has no docstring, so
+    every public method and property of each class has one."""
+    import importlib
+    import inspect
+
+    page = (DOCS / "reference" / "python-api.md").read_text(encoding="utf-8")
+    names = re.findall(r"^::: ([\w.]+)$", page, re.MULTILINE)
+    private = [name for name in names if any(part.startswith("_") for part in name.split("."))]
+    assert private == [], "objects named by a private module path"
+    undocumented = []
+    for name in names:
+        module, _, attribute = name.rpartition(".")
+        obj = getattr(importlib.import_module(module), attribute)
+        members = vars(obj).items() if inspect.isclass(obj) else ()
+        for member, value in members:
+            shown = member == "__call__" or not member.startswith("_")
+            if shown and (callable(value) or isinstance(value, property)) and not inspect.getdoc(value):
+                undocumented.append(f"{name}.{member}")
+    assert undocumented == []
+    assert {"pytest_icllm.Canister", "pytest_icllm.CanisterIC", "icllm_emulator.client.LlmClient"} <= {*names}
+
+
+def test_the_fixtures_reference_lists_every_fixture_and_every_canister_method() -> None:
+    """Where a user looks first: each fixture of the plugin, and each public method and property of what
+    `icllm_canister` gives, is named on the fixtures page."""
+    from pytest_icllm import Canister, CanisterIC, PendingCall, plugin
+
+    page = (DOCS / "reference" / "fixtures.md").read_text(encoding="utf-8")
+    fixtures = [
+        name for name, value in vars(plugin).items() if type(value).__name__ == "FixtureFunctionDefinition"
+    ]
+    missing = [name for name in fixtures if not name.startswith("_") and f"| `{name}` |" not in page]
+    assert "icllm_canister" in fixtures
+    # how the page writes a member of each: `icllm_canister.settle(`, `canister.update(`, `done()`
+    written = {CanisterIC: "`icllm_canister.{}", Canister: "`canister.{}", PendingCall: "`{}("}
+    for cls, form in written.items():
+        for member, value in vars(cls).items():
+            public = not member.startswith("_") and member != "read"  # read: Canister's way onto the loop
+            if (
+                public
+                and (callable(value) or isinstance(value, property))
+                and form.format(member) not in page
+            ):
+                missing.append(f"{cls.__name__}.{member}")
+    assert missing == []

@@ -137,6 +137,10 @@ def test_each_scripted_reject_code_has_its_grpc_status(
             lambda s: s.canister.V1Chat(user_request(), metadata=(("icllm-cycles", "-5"),)),
             "is not a natural number of cycles",
         ),
+        (
+            lambda s: s.canister.V1Chat(user_request(), metadata=(("icllm-cycles", " 5"),)),
+            "metadata icllm-cycles ' 5' is not a natural number of cycles",
+        ),
     ],
 )
 def test_malformed_requests_are_invalid_argument_with_a_clear_message(

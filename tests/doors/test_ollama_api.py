@@ -608,8 +608,9 @@ async def test_unknown_model_is_404_with_the_reject(http: Door) -> None:
     response = await http.client.post("/api/chat", json={**chat_body(), "model": "gpt-5"})
     assert response.status_code == 404
     body = response.json()
-    assert body["error"].startswith("model 'gpt-5' not found: unknown model 'gpt-5'")
-    assert body["reject_code"] == 4
+    assert body["error"].startswith("model 'gpt-5' not found: this LLM canister serves llama3.1:8b, ")
+    assert body["error"].count("gpt-5") == 1, "the model is named once"
+    assert body["reject_code"] == 4 and body["reject_message"].startswith("unknown model 'gpt-5'")
 
 
 @pytest.mark.asyncio

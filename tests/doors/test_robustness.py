@@ -3,24 +3,31 @@ goes on serving. Every test here failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
+import wasmtime
 from grpc_health.v1 import health_pb2
 
 from icllm_emulator._proto.icllm.v1 import canister_pb2 as pb
+from icllm_emulator._proto.icllm.v1 import canisters_pb2 as canisters_pb
+from icllm_emulator._proto.icllm.v1 import canisters_pb2_grpc
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
+from icllm_emulator._proto.icllm.v1 import worker_pb2 as worker_pb
 from icllm_emulator.cassettes.settings import CassetteSettings
 from tests.conftest import Stubs, user_request
 
@@ -347,6 +354,31 @@ def test_a_hang_up_logs_no_error(emu: Stubs, caplog: pytest.LogCaptureFixture) -
     assert call.reject.code == 6  # SYS_UNKNOWN: the caller went away
 
 
+def test_clients_that_leave_mid_stream_flood_no_log(emu: Stubs, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that resets its connection while a stream is being written: the server stops quietly
+    (asyncio would log "socket.send() raised exception." for each piece written after the reset)."""
+    url = emu.emulator.ports.http_url
+    assert url
+    words = " ".join(f"w{n}" for n in range(2000))
+    emu.control.AddRules(
+        cpb.AddRulesRequest(rules=[cpb.Rule(action=cpb.RuleAction(reply=cpb.ReplyAction(content=words)))])
+    )
+    body = b'{"model": "llama3.1:8b", "messages": [{"role": "user", "content": "talk"}]}'
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            sock = _connect(url)
+            sock.sendall(
+                b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            assert sock.recv(200).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not FIN
+            sock.close()
+        for _ in range(20):  # the server notices the resets, and goes on
+            assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
+    noise = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noise == []
+
+
 def test_slow_clients_are_cut_off(start_emulator: Callable[..., Stubs]) -> None:
     emu = start_emulator(header_timeout=0.3, body_timeout=0.3, idle_timeout=1.0)
     url = emu.emulator.ports.http_url
@@ -411,6 +443,38 @@ def test_listening_beyond_loopback_needs_a_control_token() -> None:
     assert "give it a token with --control-token TOKEN" in result.stderr
 
 
+# Every method of the services that change the emulator, run code or take prompts' work.
+GUARDED = [
+    (service.full_name, method.name)
+    for proto in (cpb, canisters_pb, worker_pb)
+    for service in proto.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+]
+
+
+def test_with_a_token_every_door_that_runs_code_needs_it(start_emulator: Callable[..., Stubs]) -> None:
+    emu = start_emulator(control_token="s3cret")
+    assert {name for name, _ in GUARDED} == {"icllm.v1.Control", "icllm.v1.Canisters", "icllm.v1.AiWorker"}
+    for service, method in GUARDED:
+        call = emu.channel.unary_unary(f"/{service}/{method}")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"", timeout=10)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED, (service, method)
+        short = service.rsplit(".", 1)[-1]
+        assert (
+            f"the {short} service needs the emulator's control token (its --control-token) as metadata "
+            "icllm-control-token"
+        ) in caught.value.details()
+    token = (("icllm-control-token", "s3cret"),)
+    canisters = canisters_pb2_grpc.CanistersStub(emu.channel)
+    module = bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))
+    installed = canisters.Install(canisters_pb.InstallRequest(wasm=module), metadata=token, timeout=10)
+    listed = canisters.ListCanisters(canisters_pb.ListCanistersRequest(), metadata=token, timeout=10)
+    assert [c.canister_id for c in listed.canisters] == [installed.canister_id]
+    polled = emu.worker.Poll(worker_pb.PollRequest(worker_id="w", wait_seconds=0), metadata=token, timeout=10)
+    assert not polled.HasField("job")
+
+
 def test_with_a_token_control_answers_only_calls_that_carry_it(
     start_emulator: Callable[..., Stubs], pytester: pytest.Pytester
 ) -> None:
@@ -438,3 +502,25 @@ def test_with_a_token_control_answers_only_calls_that_carry_it(
     result = pytester.runpytest("--icllm-url", target, "--icllm-control-token", "s3cret")
     result.assert_outcomes(passed=1)
     assert "s3cret" not in result.stdout.str()  # the report header does not show it
+
+
+def test_an_answer_over_the_send_limit_is_refused_with_a_message_not_by_the_transport() -> None:
+    from icllm_emulator.grpc_api.status import SEND_MAX_BYTES, rpc
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise Aborted(code, details)
+
+    class Servicer:
+        @rpc
+        async def GetLogs(self, request: canisters_pb.GetLogsRequest, context: Any) -> Any:
+            return canisters_pb.GetLogsResponse(entries=[canisters_pb.LogEntry(text="x" * SEND_MAX_BYTES)])
+
+    with pytest.raises(Aborted) as caught:
+        asyncio.run(Servicer().GetLogs(canisters_pb.GetLogsRequest(), Context()))
+    code, details = caught.value.args
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"the answer to GetLogs is {SEND_MAX_BYTES + 10} bytes, over the {SEND_MAX_BYTES}" in details

@@ -148,7 +148,7 @@ def test_without_llama_cpp_the_llama_backend_says_how_to_install_it(tmp_path: Pa
         check=False,
     )
     assert result.returncode == 2, result.stderr
-    assert "pip install 'pytest-icllm[llama]'" in result.stderr
+    assert "pip install '/path/to/pytest-icllm[llama]'" in result.stderr
     assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF"' in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -24,18 +24,26 @@ def test_package_root_exports_the_controller_what_it_returns_the_exceptions_and_
     assert pytest_icllm.__all__ == [
         "Call",
         "Canister",
+        "CanisterIC",
         "CanisterReject",
         "EmulatorError",
         "IcllmController",
         "JobInfo",
         "LlmReject",
+        "PendingCall",
         "Stats",
+        "Stub",
         "__version__",
     ]
     assert pytest_icllm.__version__ == importlib.metadata.version("pytest-icllm")
     assert pytest_icllm.LlmReject is icllm_emulator.client.LlmReject
     assert pytest_icllm.EmulatorError is icllm_emulator.client.EmulatorError
     assert pytest_icllm.IcllmController.__module__ == "pytest_icllm._controller"
+    # what the icllm_canister fixture gives, and what its canisters' submit() returns, for type hints
+    assert (pytest_icllm.CanisterIC.__module__, pytest_icllm.PendingCall.__module__) == (
+        "pytest_icllm._canisters",
+        "pytest_icllm._canisters",
+    )
     assert (pytest_icllm.Call, pytest_icllm.JobInfo, pytest_icllm.Stats) == (
         control.Call,
         control.JobInfo,
@@ -53,8 +61,8 @@ FIXTURE_DOCS = {
     "icllm_server [[]session scope[]]": "The session's emulator: started in a background thread, "
     "or the one at --icllm-url / ICLLM_URL.",
     "icllm_config": "Per-test emulator settings; override this fixture in a conftest, at any scope.",
-    "icllm_canister": "Install canister modules in this test's IC: "
-    "`icllm_canister(wasm, did=, init=, env=, cycles=)`.",
+    "icllm_canister": "This test's IC: "
+    "`icllm_canister(wasm, did=, init=)`, `.stub(id, did=)`, `.faults.on()`.",
 }
 
 
@@ -80,6 +88,32 @@ def test_report_header_shows_the_effective_settings(pt: pytest.Pytester) -> None
     )
 
 
+def test_a_boolean_option_alone_means_true(pt: pytest.Pytester) -> None:
+    result = pt.runpytest("--icllm-strict-rules", "--icllm-outcalls-loopback")
+    result.stdout.fnmatch_lines(["icllm: *strict_rules=True", "icllm settings: outcalls_loopback=True"])
+
+
+def test_a_boolean_option_alone_before_a_path_says_where_to_put_it(pt: pytest.Pytester) -> None:
+    pt.makepyfile(test_it="def test_it():\n    pass\n")
+    result = pt.runpytest("--icllm-strict-rules", "test_it.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-icllm: option --icllm-strict-rules: 'test_it.py' is not a boolean; use true or "
+            "false (alone, --icllm-strict-rules means true: put it after the test paths, or write "
+            "--icllm-strict-rules=true)"
+        ]
+    )
+    pt.runpytest("test_it.py", "--icllm-strict-rules").assert_outcomes(passed=1)
+
+
+def test_the_settings_line_shows_only_what_differs_from_the_defaults(pt: pytest.Pytester) -> None:
+    result = pt.runpytest()
+    result.stdout.fnmatch_lines(["icllm settings: the others at their defaults"])
+    result = pt.runpytest("--icllm-lease-seconds", "5", "--icllm-history-bytes", "2048")
+    result.stdout.fnmatch_lines(["icllm settings: lease_seconds=5.0, history_bytes=2048"])
+
+
 def test_plugin_can_be_disabled_by_name(pt: pytest.Pytester) -> None:
     result = run(pt, "def test_plain():\n    pass\n", "-p", "no:icllm")
     result.assert_outcomes(passed=1)
@@ -100,6 +134,35 @@ def test_sketch_example_scripts_an_answer_and_records_the_request(pt: pytest.Pyt
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_rule_for_the_last_message_answers_its_turn_only(pt: pytest.Pytester) -> None:
+    """A multi-turn agent sends every earlier turn again: `last=True` scripts one turn of it."""
+    result = run(
+        pt,
+        """
+        from icllm_emulator.client import assistant, user
+
+        def test_two_turns(icllm, icllm_client):
+            icllm.on(contains="weather", last=True).reply("Sunny.")
+            icllm.on(contains="tomorrow", last=True).reply("Rain.")
+            chat = icllm_client.chat("llama3.1:8b")
+            assert chat.with_messages([user("What's the weather?")]).send().content == "Sunny."
+            turns = [user("What's the weather?"), assistant("Sunny."), user("And tomorrow?")]
+            assert chat.with_messages(turns).send().content == "Rain."
+            assert len(icllm.assert_prompted(contains="weather")) == 2
+            assert len(icllm.assert_prompted(contains="weather", last=True)) == 1
+        """,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_last_alone_is_refused_at_the_tests_line(pt: pytest.Pytester) -> None:
+    result = run(pt, "def test_it(icllm):\n    icllm.on(last=True)\n")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [">*icllm.on(last=True)", "E   *ValueError: last=True narrows contains, regex or role to the last*"]
+    )
 
 
 def test_replies_with_text_and_tool_calls_whose_arguments_travel_as_text(pt: pytest.Pytester) -> None:
@@ -730,11 +793,17 @@ def test_rules_history_hold_pause_and_busy_workers_do_not_leak_into_the_next_tes
         (["--icllm-seed", "-1"], "option --icllm-seed: '-1' is not a whole number of 0 or more"),
         (
             ["--icllm-strict-rules", "maybe"],
-            "option --icllm-strict-rules: 'maybe' is not a boolean; use true or false",
+            "option --icllm-strict-rules: 'maybe' is not a boolean; use true or false (alone, --icllm-strict-"
+            "rules means true: put it after the test paths, or write --icllm-strict-rules=true)",
         ),
         (
             ["--icllm-url", "localhost"],
-            "option --icllm-url: 'localhost' is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051",
+            "option --icllm-url: 'localhost' is not a gRPC address; use HOST:PORT, e.g. 127.0.0.1:50051 *",
+        ),
+        (
+            ["--icllm-url", "http://127.0.0.1:50051"],
+            "option --icllm-url: 'http://127.0.0.1:50051' is not a gRPC address: leave out http://; "
+            "use HOST:PORT, e.g. 127.0.0.1:50051 (the emulator's gRPC port, not its HTTP one)",
         ),
         (
             ["--icllm-max-attempts", "0"],
@@ -832,7 +901,7 @@ def test_bad_url_in_the_environment_names_the_variable(
     result.stderr.fnmatch_lines(
         [
             "ERROR: pytest-icllm: environment variable ICLLM_URL: 'nowhere' is not a gRPC address; "
-            "use HOST:PORT, e.g. 127.0.0.1:50051"
+            "use HOST:PORT, e.g. 127.0.0.1:50051 *"
         ]
     )
 

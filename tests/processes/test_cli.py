@@ -306,6 +306,27 @@ def test_external_worker_answers_like_an_in_process_emulator(
     assert server.stop() == 0, server.stderr()
 
 
+def test_an_external_worker_passes_the_emulators_control_token(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    server, target = start_serve(spawn, tmp_path, "--workers", "0", "--control-token", "s3cret")
+    refused = run_cli("worker", "--connect", target, "--poll-seconds", "1")
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        f"the emulator at {target} refused this worker: the AiWorker service needs the emulator's control "
+        "token (its --control-token) as metadata icllm-control-token"
+    ) in refused.stderr
+    assert "Traceback" not in refused.stderr
+    worker = spawn(
+        "worker", "--connect", target, "--poll-seconds", "1", env={"ICLLM_CONTROL_TOKEN": "s3cret"}
+    )
+    with grpc.insecure_channel(target) as channel:
+        answer = canister_pb2_grpc.LlmCanisterStub(channel).V1Chat(user_request("hi"), timeout=CALL_TIMEOUT)
+    assert answer.message.content
+    assert worker.stop() == 0, worker.stderr()
+    assert server.stop() == 0, server.stderr()
+
+
 # -- help ------------------------------------------------------------------------------------------
 
 
@@ -322,9 +343,10 @@ def test_help_lists_the_commands() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "{serve,worker,cassette}" in result.stdout
+    assert "{serve,worker,cassette,build-motoko}" in result.stdout
     assert "run the emulator" in result.stdout and "run an external AI worker" in result.stdout
     assert "list, show and check cassette files" in result.stdout
+    assert "compile a Motoko actor to a canister module" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -346,3 +368,41 @@ def test_worker_poll_longer_than_the_service_allows_fails_fast(tmp_path: Path) -
     result = run_cli("worker", "--poll-seconds", "100", cwd=tmp_path)
     assert result.returncode == 2
     assert "longer than a poll may wait (0-60 s)" in result.stderr
+
+
+# Hides packages from a child process, as if they were not installed: a finder ahead of every other one
+# that refuses them by name (a fresh `pip install` of the base package has neither jinja2 nor llama_cpp).
+WITHOUT_PACKAGES = """
+import importlib.abc, sys
+HIDDEN = {hidden!r}
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Hide())
+from icllm_emulator.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_the_llama_backend_without_its_extra_exits_2_with_the_install_line(tmp_path: Path) -> None:
+    """The packages of the `llama` extra hidden: the install line, not a traceback from jinja2."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    argv = ["serve", "--grpc-port", "0", "--ollama-port", "0", "--backend", "llama", "--model", str(model)]
+    code = WITHOUT_PACKAGES.format(hidden=("jinja2", "llama_cpp", "gguf"), argv=argv)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "the llama backend needs the llama extra" in result.stderr
+    assert "pip install '/path/to/pytest-icllm[llama]'" in result.stderr
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF"' in result.stderr
+    assert "Traceback" not in result.stderr

@@ -23,9 +23,17 @@ let emulator: ChildProcess;
 let canisters: Client;
 let control: Client;
 
-function call<T>(client: Client, method: string, request: object): Promise<T> {
+// The emulator is started with a control token, as one reachable from other machines must be: every
+// Control and Canisters call carries it as metadata icllm-control-token.
+const TOKEN = 'harness-token';
+const withToken = new grpc.Metadata();
+withToken.set('icllm-control-token', TOKEN);
+
+function call<T>(client: Client, method: string, request: object, metadata = withToken): Promise<T> {
     return new Promise((ok, fail) =>
-        client[method](request, (error: grpc.ServiceError | null, response: T) => (error ? fail(error) : ok(response)))
+        client[method](request, metadata, (error: grpc.ServiceError | null, response: T) =>
+            error ? fail(error) : ok(response)
+        )
     );
 }
 
@@ -36,7 +44,10 @@ before(async () => {
     const portFile = join(mkdtempSync(join(tmpdir(), 'icllm-ts-')), 'ports.json');
     emulator = spawn(
         process.env.ICLLM_PYTHON ?? 'python3',
-        ['-m', 'emulator', 'serve', '--grpc-port', '0', '--ollama-port', 'off', '--port-file', portFile],
+        [
+            '-m', 'emulator', 'serve', '--grpc-port', '0', '--ollama-port', 'off', '--port-file', portFile,
+            '--control-token', TOKEN
+        ],
         { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] }
     );
     for (let i = 0; i < 600 && !existsSync(portFile); i++) await sleep(50); // the port file: ready
@@ -109,6 +120,19 @@ test('misuse is a gRPC status, not a crash', async () => {
         assert.match(error.details, /is not a WebAssembly module/);
         return true;
     });
+});
+
+test('without the control token, Canisters and Control refuse the call and name the metadata key', async () => {
+    for (const [client, method, request] of [
+        [canisters, 'Install', { wasm: Buffer.from('not wasm') }],
+        [control, 'Reset', {}]
+    ] as const) {
+        await assert.rejects(call(client, method, request, new grpc.Metadata()), (error: grpc.ServiceError) => {
+            assert.equal(error.code, grpc.status.UNAUTHENTICATED);
+            assert.match(error.details, /needs the emulator's control token .* as metadata icllm-control-token/);
+            return true;
+        });
+    }
 });
 
 test("a canister's HTTP outcall is scripted over Control, and too few cycles are refused", async () => {

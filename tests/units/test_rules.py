@@ -108,6 +108,41 @@ def test_role_limits_regex_to_messages_of_that_role() -> None:
     assert Match(regex=r"\d+", role=Role.SYSTEM).mismatches(request) == []
 
 
+def test_last_looks_at_the_last_message_only() -> None:
+    """In a conversation every call repeats the earlier turns: an early prompt is not the turn that asks."""
+    first_turn = chat(UserMessage("What's the weather?"))
+    second_turn = chat(
+        UserMessage("What's the weather?"), AssistantMessage(content="Sunny."), UserMessage("And tomorrow?")
+    )
+    assert Match(contains="weather").mismatches(second_turn) == []  # every message: matches again
+    assert Match(contains="weather", last=True).mismatches(first_turn) == []
+    assert Match(contains="weather", last=True).mismatches(second_turn) == [
+        "the last message does not contain 'weather'"
+    ]
+    assert Match(regex="tomorrow", last=True).mismatches(second_turn) == []
+    assert Match(regex="^What", last=True).mismatches(second_turn) == [
+        "the last message does not match /^What/"
+    ]
+
+
+def test_last_with_role_asks_that_the_last_message_has_that_role() -> None:
+    request = chat(UserMessage("weather?"), AssistantMessage(content="Calling a tool."))
+    assert Match(role=Role.USER, last=True).mismatches(request) == [
+        "the last message is an assistant message, not a user message"
+    ]
+    assert Match(role=Role.ASSISTANT, contains="tool", last=True).mismatches(request) == []
+    assert Match(contains="weather", role=Role.USER).mismatches(request) == []
+
+
+def test_last_alone_is_refused_naming_what_it_narrows() -> None:
+    with pytest.raises(RuleError, match=r"^last=True narrows contains, regex or role to the last message"):
+        Match(last=True)
+
+
+def test_last_is_shown_in_the_description() -> None:
+    assert Match(contains="x", last=True).describe() == "match(contains='x', last=True)"
+
+
 def test_tool_mismatch_lists_the_offered_tools() -> None:
     request = chat(UserMessage("hi"), tools=(Tool("get_time"), Tool("search")))
 
@@ -365,6 +400,14 @@ def test_json_rule_file_works_too(tmp_path: Path) -> None:
     assert second.action == Reject(RejectCode.SYS_TRANSIENT, "busy")
 
 
+def test_rule_file_match_may_ask_for_the_last_message(tmp_path: Path) -> None:
+    rules = write(tmp_path, "rules.yaml", "- match: {contains: tomorrow, last: true}\n  reply: Rain.\n")
+    (rule,) = load_rules(rules)
+    assert rule.match == Match(contains="tomorrow", last=True)
+    with pytest.raises(RuleError, match=r"match\.last must be true or false, got 'yes please'"):
+        load_rules(write(tmp_path, "bad.yaml", "- match: {contains: x, last: yes please}\n  reply: y\n"))
+
+
 def test_rule_file_may_be_a_bare_list(tmp_path: Path) -> None:
     rules = load_rules(write(tmp_path, "rules.yaml", "- reply: hi\n"))
 
@@ -441,7 +484,7 @@ def test_unknown_match_key_is_refused_listing_the_match_keys(tmp_path: Path) -> 
     message = rule_file_error(tmp_path, "rules:\n  - match: {text: hi}\n    reply: hi\n")
 
     assert "rule 1:" in message
-    assert "['contains', 'model', 'regex', 'role', 'tool']" in message
+    assert "['contains', 'last', 'model', 'regex', 'role', 'tool']" in message
 
 
 def test_invalid_regex_in_a_file_names_file_rule_and_regex(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from docs.generate import pages
 from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
 from icllm_emulator.cli import build_parser
 from icllm_emulator.config import config_from_settings
-from icllm_emulator.settings import PYTEST, SERVE, SETTINGS, WORKER, Door, SettingError, at, defaults
+from icllm_emulator.settings import PYTEST, SERVE, SETTINGS, WORKER, Door, SettingError, at, defaults, prices
 from pytest_icllm._options import CONFIGURED, Settings
 
 # ConfigureRequest fields that are not one setting: a limit override, and the "clear" switches.
@@ -130,3 +130,38 @@ def test_configure_changes_each_plain_setting_by_its_own_field() -> None:
         "strict_rules": True,
         "lease_seconds": 9.5,
     }
+
+
+@pytest.mark.parametrize("bad", ["gemma3:27b=\uff15", "gemma3:27b=2000/-1", "gemma3:27b=2000/1 000"])
+def test_prices_take_decimal_digits_only(bad: str) -> None:
+    with pytest.raises(SettingError, match="is not MODEL=PER_CALL"):
+        prices(bad)
+
+
+BOOLEANS = [s for s in SETTINGS if s.switch]
+
+
+@pytest.mark.parametrize("setting", [s for s in BOOLEANS if SERVE in s.doors], ids=lambda s: s.name)
+def test_a_boolean_flag_alone_means_true_and_its_help_says_what_it_takes(setting: Any) -> None:
+    flag = _flags(build_parser({}), "serve")[setting.flag]
+    assert "true or false" in str(flag.help)
+    assert getattr(build_parser({}).parse_args(["serve", setting.flag]), setting.name) is True
+    assert getattr(build_parser({}).parse_args(["serve", setting.flag, "false"]), setting.name) is False
+
+
+@pytest.mark.parametrize(
+    ("given", "mentions"),
+    [
+        ("http://127.0.0.1:50051", "leave out http://; use HOST:PORT, e.g. 127.0.0.1:50051"),
+        ("https://emulator.example:443", "leave out https://"),
+        ("127.0.0.1:50051/v1", "use HOST:PORT"),
+        ("127.0.0.1:99999", "use HOST:PORT"),
+        ("localhost", "use HOST:PORT"),
+    ],
+)
+def test_a_url_that_is_not_a_grpc_address_is_refused_saying_what_would_do(given: str, mentions: str) -> None:
+    url = next(s for s in SETTINGS if s.name == "url")
+    with pytest.raises(SettingError, match=f"^{given!r} is not a gRPC address.*") as error:
+        url.parse(given)
+    assert mentions in str(error.value) and "the emulator's gRPC port, not its HTTP one" in str(error.value)
+    assert url.parse("grpc://127.0.0.1:50051") == url.parse("127.0.0.1:50051") == "127.0.0.1:50051"

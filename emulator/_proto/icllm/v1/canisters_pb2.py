@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18icllm/v1/canisters.proto\x12\x08icllm.v1\"\xf0\x01\n\x0eInstallRequest\x12\x0c\n\x04wasm\x18\x01 \x01(\x0c\x12\x10\n\x08init_arg\x18\x02 \x01(\x0c\x12.\n\x03\x65nv\x18\x03 \x03(\x0b\x32!.icllm.v1.InstallRequest.EnvEntry\x12\x13\n\x06\x63ycles\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x1e\n\x11instruction_limit\x18\x06 \x01(\x04H\x01\x88\x01\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_cyclesB\x14\n\x12_instruction_limit\"6\n\x0fInstallResponse\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ndid\x18\x02 \x01(\t\"v\n\x13\x43\x61nisterCallRequest\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0b\n\x03\x61rg\x18\x03 \x01(\x0c\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x0e\n\x06\x63ycles\x18\x05 \x01(\t\x12\r\n\x05query\x18\x06 \x01(\x08\"C\n\x0e\x43\x61nisterReject\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\"^\n\x14\x43\x61nisterCallResponse\x12\x0f\n\x05reply\x18\x01 \x01(\x0cH\x00\x12*\n\x06reject\x18\x02 \x01(\x0b\x32\x18.icllm.v1.CanisterRejectH\x00\x42\t\n\x07outcome\"%\n\x0eGetLogsRequest\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\")\n\x08LogEntry\x12\x0f\n\x07time_ns\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\"6\n\x0fGetLogsResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.icllm.v1.LogEntry\"\x16\n\x14ListCanistersRequest\"p\n\x0c\x43\x61nisterInfo\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x63ycles\x18\x03 \x01(\t\x12\x16\n\x0eupdate_methods\x18\x04 \x03(\t\x12\x15\n\rquery_methods\x18\x05 \x03(\t\"B\n\x15ListCanistersResponse\x12)\n\tcanisters\x18\x01 \x03(\x0b\x32\x16.icllm.v1.CanisterInfo\"$\n\rRemoveRequest\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\"\x10\n\x0eRemoveResponse2\xe1\x02\n\tCanisters\x12>\n\x07Install\x12\x18.icllm.v1.InstallRequest\x1a\x19.icllm.v1.InstallResponse\x12\x45\n\x04\x43\x61ll\x12\x1d.icllm.v1.CanisterCallRequest\x1a\x1e.icllm.v1.CanisterCallResponse\x12>\n\x07GetLogs\x12\x18.icllm.v1.GetLogsRequest\x1a\x19.icllm.v1.GetLogsResponse\x12P\n\rListCanisters\x12\x1e.icllm.v1.ListCanistersRequest\x1a\x1f.icllm.v1.ListCanistersResponse\x12;\n\x06Remove\x12\x17.icllm.v1.RemoveRequest\x1a\x18.icllm.v1.RemoveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18icllm/v1/canisters.proto\x12\x08icllm.v1\"\xf0\x01\n\x0eInstallRequest\x12\x0c\n\x04wasm\x18\x01 \x01(\x0c\x12\x10\n\x08init_arg\x18\x02 \x01(\x0c\x12.\n\x03\x65nv\x18\x03 \x03(\x0b\x32!.icllm.v1.InstallRequest.EnvEntry\x12\x13\n\x06\x63ycles\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x1e\n\x11instruction_limit\x18\x06 \x01(\x04H\x01\x88\x01\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_cyclesB\x14\n\x12_instruction_limit\"P\n\x0fInstallResponse\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ndid\x18\x02 \x01(\t\x12\x18\n\x10\x63\x61ndid_truncated\x18\x03 \x01(\x08\"v\n\x13\x43\x61nisterCallRequest\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0b\n\x03\x61rg\x18\x03 \x01(\x0c\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x0e\n\x06\x63ycles\x18\x05 \x01(\t\x12\r\n\x05query\x18\x06 \x01(\x08\"^\n\x0e\x43\x61nisterReject\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x19\n\x11message_truncated\x18\x04 \x01(\x08\"^\n\x14\x43\x61nisterCallResponse\x12\x0f\n\x05reply\x18\x01 \x01(\x0cH\x00\x12*\n\x06reject\x18\x02 \x01(\x0b\x32\x18.icllm.v1.CanisterRejectH\x00\x42\t\n\x07outcome\"L\n\x0eGetLogsRequest\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\"<\n\x08LogEntry\x12\x0f\n\x07time_ns\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"O\n\x0fGetLogsResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.icllm.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x14ListCanistersRequest\x12\x12\n\npage_token\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\"\x8b\x01\n\x0c\x43\x61nisterInfo\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x63ycles\x18\x03 \x01(\t\x12\x16\n\x0eupdate_methods\x18\x04 \x03(\t\x12\x15\n\rquery_methods\x18\x05 \x03(\t\x12\x19\n\x11methods_truncated\x18\x06 \x01(\x08\"[\n\x15ListCanistersResponse\x12)\n\tcanisters\x18\x01 \x03(\x0b\x32\x16.icllm.v1.CanisterInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\rRemoveRequest\x12\x13\n\x0b\x63\x61nister_id\x18\x01 \x01(\t\"\x10\n\x0eRemoveResponse2\xe1\x02\n\tCanisters\x12>\n\x07Install\x12\x18.icllm.v1.InstallRequest\x1a\x19.icllm.v1.InstallResponse\x12\x45\n\x04\x43\x61ll\x12\x1d.icllm.v1.CanisterCallRequest\x1a\x1e.icllm.v1.CanisterCallResponse\x12>\n\x07GetLogs\x12\x18.icllm.v1.GetLogsRequest\x1a\x19.icllm.v1.GetLogsResponse\x12P\n\rListCanisters\x12\x1e.icllm.v1.ListCanistersRequest\x1a\x1f.icllm.v1.ListCanistersResponse\x12;\n\x06Remove\x12\x17.icllm.v1.RemoveRequest\x1a\x18.icllm.v1.RemoveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,29 +38,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTALLREQUEST_ENVENTRY']._serialized_start=204
   _globals['_INSTALLREQUEST_ENVENTRY']._serialized_end=246
   _globals['_INSTALLRESPONSE']._serialized_start=281
-  _globals['_INSTALLRESPONSE']._serialized_end=335
-  _globals['_CANISTERCALLREQUEST']._serialized_start=337
-  _globals['_CANISTERCALLREQUEST']._serialized_end=455
-  _globals['_CANISTERREJECT']._serialized_start=457
-  _globals['_CANISTERREJECT']._serialized_end=524
-  _globals['_CANISTERCALLRESPONSE']._serialized_start=526
-  _globals['_CANISTERCALLRESPONSE']._serialized_end=620
-  _globals['_GETLOGSREQUEST']._serialized_start=622
-  _globals['_GETLOGSREQUEST']._serialized_end=659
-  _globals['_LOGENTRY']._serialized_start=661
-  _globals['_LOGENTRY']._serialized_end=702
-  _globals['_GETLOGSRESPONSE']._serialized_start=704
-  _globals['_GETLOGSRESPONSE']._serialized_end=758
-  _globals['_LISTCANISTERSREQUEST']._serialized_start=760
-  _globals['_LISTCANISTERSREQUEST']._serialized_end=782
-  _globals['_CANISTERINFO']._serialized_start=784
-  _globals['_CANISTERINFO']._serialized_end=896
-  _globals['_LISTCANISTERSRESPONSE']._serialized_start=898
-  _globals['_LISTCANISTERSRESPONSE']._serialized_end=964
-  _globals['_REMOVEREQUEST']._serialized_start=966
-  _globals['_REMOVEREQUEST']._serialized_end=1002
-  _globals['_REMOVERESPONSE']._serialized_start=1004
-  _globals['_REMOVERESPONSE']._serialized_end=1020
-  _globals['_CANISTERS']._serialized_start=1023
-  _globals['_CANISTERS']._serialized_end=1376
+  _globals['_INSTALLRESPONSE']._serialized_end=361
+  _globals['_CANISTERCALLREQUEST']._serialized_start=363
+  _globals['_CANISTERCALLREQUEST']._serialized_end=481
+  _globals['_CANISTERREJECT']._serialized_start=483
+  _globals['_CANISTERREJECT']._serialized_end=577
+  _globals['_CANISTERCALLRESPONSE']._serialized_start=579
+  _globals['_CANISTERCALLRESPONSE']._serialized_end=673
+  _globals['_GETLOGSREQUEST']._serialized_start=675
+  _globals['_GETLOGSREQUEST']._serialized_end=751
+  _globals['_LOGENTRY']._serialized_start=753
+  _globals['_LOGENTRY']._serialized_end=813
+  _globals['_GETLOGSRESPONSE']._serialized_start=815
+  _globals['_GETLOGSRESPONSE']._serialized_end=894
+  _globals['_LISTCANISTERSREQUEST']._serialized_start=896
+  _globals['_LISTCANISTERSREQUEST']._serialized_end=957
+  _globals['_CANISTERINFO']._serialized_start=960
+  _globals['_CANISTERINFO']._serialized_end=1099
+  _globals['_LISTCANISTERSRESPONSE']._serialized_start=1101
+  _globals['_LISTCANISTERSRESPONSE']._serialized_end=1192
+  _globals['_REMOVEREQUEST']._serialized_start=1194
+  _globals['_REMOVEREQUEST']._serialized_end=1230
+  _globals['_REMOVERESPONSE']._serialized_start=1232
+  _globals['_REMOVERESPONSE']._serialized_end=1248
+  _globals['_CANISTERS']._serialized_start=1251
+  _globals['_CANISTERS']._serialized_end=1604
 # @@protoc_insertion_point(module_scope)

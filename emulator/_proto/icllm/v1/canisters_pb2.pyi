@@ -100,19 +100,23 @@ class InstallResponse(_message.Message):
 
     CANISTER_ID_FIELD_NUMBER: _builtins.int
     CANDID_FIELD_NUMBER: _builtins.int
+    CANDID_TRUNCATED_FIELD_NUMBER: _builtins.int
     canister_id: _builtins.str
     """The new canister's principal, as text."""
     candid: _builtins.str
     """Its Candid interface, from the module's candid:service section (empty if it has none)."""
+    candid_truncated: _builtins.bool
+    """The interface was longer than an answer may be (1 MiB): `candid` is its beginning."""
     def __init__(
         self,
         *,
         canister_id: _builtins.str = ...,
         candid: _builtins.str = ...,
+        candid_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candid", b"candid", "canister_id", b"canister_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candid", b"candid", "candid_truncated", b"candid_truncated", "canister_id", b"canister_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,6 +166,7 @@ class CanisterReject(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_TRUNCATED_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """The IC reject code: 1 SYS_FATAL, 2 SYS_TRANSIENT, 3 DESTINATION_INVALID, 4 CANISTER_REJECT,
     5 CANISTER_ERROR, 6 SYS_UNKNOWN.
@@ -169,16 +174,19 @@ class CanisterReject(_message.Message):
     message: _builtins.str
     error_code: _builtins.str
     """The replica's error code (IC0503 for a trap, IC0406 an explicit reject, IC0536 no such method, ...)."""
+    message_truncated: _builtins.bool
+    """The message was longer than an answer may be (1 MiB): `message` is its beginning."""
     def __init__(
         self,
         *,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         error_code: _builtins.str = ...,
+        message_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "error_code", b"error_code", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "error_code", b"error_code", "message", b"message", "message_truncated", b"message_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -215,15 +223,23 @@ class GetLogsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CANISTER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
     canister_id: _builtins.str
+    page_token: _builtins.str
+    """Empty for the first page, else the last page's next_page_token."""
+    page_size: _builtins.int
+    """At most this many entries (0: as many as fit in 1 MiB)."""
     def __init__(
         self,
         *,
         canister_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,18 +251,22 @@ class LogEntry(_message.Message):
 
     TIME_NS_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     time_ns: _builtins.int
     """Canister time of the message that printed it, in nanoseconds since the Unix epoch."""
     text: _builtins.str
+    truncated: _builtins.bool
+    """The line was longer than 64 KiB: `text` is its beginning."""
     def __init__(
         self,
         *,
         time_ns: _builtins.int = ...,
         text: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "time_ns", b"time_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "time_ns", b"time_ns", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -257,16 +277,20 @@ class GetLogsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___LogEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -276,12 +300,21 @@ Global___GetLogsResponse: _TypeAlias = GetLogsResponse  # noqa: Y015
 class ListCanistersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_token: _builtins.str
+    """Empty for the first page, else the last page's next_page_token."""
+    page_size: _builtins.int
+    """At most this many canisters (0: as many as fit in 1 MiB)."""
     def __init__(
         self,
+        *,
+        page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,10 +329,13 @@ class CanisterInfo(_message.Message):
     CYCLES_FIELD_NUMBER: _builtins.int
     UPDATE_METHODS_FIELD_NUMBER: _builtins.int
     QUERY_METHODS_FIELD_NUMBER: _builtins.int
+    METHODS_TRUNCATED_FIELD_NUMBER: _builtins.int
     canister_id: _builtins.str
     name: _builtins.str
     cycles: _builtins.str
     """The cycle balance, a decimal nat."""
+    methods_truncated: _builtins.bool
+    """The method names did not fit in an answer: some names are cut short or left out."""
     @_builtins.property
     def update_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -312,10 +348,11 @@ class CanisterInfo(_message.Message):
         cycles: _builtins.str = ...,
         update_methods: _abc.Iterable[_builtins.str] | None = ...,
         query_methods: _abc.Iterable[_builtins.str] | None = ...,
+        methods_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "cycles", b"cycles", "name", b"name", "query_methods", b"query_methods", "update_methods", b"update_methods"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "cycles", b"cycles", "methods_truncated", b"methods_truncated", "name", b"name", "query_methods", b"query_methods", "update_methods", b"update_methods"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -326,16 +363,20 @@ class ListCanistersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CANISTERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def canisters(self) -> _containers.RepeatedCompositeFieldContainer[Global___CanisterInfo]: ...
     def __init__(
         self,
         *,
         canisters: _abc.Iterable[Global___CanisterInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canisters", b"canisters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canisters", b"canisters", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,14 +81,15 @@ class CanistersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLogs(self, request, context):
-        """The canister's debug_print lines (and a line per trap), oldest first.
+        """The canister's debug_print lines (and a line per trap), oldest first, in pages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCanisters(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The installed canisters, in pages.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -47,8 +47,9 @@ class CanistersStub:
     does not block other calls.
     """
     GetLogs: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.GetLogsRequest, _canisters_pb2.GetLogsResponse]
-    """The canister's debug_print lines (and a line per trap), oldest first."""
+    """The canister's debug_print lines (and a line per trap), oldest first, in pages."""
     ListCanisters: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.ListCanistersRequest, _canisters_pb2.ListCanistersResponse]
+    """The installed canisters, in pages."""
     Remove: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.RemoveRequest, _canisters_pb2.RemoveResponse]
 
 @_typing.type_check_only
@@ -63,8 +64,9 @@ class CanistersAsyncStub(CanistersStub):
     does not block other calls.
     """
     GetLogs: _aio.UnaryUnaryMultiCallable[_canisters_pb2.GetLogsRequest, _canisters_pb2.GetLogsResponse]  # type: ignore[assignment]
-    """The canister's debug_print lines (and a line per trap), oldest first."""
+    """The canister's debug_print lines (and a line per trap), oldest first, in pages."""
     ListCanisters: _aio.UnaryUnaryMultiCallable[_canisters_pb2.ListCanistersRequest, _canisters_pb2.ListCanistersResponse]  # type: ignore[assignment]
+    """The installed canisters, in pages."""
     Remove: _aio.UnaryUnaryMultiCallable[_canisters_pb2.RemoveRequest, _canisters_pb2.RemoveResponse]  # type: ignore[assignment]
 
 class CanistersServicer(metaclass=_abc_1.ABCMeta):
@@ -94,14 +96,15 @@ class CanistersServicer(metaclass=_abc_1.ABCMeta):
         request: _canisters_pb2.GetLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_canisters_pb2.GetLogsResponse, _abc.Awaitable[_canisters_pb2.GetLogsResponse]]:
-        """The canister's debug_print lines (and a line per trap), oldest first."""
+        """The canister's debug_print lines (and a line per trap), oldest first, in pages."""
 
     @_abc_1.abstractmethod
     def ListCanisters(
         self,
         request: _canisters_pb2.ListCanistersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_canisters_pb2.ListCanistersResponse, _abc.Awaitable[_canisters_pb2.ListCanistersResponse]]: ...
+    ) -> _typing.Union[_canisters_pb2.ListCanistersResponse, _abc.Awaitable[_canisters_pb2.ListCanistersResponse]]:
+        """The installed canisters, in pages."""
 
     @_abc_1.abstractmethod
     def Remove(

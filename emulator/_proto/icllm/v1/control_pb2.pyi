@@ -370,6 +370,7 @@ class RuleMatch(_message.Message):
     REGEX_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     contains: _builtins.str
     """A substring of some message's content (of `role` messages only, when `role` is set)."""
@@ -379,6 +380,10 @@ class RuleMatch(_message.Message):
     """user, system, assistant or tool."""
     tool: _builtins.str
     """The request offers a tool of this name."""
+    last: _builtins.bool
+    """`contains`, `regex` and `role` look at the last message only (as the turn that asks, in a
+    conversation whose earlier turns every later call repeats); needs one of them.
+    """
     def __init__(
         self,
         *,
@@ -387,10 +392,11 @@ class RuleMatch(_message.Message):
         regex: _builtins.str | None = ...,
         role: _builtins.str | None = ...,
         tool: _builtins.str | None = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_contains", b"_contains", "_model", b"_model", "_regex", b"_regex", "_role", b"_role", "_tool", b"_tool", "contains", b"contains", "model", b"model", "regex", b"regex", "role", b"role", "tool", b"tool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contains", b"_contains", "_model", b"_model", "_regex", b"_regex", "_role", b"_role", "_tool", b"_tool", "contains", b"contains", "model", b"model", "regex", b"regex", "role", b"role", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_contains", b"_contains", "_model", b"_model", "_regex", b"_regex", "_role", b"_role", "_tool", b"_tool", "contains", b"contains", "last", b"last", "model", b"model", "regex", b"regex", "role", b"role", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__contains: _TypeAlias = _typing.Literal["contains"]  # noqa: Y015
     _WhichOneofArgType__contains: _TypeAlias = _typing.Literal["_contains", b"_contains"]  # noqa: Y015
@@ -1667,12 +1673,21 @@ Global___ClearOutcallRulesResponse: _TypeAlias = ClearOutcallRulesResponse  # no
 class GetOutcallsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_token: _builtins.str
+    """Empty for the first page, else the last page's next_page_token."""
+    page_size: _builtins.int
+    """At most this many outcalls (0: as many as fit in 1 MiB)."""
     def __init__(
         self,
+        *,
+        page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1699,6 +1714,7 @@ class Outcall(_message.Message):
     CYCLES_CHARGED_FIELD_NUMBER: _builtins.int
     UNEXPECTED_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     canister_id: _builtins.str
     """The canister that sent it."""
@@ -1717,6 +1733,8 @@ class Outcall(_message.Message):
     cycles_charged: _builtins.str
     unexpected: _builtins.bool
     received_at: _builtins.float
+    truncated: _builtins.bool
+    """The outcall did not fit in an answer (1 MiB): its bodies, headers or reject message are shortened."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]: ...
     @_builtins.property
@@ -1747,10 +1765,11 @@ class Outcall(_message.Message):
         cycles_charged: _builtins.str = ...,
         unexpected: _builtins.bool = ...,
         received_at: _builtins.float = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "_response", b"_response", "_upstream", b"_upstream", "max_response_bytes", b"max_response_bytes", "response", b"response", "upstream", b"upstream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "_response", b"_response", "_upstream", b"_upstream", "body", b"body", "canister_id", b"canister_id", "cycles_attached", b"cycles_attached", "cycles_charged", b"cycles_charged", "headers", b"headers", "id", b"id", "max_response_bytes", b"max_response_bytes", "method", b"method", "received_at", b"received_at", "reject_code", b"reject_code", "reject_message", b"reject_message", "response", b"response", "rule_id", b"rule_id", "transform", b"transform", "unexpected", b"unexpected", "upstream", b"upstream", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "_response", b"_response", "_upstream", b"_upstream", "body", b"body", "canister_id", b"canister_id", "cycles_attached", b"cycles_attached", "cycles_charged", b"cycles_charged", "headers", b"headers", "id", b"id", "max_response_bytes", b"max_response_bytes", "method", b"method", "received_at", b"received_at", "reject_code", b"reject_code", "reject_message", b"reject_message", "response", b"response", "rule_id", b"rule_id", "transform", b"transform", "truncated", b"truncated", "unexpected", b"unexpected", "upstream", b"upstream", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
@@ -1772,16 +1791,20 @@ class GetOutcallsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCALLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def outcalls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Outcall]: ...
     def __init__(
         self,
         *,
         outcalls: _abc.Iterable[Global___Outcall] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcalls", b"outcalls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "outcalls", b"outcalls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -285,7 +285,7 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetOutcalls(self, request, context):
-        """Every outcall since the last reset, oldest first, with what the canister got.
+        """Every outcall since the last reset, oldest first, with what the canister got; in pages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

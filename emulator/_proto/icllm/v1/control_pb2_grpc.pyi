@@ -71,7 +71,7 @@ class ControlStub:
     ListOutcallRules: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListOutcallRulesRequest, _control_pb2.ListOutcallRulesResponse]
     ClearOutcallRules: _grpc.UnaryUnaryMultiCallable[_control_pb2.ClearOutcallRulesRequest, _control_pb2.ClearOutcallRulesResponse]
     GetOutcalls: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetOutcallsRequest, _control_pb2.GetOutcallsResponse]
-    """Every outcall since the last reset, oldest first, with what the canister got."""
+    """Every outcall since the last reset, oldest first, with what the canister got; in pages."""
     SetOutcallPolicy: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetOutcallPolicyRequest, _control_pb2.SetOutcallPolicyResponse]
     """strict: unscripted outcalls are marked unexpected (the plugin fails the test for them);
     allow_loopback: unscripted outcalls to 127.0.0.1, ::1 or localhost are sent there for real.
@@ -120,7 +120,7 @@ class ControlAsyncStub(ControlStub):
     ListOutcallRules: _aio.UnaryUnaryMultiCallable[_control_pb2.ListOutcallRulesRequest, _control_pb2.ListOutcallRulesResponse]  # type: ignore[assignment]
     ClearOutcallRules: _aio.UnaryUnaryMultiCallable[_control_pb2.ClearOutcallRulesRequest, _control_pb2.ClearOutcallRulesResponse]  # type: ignore[assignment]
     GetOutcalls: _aio.UnaryUnaryMultiCallable[_control_pb2.GetOutcallsRequest, _control_pb2.GetOutcallsResponse]  # type: ignore[assignment]
-    """Every outcall since the last reset, oldest first, with what the canister got."""
+    """Every outcall since the last reset, oldest first, with what the canister got; in pages."""
     SetOutcallPolicy: _aio.UnaryUnaryMultiCallable[_control_pb2.SetOutcallPolicyRequest, _control_pb2.SetOutcallPolicyResponse]  # type: ignore[assignment]
     """strict: unscripted outcalls are marked unexpected (the plugin fails the test for them);
     allow_loopback: unscripted outcalls to 127.0.0.1, ::1 or localhost are sent there for real.
@@ -292,7 +292,7 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.GetOutcallsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.GetOutcallsResponse, _abc.Awaitable[_control_pb2.GetOutcallsResponse]]:
-        """Every outcall since the last reset, oldest first, with what the canister got."""
+        """Every outcall since the last reset, oldest first, with what the canister got; in pages."""
 
     @_abc_1.abstractmethod
     def SetOutcallPolicy(
