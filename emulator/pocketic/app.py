@@ -656,6 +656,20 @@ def create_app(server: PocketIcServer) -> Starlette:
             route(f"{base}/settings", _control("GetConfig", cpb.GetConfigRequest), ["GET"]),
             route(f"{base}/settings", _control("Configure", cpb.ConfigureRequest), ["POST"]),
             route(f"{base}/reset", icllm_reset, ["POST"]),
+            route(f"{base}/balances", _control("GetBalances", cpb.GetBalancesRequest), ["GET"]),
+            route(f"{base}/balances", _control("SetBalance", cpb.SetBalanceRequest), ["POST"]),
+            route(f"{base}/cassette", _control("UseCassette", cpb.UseCassetteRequest), ["POST"]),
+            route(f"{base}/cassette", _control("EjectCassette", cpb.EjectCassetteRequest), ["DELETE"]),
+            route(
+                f"{base}/outcall-rules", _control("ListOutcallRules", cpb.ListOutcallRulesRequest), ["GET"]
+            ),
+            route(f"{base}/outcall-rules", _control("AddOutcallRules", cpb.AddOutcallRulesRequest), ["POST"]),
+            route(
+                f"{base}/outcall-rules",
+                _control("ClearOutcallRules", cpb.ClearOutcallRulesRequest),
+                ["DELETE"],
+            ),
+            route(f"{base}/outcalls", _control("GetOutcalls", cpb.GetOutcallsRequest), ["GET"]),
         ]
 
     i = "/instances/{instance_id}"

@@ -243,3 +243,35 @@ def test_the_door_listens_on_loopback_only(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "listens on loopback only" in result.stderr
     assert not (tmp_path / "port").exists()
+
+
+def test_the_llm_canister_is_scripted_per_instance_over_icllm(door: Door) -> None:
+    first, second = door.create(), door.create()
+    rule = {"match": {"contains": "France"}, "action": {"reply": {"content": "Paris."}}, "times": 1}
+    added = door.http.post(f"/instances/{first}/icllm/rules", json={"rules": [rule]})
+    assert added.status_code == 200 and len(added.json()["rule_ids"]) == 1
+    (listed,) = door.http.get(f"/instances/{first}/icllm/rules").json()["rules"]
+    assert listed["rule"]["action"]["reply"]["content"] == "Paris."
+    assert door.http.get(f"/instances/{second}/icllm/rules").json() == {}
+    # the same control plane found by a subnet of the instance, as pic-js finds it
+    (subnet,) = door.http.get(f"/instances/{first}/_/topology").json()["subnet_configs"]
+    assert door.http.delete(f"/subnets/{subnet}/icllm/rules").status_code == 200
+    assert door.http.get(f"/instances/{first}/icllm/rules").json() == {}
+    outcall = {
+        "match": {"url": "https://api.example.com/x"},
+        "response": {"status": 200, "body": "eyJ1c2QiOiA5fQ=="},
+    }
+    assert (
+        door.http.post(f"/instances/{first}/icllm/outcall-rules", json={"rules": [outcall]}).status_code
+        == 200
+    )
+    assert door.http.post(f"/instances/{first}/icllm/hold", json={"hold": True}).json() == {}
+    assert door.http.post(f"/instances/{first}/icllm/release", json={"all": True}).json() == {}
+    wrong = door.http.post(f"/instances/{first}/icllm/rules", json={"rules": [{"action": {"shout": 1}}]})
+    assert wrong.status_code == 400 and "AddRulesRequest" in wrong.json()["message"]
+    both = door.http.post(f"/instances/{first}/icllm/release", json={"all": True, "job_ids": ["x"]})
+    assert both.status_code == 400 and "not both" in both.json()["message"]
+    unknown = door.http.get("/subnets/aaaaa-aa/icllm/rules")
+    assert (
+        unknown.status_code == 404 and "no live PocketIC instance has a subnet" in unknown.json()["message"]
+    )
