@@ -149,9 +149,13 @@ class PocketInstance:
 
     def subnet_of(self, canister: bytes) -> Subnet | None:
         """The subnet a canister is on, or None when no canister (nor the LLM canister) has that id."""
-        if canister == principal_bytes(LLM_CANISTER_ID) or canister in self.runtime.lifecycle.records:
+        if canister == principal_bytes(LLM_CANISTER_ID) or self.exists(canister):
             return self.main_subnet
         return None
+
+    def exists(self, canister: bytes) -> bool:
+        """A canister the IC has: created (installed or empty), or a stand-in scripted at that id."""
+        return canister in self.runtime.lifecycle.records or canister in self.runtime.standins
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -229,7 +233,7 @@ class PocketInstance:
     def _admission(self, canister: bytes, method: str) -> Response | None:
         if canister == b"" or canister == principal_bytes(LLM_CANISTER_ID):
             return None
-        if canister not in self.runtime.lifecycle.records:
+        if not self.exists(canister):
             return Response.rejected(
                 RejectCode.DESTINATION_INVALID,
                 f"Canister {principal_text(canister)} not found in PocketIC instance {self.id}",
