@@ -8,212 +8,29 @@ never a 500. Everything is answered synchronously: no `state_label`/`op_id` "bus
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import gc
-import gzip
-import hashlib
-import inspect
-import json
 import logging
-import time
-import zlib
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from icllm_emulator.config import EmulatorConfig
 from icllm_emulator.domain import Reject, RejectCode
-from icllm_emulator.errors import ErrorKind, IcllmError
 from icllm_emulator.outcalls import HttpResponse
 from icllm_emulator.pocketic import wire
+from icllm_emulator.pocketic.control import control_routes
+from icllm_emulator.pocketic.handlers import Handler, endpoint, read_body, read_json
 from icllm_emulator.pocketic.instance import GENESIS_NS, SUBNET_KINDS, PocketInstance
+from icllm_emulator.pocketic.server import PocketIcServer
 from icllm_emulator.pocketic.wire import BadRequest, b64, blob, field, nat, principal
 from icllm_emulator.runtime.messages import Response as CallResponse
 
 log = logging.getLogger("icllm.pocketic")
 
-# A JSON request carries at most one ingress message (2 MiB on the IC) in base64, and a little more.
-MAX_JSON_BYTES = 4 * 1024 * 1024
 # The blob store takes stable memory images (the IC's stable memory is up to 500 GiB; a test's is small).
 MAX_BLOB_BYTES = 256 * 1024 * 1024
-MAX_BLOB_STORE_BYTES = 1024 * 1024 * 1024
-# Each instance is an IC with its own engine and canisters; a Motoko agent takes some 10-20 MiB.
-DEFAULT_MAX_INSTANCES = 64
-# PocketIC's default: a server (and here an instance) unused this long is freed.
-DEFAULT_TTL_SECONDS = 60
 _PAGE = 65536
-
-
-class PocketIcServer:
-    """The server's state: its instances, their limit and time-to-live, and the blob store."""
-
-    def __init__(
-        self,
-        config: EmulatorConfig,
-        *,
-        max_instances: int = DEFAULT_MAX_INSTANCES,
-        ttl_seconds: float = DEFAULT_TTL_SECONDS,
-    ) -> None:
-        self.config = config
-        self.max_instances = max_instances
-        self.ttl_seconds = ttl_seconds
-        self.instances: dict[int, PocketInstance] = {}
-        self.deleted: dict[int, str] = {}
-        self.next_id = 0
-        self.blobs: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
-        self.last_request = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    # -- instances ----------------------------------------------------------------------------------
-
-    def get(self, request: Request) -> PocketInstance:
-        """The instance a request names: by its id, or (for /subnets/{subnet_id}/icllm/) by a subnet."""
-        if "subnet_id" in request.path_params:
-            return self._by_subnet(request.path_params["subnet_id"])
-        text = request.path_params["instance_id"]
-        try:
-            instance_id = int(text)
-        except ValueError:
-            raise BadRequest(
-                f"the instance id is a number, as POST /instances returns; got {text!r}"
-            ) from None
-        instance = self.instances.get(instance_id)
-        if instance is None:
-            why = self.deleted.get(instance_id)
-            if why is not None:
-                raise BadRequest(f"PocketIC instance {instance_id} was deleted ({why})", 410)
-            live = ", ".join(str(i) for i in self.instances) or "none"
-            raise BadRequest(f"no PocketIC instance {instance_id} (live instances: {live})", 404)
-        instance.last_used = time.monotonic()
-        return instance
-
-    def _by_subnet(self, subnet_id: str) -> PocketInstance:
-        """Clients that do not show the instance id (pic-js) know their subnets from the topology."""
-        for instance in self.instances.values():
-            if any(subnet.id == subnet_id for subnet in instance.subnets):
-                instance.last_used = time.monotonic()
-                return instance
-        raise BadRequest(
-            f"no live PocketIC instance has a subnet {subnet_id} (the topology lists an instance's subnets)",
-            404,
-        )
-
-    async def create(self, kinds: list[str]) -> PocketInstance:
-        async with self._lock:
-            if len(self.instances) >= self.max_instances:
-                raise BadRequest(
-                    f"this server holds {self.max_instances} PocketIC instances at once "
-                    f"(--max-instances), each a whole IC in memory: delete one (tearDown) or start the "
-                    "server with a larger --max-instances",
-                    429,
-                )
-            instance = PocketInstance(self.next_id, self.config, kinds)
-            self.next_id += 1
-            await instance.start()
-            self.instances[instance.id] = instance
-            return instance
-
-    async def delete(self, instance_id: int, why: str) -> None:
-        instance = self.instances.pop(instance_id, None)
-        if instance is not None:
-            self.deleted[instance_id] = why
-            await instance.close()
-            del instance
-            gc.collect()  # an IC is a web of references (runtime, lifecycle, engine): free its memory now
-
-    async def sweep(self) -> None:
-        """Free every instance unused for the time-to-live."""
-        now = time.monotonic()
-        unused = [i for i, instance in self.instances.items() if now - instance.last_used > self.ttl_seconds]
-        for instance_id in unused:
-            log.info("freeing PocketIC instance %d, unused for %g s", instance_id, self.ttl_seconds)
-            await self.delete(instance_id, f"unused for more than --ttl {self.ttl_seconds:g} s")
-
-    async def close(self) -> None:
-        for instance_id in list(self.instances):
-            await self.delete(instance_id, "the server stopped")
-
-    # -- blobs --------------------------------------------------------------------------------------
-
-    def put_blob(self, data: bytes, gzipped: bool) -> bytes:
-        blob_id = hashlib.sha256(data).digest()
-        self.blobs[blob_id] = (data, gzipped)
-        self.blobs.move_to_end(blob_id)
-        while sum(len(d) for d, _ in self.blobs.values()) > MAX_BLOB_STORE_BYTES and len(self.blobs) > 1:
-            self.blobs.popitem(last=False)
-        return blob_id
-
-    def get_blob(self, blob_id: bytes) -> bytes:
-        entry = self.blobs.get(blob_id)
-        if entry is None:
-            raise BadRequest(
-                f"no blob {blob_id.hex()} in the blob store: upload it with POST /blobstore first"
-            )
-        data, gzipped = entry
-        if not gzipped:
-            return data
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
-            raise BadRequest(
-                f"blob {blob_id.hex()} was uploaded as gzip but does not decompress: {error}"
-            ) from None
-
-
-Handler = Callable[[PocketIcServer, Request], Awaitable[Any]]
-
-
-def _endpoint(handler: Handler, server: PocketIcServer) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        server.last_request = time.monotonic()
-        try:
-            result = await handler(server, request)
-        except BadRequest as error:
-            return JSONResponse({"message": error.message}, status_code=error.status)
-        except IcllmError as error:
-            status = 404 if error.kind is ErrorKind.NOT_FOUND else 400
-            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            return JSONResponse({"message": message}, status_code=status)
-        except Exception as error:  # a fault of the door: still JSON, so the client shows it
-            log.exception("the PocketIC door failed on %s %s", request.method, request.url.path)
-            return JSONResponse(
-                {"message": f"the PocketIC door failed on {request.url.path}: {error!r}"}, status_code=500
-            )
-        if isinstance(result, Response):
-            return result
-        return JSONResponse(result)
-
-    return endpoint
-
-
-async def _json(request: Request) -> Any:
-    body = await _body(request, MAX_JSON_BYTES)
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadRequest(f"the body of {request.url.path} is not JSON: {error}") from None
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(f"the body is {declared} bytes; {request.url.path} takes at most {limit}", 413)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"the body is over {limit} bytes; {request.url.path} takes at most {limit}", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _call_json(response: CallResponse) -> dict[str, Any]:
@@ -235,7 +52,7 @@ async def list_instances(server: PocketIcServer, request: Request) -> Any:
 
 
 async def create_instance(server: PocketIcServer, request: Request) -> Any:
-    body = await _json(request)
+    body = await read_json(request)
     where = "POST /instances"
     config_set = field(body, "subnet_config_set", dict, where)
     kinds: list[str] = []
@@ -333,7 +150,7 @@ async def topology(server: PocketIcServer, request: Request) -> Any:
 
 
 async def upload_blob(server: PocketIcServer, request: Request) -> Any:
-    data = await _body(request, MAX_BLOB_BYTES)
+    data = await read_body(request, MAX_BLOB_BYTES)
     encoding = request.headers.get("content-encoding", "")
     if encoding not in ("", "gzip"):
         raise BadRequest(f"the blob store takes Content-Encoding gzip or none, got {encoding!r}")
@@ -370,7 +187,7 @@ async def get_time(server: PocketIcServer, request: Request) -> Any:
 
 async def set_time(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    body = await _json(request)
+    body = await read_json(request)
     await instance.set_time(nat(body, "nanos_since_epoch", request.url.path, bits=64))
     return None
 
@@ -384,7 +201,7 @@ async def auto_progress(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
     if request.method == "GET":
         return instance.auto_progress is not None
-    body = await _json(request) or {}
+    body = await read_json(request) or {}
     delay = body.get("artificial_delay_ms") if isinstance(body, dict) else None
     if delay is not None and (not isinstance(delay, int) or delay < 0):
         raise BadRequest(f"auto_progress: artificial_delay_ms is a natural number of ms, got {delay!r}")
@@ -412,7 +229,7 @@ def _canister_call(body: Any, where: str) -> tuple[bytes, bytes, str, bytes, tup
 
 async def submit_ingress(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    sender, canister, method, payload, effective = _canister_call(await _json(request), request.url.path)
+    sender, canister, method, payload, effective = _canister_call(await read_json(request), request.url.path)
     submitted = instance.submit(sender, canister, method, payload)
     if isinstance(submitted, CallResponse):
         return _call_json(submitted)
@@ -434,7 +251,7 @@ def _message(instance: PocketInstance, body: Any, where: str) -> Any:
 
 async def await_ingress(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    message = _message(instance, await _json(request), request.url.path)
+    message = _message(instance, await read_json(request), request.url.path)
     try:
         return _call_json(await asyncio.shield(message.task))
     except asyncio.CancelledError:
@@ -445,7 +262,7 @@ async def await_ingress(server: PocketIcServer, request: Request) -> Any:
 
 async def ingress_status(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    body = await _json(request)
+    body = await read_json(request)
     message = _message(instance, field(body, "raw_message_id", dict, request.url.path), request.url.path)
     caller = body.get("raw_caller")
     if isinstance(caller, dict) and principal(caller, "principal_id", request.url.path) != message.sender:
@@ -459,7 +276,7 @@ async def ingress_status(server: PocketIcServer, request: Request) -> Any:
 
 async def query(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    sender, canister, method, payload, _ = _canister_call(await _json(request), request.url.path)
+    sender, canister, method, payload, _ = _canister_call(await read_json(request), request.url.path)
     return _call_json(await instance.call(sender, canister, method, payload, query=True))
 
 
@@ -480,14 +297,14 @@ def _record(instance: PocketInstance, body: Any, where: str) -> Any:
 
 async def get_cycles(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    record = _record(instance, await _json(request), request.url.path)
+    record = _record(instance, await read_json(request), request.url.path)
     live = instance.runtime.canisters.get(record.principal)
     return {"cycles": record.balance if live is None else live.balance}
 
 
 async def add_cycles(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    body = await _json(request)
+    body = await read_json(request)
     record = _record(instance, body, request.url.path)
     instance.runtime.lifecycle.deposit_cycles(record.principal, nat(body, "amount", request.url.path))
     live = instance.runtime.canisters.get(record.principal)
@@ -496,14 +313,14 @@ async def add_cycles(server: PocketIcServer, request: Request) -> Any:
 
 async def get_stable_memory(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    record = _record(instance, await _json(request), request.url.path)
+    record = _record(instance, await read_json(request), request.url.path)
     live = instance.runtime.canisters.get(record.principal)
     return {"blob": b64(b"" if live is None else bytes(live.stable))}
 
 
 async def set_stable_memory(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    body = await _json(request)
+    body = await read_json(request)
     record = _record(instance, body, request.url.path)
     data = server.get_blob(blob(body, "blob_id", request.url.path))
     live = instance.runtime.canisters.get(record.principal)
@@ -517,13 +334,13 @@ async def set_stable_memory(server: PocketIcServer, request: Request) -> Any:
 
 async def get_controllers(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    record = _record(instance, await _json(request), request.url.path)
+    record = _record(instance, await read_json(request), request.url.path)
     return [{"principal_id": b64(c)} for c in sorted(record.controllers)]
 
 
 async def get_subnet(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    body = await _json(request)
+    body = await read_json(request)
     subnet = instance.subnet_of(principal(body, "canister_id", request.url.path))
     return None if subnet is None else {"subnet_id": b64(subnet.principal)}
 
@@ -569,7 +386,7 @@ def _outcall_response(value: Any, where: str) -> HttpResponse | Reject:
 
 async def mock_canister_http(server: PocketIcServer, request: Request) -> Any:
     instance = server.get(request)
-    body = await _json(request)
+    body = await read_json(request)
     where = request.url.path
     response = _outcall_response(field(body, "response", dict, where), where)
     try:
@@ -589,88 +406,9 @@ async def pub_key(server: PocketIcServer, request: Request) -> Any:
     )
 
 
-# -- /icllm/: the LLM canister's control plane, per instance ----------------------------------------
-
-
-def _control(method: str, request_type: Any) -> Handler:
-    """A Control RPC over JSON: the body is the request message in proto3 JSON, the answer likewise."""
-
-    async def handler(server: PocketIcServer, request: Request) -> Any:
-        from icllm_emulator.grpc_api.servicers import ControlServicer
-
-        instance = server.get(request)
-        body = await _json(request) if request.method != "GET" else None
-        message = request_type()
-        try:
-            json_format.ParseDict(body or {}, message)
-        except json_format.ParseError as error:
-            raise BadRequest(
-                f"{request.url.path}: the body is not a {request_type.__name__}: {error}"
-            ) from None
-        servicer = ControlServicer(instance.engine)
-        run = inspect.unwrap(getattr(servicer, method))
-        try:
-            result = await run(servicer, message, None)
-        except Reject as reject:
-            raise BadRequest(reject.message) from None
-        except (ValueError, KeyError) as error:
-            if isinstance(error, IcllmError):
-                raise
-            raise BadRequest(str(error)) from None
-        return json_format.MessageToDict(result, preserving_proto_field_name=True)
-
-    return handler
-
-
-async def icllm_reset(server: PocketIcServer, request: Request) -> Any:
-    """The LLM canister back to its start: rules, holds, queue, history, cassette, settings; the
-    instance's canisters and time stay."""
-    engine = server.get(request).engine
-    engine.queue.reset()
-    engine.rules.clear()
-    engine.history.clear()
-    engine.canister.ledger.balances.clear()
-    engine.cassettes.reset()
-    initial = engine.initial_config
-    engine.configure(**{f.name: getattr(initial, f.name) for f in dataclasses.fields(initial)})
-    return {}
-
-
 def create_app(server: PocketIcServer) -> Starlette:
-    from icllm_emulator._proto.icllm.v1 import control_pb2 as cpb
-
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
-        return Route(path, _endpoint(handler, server), methods=methods)
-
-    def control_routes(base: str) -> list[Route]:
-        return [
-            route(f"{base}/rules", _control("ListRules", cpb.ListRulesRequest), ["GET"]),
-            route(f"{base}/rules", _control("AddRules", cpb.AddRulesRequest), ["POST"]),
-            route(f"{base}/rules", _control("ClearRules", cpb.ClearRulesRequest), ["DELETE"]),
-            route(f"{base}/hold", _control("SetHold", cpb.SetHoldRequest), ["POST"]),
-            route(f"{base}/release", _control("Release", cpb.ReleaseRequest), ["POST"]),
-            route(f"{base}/pause", _control("SetPaused", cpb.SetPausedRequest), ["POST"]),
-            route(f"{base}/jobs", _control("ListJobs", cpb.ListJobsRequest), ["GET"]),
-            route(f"{base}/history", _control("GetHistory", cpb.GetHistoryRequest), ["GET"]),
-            route(f"{base}/stats", _control("GetStats", cpb.GetStatsRequest), ["GET"]),
-            route(f"{base}/settings", _control("GetConfig", cpb.GetConfigRequest), ["GET"]),
-            route(f"{base}/settings", _control("Configure", cpb.ConfigureRequest), ["POST"]),
-            route(f"{base}/reset", icllm_reset, ["POST"]),
-            route(f"{base}/balances", _control("GetBalances", cpb.GetBalancesRequest), ["GET"]),
-            route(f"{base}/balances", _control("SetBalance", cpb.SetBalanceRequest), ["POST"]),
-            route(f"{base}/cassette", _control("UseCassette", cpb.UseCassetteRequest), ["POST"]),
-            route(f"{base}/cassette", _control("EjectCassette", cpb.EjectCassetteRequest), ["DELETE"]),
-            route(
-                f"{base}/outcall-rules", _control("ListOutcallRules", cpb.ListOutcallRulesRequest), ["GET"]
-            ),
-            route(f"{base}/outcall-rules", _control("AddOutcallRules", cpb.AddOutcallRulesRequest), ["POST"]),
-            route(
-                f"{base}/outcall-rules",
-                _control("ClearOutcallRules", cpb.ClearOutcallRulesRequest),
-                ["DELETE"],
-            ),
-            route(f"{base}/outcalls", _control("GetOutcalls", cpb.GetOutcallsRequest), ["GET"]),
-        ]
+        return Route(path, endpoint(handler, server), methods=methods)
 
     i = "/instances/{instance_id}"
     return Starlette(
@@ -705,8 +443,8 @@ def create_app(server: PocketIcServer) -> Starlette:
             route("/http_gateway", not_emulated, ["POST"]),
             route("/http_gateway/{gateway_id}/stop", not_emulated, ["POST"]),
             route("/read_graph/{state_label}/{op_id}", not_emulated, ["GET"]),
-            *control_routes(f"{i}/icllm"),
-            *control_routes("/subnets/{subnet_id}/icllm"),
+            *control_routes(f"{i}/icllm", route),
+            *control_routes("/subnets/{subnet_id}/icllm", route),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
     )

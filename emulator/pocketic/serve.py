@@ -27,7 +27,8 @@ import uvicorn
 from icllm_emulator.addresses import is_loopback_host
 from icllm_emulator.config import ConfigError, EmulatorConfig
 from icllm_emulator.ollama.serve import _Uvicorn, guarded_protocol
-from icllm_emulator.pocketic.app import DEFAULT_MAX_INSTANCES, DEFAULT_TTL_SECONDS, PocketIcServer, create_app
+from icllm_emulator.pocketic.app import create_app
+from icllm_emulator.pocketic.server import DEFAULT_MAX_INSTANCES, DEFAULT_TTL_SECONDS, PocketIcServer
 from icllm_emulator.pocketic.wire import SERVER_VERSION
 
 log = logging.getLogger("icllm.pocketic")

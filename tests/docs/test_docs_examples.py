@@ -341,7 +341,8 @@ def test_the_pocketic_reference_lists_every_route_the_door_serves() -> None:
     """Each PocketIC route of the door is a row of docs/reference/pocketic.md (the /icllm/ ones are in
     docs/reference/http.md)."""
     from icllm_emulator.config import EmulatorConfig
-    from icllm_emulator.pocketic.app import PocketIcServer, create_app
+    from icllm_emulator.pocketic.app import create_app
+    from icllm_emulator.pocketic.server import PocketIcServer
 
     page = (DOCS / "reference" / "pocketic.md").read_text(encoding="utf-8")
     icllm = (DOCS / "reference" / "http.md").read_text(encoding="utf-8")

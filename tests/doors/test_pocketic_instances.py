@@ -8,7 +8,7 @@ import weakref
 import pytest
 
 from icllm_emulator.config import EmulatorConfig
-from icllm_emulator.pocketic.app import PocketIcServer
+from icllm_emulator.pocketic.server import PocketIcServer
 
 
 @pytest.mark.asyncio
