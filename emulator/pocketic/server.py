@@ -25,6 +25,8 @@ MAX_BLOB_STORE_BYTES = 1024 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 64
 # PocketIC's default: a server (and here an instance) unused this long is freed.
 DEFAULT_TTL_SECONDS = 60
+# How many deleted instances' reasons are kept for the 410 a client gets when it uses one.
+DELETED_KEPT = 10_000
 
 
 class PocketIcServer:
@@ -41,7 +43,8 @@ class PocketIcServer:
         self.max_instances = max_instances
         self.ttl_seconds = ttl_seconds
         self.instances: dict[int, PocketInstance] = {}
-        self.deleted: dict[int, str] = {}
+        # why each recent instance went (older ones are only known to be gone: their id is below next_id)
+        self.deleted: OrderedDict[int, str] = OrderedDict()
         self.next_id = 0
         self.blobs: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
         self.last_request = time.monotonic()
@@ -62,9 +65,11 @@ class PocketIcServer:
             ) from None
         instance = self.instances.get(instance_id)
         if instance is None:
-            why = self.deleted.get(instance_id)
-            if why is not None:
-                raise BadRequest(f"PocketIC instance {instance_id} was deleted ({why})", 410)
+            if 0 <= instance_id < self.next_id:
+                why = self.deleted.get(instance_id)
+                raise BadRequest(
+                    f"PocketIC instance {instance_id} was deleted" + (f" ({why})" if why else ""), 410
+                )
             live = ", ".join(str(i) for i in self.instances) or "none"
             raise BadRequest(f"no PocketIC instance {instance_id} (live instances: {live})", 404)
         instance.last_used = time.monotonic()
@@ -100,6 +105,8 @@ class PocketIcServer:
         instance = self.instances.pop(instance_id, None)
         if instance is not None:
             self.deleted[instance_id] = why
+            while len(self.deleted) > DELETED_KEPT:
+                self.deleted.popitem(last=False)
             await instance.close()
             del instance
             gc.collect()  # an IC is a web of references (runtime, lifecycle, engine): free its memory now

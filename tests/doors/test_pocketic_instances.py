@@ -33,3 +33,23 @@ async def test_an_instance_unused_for_the_ttl_is_swept() -> None:
     await server.sweep()
     assert server.instances == {}
     assert "unused for more than --ttl 0 s" in server.deleted[kept.id]
+
+
+@pytest.mark.asyncio
+async def test_only_recent_reasons_are_kept_but_every_deleted_id_answers_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starlette.requests import Request
+
+    from icllm_emulator.pocketic import server as module
+    from icllm_emulator.pocketic.wire import BadRequest
+
+    monkeypatch.setattr(module, "DELETED_KEPT", 2)
+    server = PocketIcServer(EmulatorConfig())
+    for _ in range(3):
+        await server.delete((await server.create(["Application"])).id, "deleted by its client")
+    assert list(server.deleted) == [1, 2]
+    scope = {"type": "http", "path_params": {"instance_id": "0"}, "headers": []}
+    with pytest.raises(BadRequest) as gone:
+        server.get(Request(scope))
+    assert (gone.value.status, gone.value.message) == (410, "PocketIC instance 0 was deleted")
