@@ -13,6 +13,10 @@ from Python at the ICP ledger's id, once a real ledger module installed beside i
 
 Install: a canister from the compiled-module disk cache (a fresh runtime), from the runtime's memory
 (a second install), and the cold compile that the cache saves. The Rust and ic-cdk (Azle) agents too.
+
+Lifecycle: for the Motoko agent with a conversation in it, restoring a snapshot (what a per-test
+restore does) against installing it afresh, and an upgrade (enhanced orthogonal persistence, the
+heap kept). Aim: a restore at most a fifth of a fresh install.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from icllm_emulator.server import ThreadedEmulator
 
 TARGET_RATIO = 2.0
 LEDGER_ID = "ryjl3-tyaaa-aaaaa-aaaba-cai"
+RESTORE_TARGET = 0.2
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "canisters" / "build.py"
 
 
@@ -220,12 +225,76 @@ def installs(repeat: int) -> int:
     return 0
 
 
+def lifecycle(repeat: int) -> int:
+    """Restore a snapshot vs install afresh vs upgrade, the Motoko agent, in one runtime."""
+    from icllm_emulator.clock import RealClock
+    from icllm_emulator.runtime.ids import ANONYMOUS
+    from icllm_emulator.runtime.management.lifecycle import InstallMode, UpgradeOptions
+    from icllm_emulator.runtime.messages import Response
+
+    path = built("motoko-agent")
+    wasm = modules.unpack(path.read_bytes())
+    answer = Interface("service : { a : () -> (text) }").encode_reply("a", ("an answer",))
+
+    async def llm(*_: Any) -> Response:
+        return Response(reply=answer)
+
+    async def measure() -> dict[str, list[float]]:
+        runtime = CanisterRuntime(RealClock(), llm)
+        runtime.install(wasm)  # compiled into the runtime's memory
+        agent = runtime.install(wasm)
+        prompt = Interface(agent.candid or "").encode_call("prompt", ("hello",))
+        for _ in range(5):
+            await runtime.call(agent.id, "prompt", prompt)
+        snapshot = runtime.lifecycle.take_snapshot(ANONYMOUS, agent.principal)
+        out: dict[str, list[float]] = {"install afresh": [], "restore a snapshot": [], "upgrade": []}
+        keep = UpgradeOptions(wasm_memory_persistence="keep")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            fresh = runtime.install(wasm)
+            out["install afresh"].append(time.perf_counter() - started)
+            runtime.remove(fresh.id)
+            await runtime.call(agent.id, "prompt", prompt)  # the test changed the state
+            started = time.perf_counter()
+            await runtime.lifecycle.load_snapshot(ANONYMOUS, agent.principal, snapshot.id)
+            out["restore a snapshot"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await runtime.lifecycle.install_code(
+                ANONYMOUS, agent.principal, wasm, b"DIDL\0\0", InstallMode.UPGRADE, keep
+            )
+            out["upgrade"].append(time.perf_counter() - started)
+        return out
+
+    results = asyncio.run(measure())
+    print(f"lifecycle of the Motoko agent (median of {repeat}):")
+    medians = {name: statistics.median(samples) * 1e3 for name, samples in results.items()}
+    for name, median in medians.items():
+        print(f"  {name:<24} {median:7.2f} ms")
+    ratio = medians["restore a snapshot"] / medians["install afresh"]
+    print(
+        f"  restore / fresh install: {ratio:.2f} (aim <= {RESTORE_TARGET}: "
+        f"{'met' if ratio <= RESTORE_TARGET else 'NOT met'})"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench canister", description=__doc__)
     parser.add_argument("--calls", type=int, default=300, help="calls per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--repeat", type=int, default=3, help="installs and compiles per module")
+    parser.add_argument(
+        "--only", choices=["messages", "neighbours", "installs", "lifecycle"], help="one part only"
+    )
     args = parser.parse_args(argv)
-    status = per_message(args.calls, args.rounds)
-    status |= neighbours(args.calls, args.rounds)
-    return status | installs(args.repeat)
+    parts: dict[str, Callable[[], int]] = {
+        "messages": lambda: per_message(args.calls, args.rounds),
+        "neighbours": lambda: neighbours(args.calls, args.rounds),
+        "installs": lambda: installs(args.repeat),
+        "lifecycle": lambda: lifecycle(max(args.repeat, 20)),
+    }
+    status = 0
+    for name, part in parts.items():
+        if args.only in (None, name):
+            status |= part()
+    return status

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -24,8 +24,16 @@ from icllm_emulator.errors import IcllmError
 from icllm_emulator.rules import Hang, RuleError, parse_reject_code
 from icllm_emulator.runtime import CanisterReject, CanisterRuntime, InstallSettings, RuntimeUsageError
 from icllm_emulator.runtime.errors import ModuleError
-from icllm_emulator.runtime.ic import DEFAULT_CYCLES, LLM_CANISTER_ID, principal_bytes, principal_text
+from icllm_emulator.runtime.ids import (
+    ANONYMOUS,
+    DEFAULT_CYCLES,
+    LLM_CANISTER_ID,
+    principal_bytes,
+    principal_text,
+)
 from icllm_emulator.runtime.instance import CanisterInstance
+from icllm_emulator.runtime.management.lifecycle import InstallMode, UpgradeOptions, auto_persistence
+from icllm_emulator.runtime.module import inspect, unpack
 from icllm_emulator.runtime.standins import (
     Answer,
     Delay,
@@ -38,6 +46,7 @@ from icllm_emulator.runtime.standins import (
     StandInRule,
     Trap,
 )
+from icllm_emulator.runtime.system_api import PAGE
 from icllm_emulator.runtime.values import Interface
 
 T = TypeVar("T")
@@ -184,15 +193,21 @@ class Canister:
     `pytest_icllm.CanisterReject` with the IC reject code, message and error code.
     """
 
-    def __init__(self, ic: CanisterIC, instance: CanisterInstance, interface: Interface | None) -> None:
+    def __init__(self, ic: CanisterIC, canister_id: str, interface: Interface | None) -> None:
         self._ic = ic
-        self._instance = instance
+        self._id = canister_id
+        self._principal = principal_bytes(canister_id)
         self.interface = interface
 
     @property
     def id(self) -> str:
         """The canister's principal, as text."""
-        return self._instance.id
+        return self._id
+
+    @property
+    def _instance(self) -> CanisterInstance:
+        """The module running now (an upgrade or a restore puts another in its place)."""
+        return self._ic.runtime.get(self._id)
 
     def __repr__(self) -> str:
         return f"<Canister {self.id}>"
@@ -266,13 +281,165 @@ class Canister:
 
     @property
     def logs(self) -> list[str]:
-        """What the canister printed with `debug_print`, and its traps, oldest first."""
-        return self._ic.loop.run(self._ic.read(lambda: [line.text for line in self._instance.logs]))
+        """What the canister printed with `debug_print`, and its traps, oldest first (across upgrades)."""
+        return self._ic.loop.run(
+            self._ic.read(lambda: [line.text for line in self._ic.runtime.record(self.id).logs])
+        )
 
     @property
     def balance(self) -> int:
-        """The canister's cycle balance."""
-        return self._ic.loop.run(self._ic.read(lambda: self._instance.balance))
+        """The canister's cycle balance (read by the test whoever controls the canister)."""
+
+        def read() -> int:
+            instance = self._ic.runtime.canisters.get(self._principal)
+            return self._ic.runtime.record(self.id).balance if instance is None else instance.balance
+
+        return self._ic.loop.run(self._ic.read(read))
+
+    @property
+    def stable_memory(self) -> bytes:
+        """The canister's stable memory; assign bytes to replace it (padded with zeros to whole pages)."""
+        return self._ic.loop.run(self._ic.read(lambda: bytes(self._instance.stable)))
+
+    @stable_memory.setter
+    def stable_memory(self, data: bytes) -> None:
+        if not isinstance(data, bytes | bytearray):
+            raise RuntimeUsageError(f"stable_memory is bytes, got {type(data).__name__}")
+        padded = bytes(data) + bytes(-len(data) % PAGE)
+
+        def put() -> None:
+            instance = self._instance
+            instance.stable[:] = padded
+
+        self._ic.loop.run(self._ic.read(put))
+
+    # -- lifecycle (the management canister, asked by the test as `caller`, anonymous by default) ----
+
+    @at_the_tests_line
+    def upgrade(
+        self,
+        wasm: bytes | str | Path | None = None,
+        *,
+        init: tuple[Any, ...] | bytes | None = None,
+        skip_pre_upgrade: bool = False,
+        wasm_memory_persistence: str | None = "auto",
+        caller: str | None = None,
+    ) -> None:
+        """Upgrade to `wasm` (the installed module when None): pre_upgrade on the old module, post_upgrade
+        with `init` on the new one, stable memory kept. `wasm_memory_persistence` "auto" keeps the heap
+        of a module built for enhanced orthogonal persistence, as dfx and icp-cli ask for it; "keep",
+        "replace" or None (not asked: the IC refuses such a module) pass the option as given. A trap
+        anywhere raises `CanisterReject` and leaves the old module answering."""
+        __tracebackhide__ = True
+        self._install(InstallMode.UPGRADE, wasm, init, caller, skip_pre_upgrade, wasm_memory_persistence)
+
+    @at_the_tests_line
+    def reinstall(
+        self,
+        wasm: bytes | str | Path | None = None,
+        *,
+        init: tuple[Any, ...] | bytes | None = None,
+        caller: str | None = None,
+    ) -> None:
+        """Replace the module and wipe its state (heap and stable memory), then run canister_init."""
+        __tracebackhide__ = True
+        self._install(InstallMode.REINSTALL, wasm, init, caller, False, None)
+
+    def _install(
+        self,
+        mode: InstallMode,
+        wasm: bytes | str | Path | None,
+        init: tuple[Any, ...] | bytes | None,
+        caller: str | None,
+        skip_pre_upgrade: bool,
+        persistence: str | None,
+    ) -> None:
+        __tracebackhide__ = True
+        if persistence not in ("auto", "keep", "replace", None):
+            raise RuntimeUsageError(
+                f"wasm_memory_persistence is 'auto', 'keep', 'replace' or None, got {persistence!r}"
+            )
+        if wasm is None:
+            raw = self._ic.loop.run(self._ic.read(lambda: self._ic.runtime.record(self.id).wasm))
+            if raw is None:
+                raise RuntimeUsageError(f"{self.id} has no module installed: give upgrade() a wasm")
+            source = "the installed module"
+        else:
+            data, source = _read_wasm(wasm)
+            raw = unpack(data, source)
+        info = inspect(raw)
+        interface = self.interface
+        if wasm is not None and info.candid is not None:
+            interface = Interface(info.candid, f"{source}'s candid:service section")
+        arg = _init_arg(init, interface)
+        if persistence == "auto":
+            persistence = auto_persistence(info)
+        options = UpgradeOptions(skip_pre_upgrade, persistence)
+        sender = self._ic._sender(caller)
+        self._ic.loop.run(
+            self._ic.runtime.lifecycle.install_code(sender, self._principal, raw, arg, mode, options)
+        )
+        self.interface = interface
+
+    @at_the_tests_line
+    def stop(self, *, caller: str | None = None, wait: bool = True) -> None:
+        """Stop the canister: calls in flight finish, new ones are rejected (IC0509, then IC0508).
+
+        Returns once it is stopped; with `wait=False`, as soon as it is stopping, so that the test can
+        watch the calls in flight finish."""
+        __tracebackhide__ = True
+        stopping = self._ic.loop.submit(
+            self._ic.runtime.lifecycle.stop(self._ic._sender(caller), self._principal)
+        )
+        if wait:
+            stopping.result(DEFAULT_TIMEOUT)
+            return
+        self._ic.loop.run(asyncio.sleep(0))  # the stop has begun: checked, and the canister stopping
+        if stopping.done():
+            stopping.result()
+
+    @at_the_tests_line
+    def start(self, *, caller: str | None = None) -> None:
+        """Start a stopped (or stopping) canister: it takes calls again."""
+        __tracebackhide__ = True
+        self._manage(lambda s: self._ic.runtime.lifecycle.start(s, self._principal), caller)
+
+    @at_the_tests_line
+    def delete(self, *, caller: str | None = None) -> None:
+        """Delete the canister (stop it first, as on the IC)."""
+        __tracebackhide__ = True
+        self._manage(lambda s: self._ic.runtime.lifecycle.delete(s, self._principal), caller)
+
+    @at_the_tests_line
+    def status(self, *, caller: str | None = None) -> dict[str, Any]:
+        """canister_status as a dict: `status` ("running", "stopping" or "stopped"), `module_hash`,
+        `controllers`, `cycles`, `memory_size`, `settings`, and the interface's other fields."""
+        __tracebackhide__ = True
+        raw = self._manage(lambda s: self._ic.runtime.lifecycle.status(s, self._principal), caller)
+        result = dict(raw)
+        result["status"] = next(iter(raw["status"]))
+        result["controllers"] = list(raw["settings"]["controllers"])
+        return result
+
+    @at_the_tests_line
+    def snapshot(self, *, caller: str | None = None) -> bytes:
+        """Take a snapshot of the canister's module and state; returns its id."""
+        __tracebackhide__ = True
+        taken = self._manage(lambda s: self._ic.runtime.lifecycle.take_snapshot(s, self._principal), caller)
+        return bytes(taken.id)
+
+    @at_the_tests_line
+    def restore(self, snapshot_id: bytes, *, caller: str | None = None) -> None:
+        """Load a snapshot: the module, heap, stable memory and chunks as they were when it was taken."""
+        __tracebackhide__ = True
+        self._ic.loop.run(
+            self._ic.runtime.lifecycle.load_snapshot(self._ic._sender(caller), self._principal, snapshot_id)
+        )
+
+    def _manage(self, work: Callable[[bytes], T], caller: str | None) -> T:
+        __tracebackhide__ = True
+        sender = self._ic._sender(caller)
+        return self._ic.loop.run(self._ic.read(lambda: work(sender)))
 
 
 def _reject(code: RejectCode | int, message: str) -> Reject:
@@ -485,12 +652,14 @@ def _principal(given: str | Canister | Stub | None, what: str) -> str | None:
 class CanisterIC:
     """This test's IC: install canisters with `icllm_canister(...)`, wait for in-flight work with `settle`."""
 
-    def __init__(self, runtime: CanisterRuntime, loop: Loop) -> None:
+    def __init__(self, runtime: CanisterRuntime, loop: Loop, *, session: bool = False) -> None:
         self.runtime = runtime
         self.loop = loop
         self.canisters: list[Canister] = []
         self.stubs: list[Stub] = []
         self.faults = Faults(self)
+        # Canisters installed through the session fixture outlive each test's reset.
+        self.session = session
 
     def stub(self, principal: str, *, did: str | Path) -> Stub:
         """A stand-in canister at `principal` (any principal where no canister is installed), typed by
@@ -516,6 +685,11 @@ class CanisterIC:
 
         return self.loop.run(self.read(gather))
 
+    @staticmethod
+    def _sender(caller: str | None) -> bytes:
+        """Who manages a canister: the anonymous principal (the test) unless a caller is named."""
+        return ANONYMOUS if caller is None else principal_bytes(caller, "caller")
+
     @at_the_tests_line
     def __call__(
         self,
@@ -525,6 +699,8 @@ class CanisterIC:
         init: tuple[Any, ...] | bytes | None = None,
         env: Mapping[str, str] | None = None,
         cycles: int | None = None,
+        id: str | None = None,
+        controllers: Sequence[str] | None = None,
         instruction_limit: int | None = None,
     ) -> Canister:
         """Install a canister module (`.wasm`, `.wasm.gz` or bytes) in this test's IC.
@@ -532,7 +708,9 @@ class CanisterIC:
         `did`: its Candid interface (a .did path or text; default: the module's candid:service section).
         `init`: canister_init's arguments, a tuple of values (or Candid bytes). `env`: its environment
         variables (`PUBLIC_CANISTER_ID:llm` defaults to the LLM canister's id). `cycles`: its balance
-        (default 100T). `instruction_limit`: Wasm instructions per message (default 5 billion).
+        (default 100T). `id`: the principal to install it at (any, mainnet ids included; default the
+        next free one). `controllers`: its controllers (default: the anonymous principal, the test).
+        `instruction_limit`: Wasm instructions per message (default 5 billion).
         """
         __tracebackhide__ = True
         data, source = _read_wasm(wasm)
@@ -548,9 +726,12 @@ class CanisterIC:
                 f"instruction_limit is a number of instructions, 1 or more, got {instruction_limit!r}"
             )
 
-        async def install() -> tuple[CanisterInstance, Interface | None]:
-            from icllm_emulator.runtime.module import inspect, unpack
+        canister_id = None if id is None else principal_bytes(id, "id")
+        if isinstance(controllers, str):
+            raise RuntimeUsageError(f"controllers is a list of principals, got the text {controllers!r}")
+        owners = None if controllers is None else tuple(principal_bytes(c, "controller") for c in controllers)
 
+        async def install() -> tuple[CanisterInstance, Interface | None]:
             raw = unpack(data, source)
             interface = given
             if interface is None:
@@ -558,33 +739,49 @@ class CanisterIC:
                 interface = (
                     None if candid is None else Interface(candid, f"{source}'s candid:service section")
                 )
-            if isinstance(init, tuple):
-                if interface is None:
-                    raise RuntimeUsageError(
-                        "init= as Python values needs the canister's interface: "
-                        "pass did= or init as Candid bytes"
-                    )
-                init_arg = interface.encode_init(init)
-            elif init is None:
-                init_arg = b"DIDL\0\0"
-            elif isinstance(init, bytes | bytearray):
-                init_arg = bytes(init)
-            else:
-                raise RuntimeUsageError(f"init is a tuple of argument values or Candid bytes, got {init!r}")
+            init_arg = _init_arg(init, interface)
             settings = InstallSettings(
+                canister_id=canister_id,
+                controllers=owners,
                 init_arg=init_arg,
                 env=tuple((env or {}).items()),
                 cycles=DEFAULT_CYCLES if cycles is None else cycles,
                 name=Path(source).stem if source != "the module" else "",
                 instruction_limit=instruction_limit,
             )
-            return await self.runtime.install_async(raw, settings), interface
+            instance = await self.runtime.install_async(raw, settings)
+            if self.session:
+                self.runtime.lifecycle.pinned.add(instance.principal)
+            return instance, interface
 
         # Compiling a large module takes its time, whatever a call may take.
         instance, interface = self.loop.run(install(), max(self.loop.timeout, DEFAULT_TIMEOUT))
-        canister = Canister(self, instance, interface)
+        canister = Canister(self, instance.id, interface)
         self.canisters.append(canister)
         return canister
+
+    @at_the_tests_line
+    def get(self, principal: str, *, did: str | Path | None = None) -> Canister:
+        """A `Canister` for one installed in this IC by other means: an actor-class child, say."""
+        __tracebackhide__ = True
+        given = None if did is None else Interface(*_read_did(did))
+
+        async def find() -> str | None:
+            return self.runtime.get(principal).candid
+
+        candid = self.loop.run(find())
+        interface = given or (None if candid is None else Interface(candid, f"{principal}'s candid:service"))
+        return Canister(self, principal, interface)
+
+    @at_the_tests_line
+    def tick(self, n: int = 1) -> None:
+        """Run `n` rounds: each runs every running canister's heartbeat and what is due (timers, the
+        self-calls they make), then waits until nothing is in flight, as a PocketIC tick does."""
+        __tracebackhide__ = True
+        if not isinstance(n, int) or n < 1:
+            raise RuntimeUsageError(f"tick(n) runs n rounds, 1 or more, got {n!r}")
+        for _ in range(n):
+            self.loop.run(self.runtime.tick())
 
     @at_the_tests_line
     def settle(self, timeout: float = 5.0) -> bool:
@@ -594,6 +791,20 @@ class CanisterIC:
     async def read(self, get: Callable[[], T]) -> T:
         """Read runtime state on its own loop (never from the test's thread while a message runs)."""
         return get()
+
+
+def _init_arg(init: tuple[Any, ...] | bytes | None, interface: Interface | None) -> bytes:
+    if isinstance(init, tuple):
+        if interface is None:
+            raise RuntimeUsageError(
+                "init= as Python values needs the canister's interface: pass did= or init as Candid bytes"
+            )
+        return interface.encode_init(init)
+    if init is None:
+        return b"DIDL\0\0"
+    if isinstance(init, bytes | bytearray):
+        return bytes(init)
+    raise RuntimeUsageError(f"init is a tuple of argument values or Candid bytes, got {init!r}")
 
 
 __all__ = [

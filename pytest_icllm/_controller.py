@@ -8,6 +8,7 @@ same with both.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -334,6 +335,27 @@ class IcllmController:
                 "(or the ini key icllm_clock = virtual)",
             ) from None
         return float(response.now)
+
+    def set_time(self, when: datetime.datetime | int) -> float:
+        """Set the virtual clock to `when` (a `datetime`, or nanoseconds since the epoch); the clock never
+        moves backwards. Returns the new time in seconds."""
+        __tracebackhide__ = True
+        if isinstance(when, datetime.datetime):
+            if when.tzinfo is None:
+                raise ValueError(
+                    f"set_time needs an aware datetime (with a tzinfo, such as UTC), got {when!r}"
+                )
+            target = when.timestamp()
+        elif isinstance(when, int) and not isinstance(when, bool):
+            target = when / 1e9
+        else:
+            raise ValueError(f"set_time takes a datetime or nanoseconds (an int), got {when!r}")
+        now = self.advance(0)
+        if target < now:
+            raise ValueError(
+                f"the clock never moves backwards: it is at {now:.9f} s and set_time asked for {target:.9f} s"
+            )
+        return self.advance(target - now)
 
     def stats(self) -> Stats:
         """Counts since the test started: calls, answers, rejects by code, queue depth, tokens, latency."""

@@ -298,7 +298,7 @@ def icllm(
 def icllm_canister(
     request: pytest.FixtureRequest, icllm: IcllmController, _icllm_session: _Session
 ) -> Iterator[CanisterIC]:
-    """This test's IC: `icllm_canister(wasm, did=, init=)`, `.stub(id, did=)`, `.faults.on()`."""
+    """This test's IC: `icllm_canister(wasm, did=, init=, id=, ...)`, `.stub(id, did=)`, `.faults.on()`."""
     from pytest_icllm._canisters import CanisterIC, Loop, PrivateLoop
 
     emulator = _icllm_session.emulator
@@ -380,6 +380,27 @@ def _pending_answers(icllm: IcllmController) -> str:
         elif job.state == "LEASED":
             parts.append(f"{job.id!r} ({job.model}) is being answered by {job.worker_id or 'a worker'}")
     return "; " + "; ".join(parts)
+
+
+@pytest.fixture(scope="session")
+def icllm_canister_session(_icllm_session: _Session) -> CanisterIC:
+    """Install canisters once for the session (snapshot them, `restore` in each test): as icllm_canister."""
+    from pytest_icllm._canisters import CanisterIC, Loop
+
+    emulator = _icllm_session.emulator
+    if emulator is None:
+        pytest.fail(
+            "icllm_canister_session needs the in-process emulator: with --icllm-url each test's canisters "
+            "run in a runtime of their own; install them per test with icllm_canister",
+            pytrace=False,
+        )
+    loop = Loop(emulator.loop)
+    engine = emulator.engine
+
+    async def runtime() -> CanisterRuntime:
+        return engine.runtime
+
+    return CanisterIC(loop.run(runtime()), loop, session=True)
 
 
 def _use_cassette(controller: IcllmController) -> None:

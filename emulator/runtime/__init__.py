@@ -6,7 +6,8 @@ pytest: the plugin's `icllm_canister` fixture is one front door onto it.
 """
 
 from icllm_emulator.runtime.errors import CanisterReject, ModuleError, RuntimeUsageError, UnknownCanister
-from icllm_emulator.runtime.ic import LLM_CANISTER_ID, LLM_ENV_VAR, CanisterRuntime, InstallSettings
+from icllm_emulator.runtime.ic import CanisterRuntime, InstallSettings
+from icllm_emulator.runtime.ids import LLM_CANISTER_ID, LLM_ENV_VAR
 from icllm_emulator.runtime.messages import Response
 
 __all__ = [

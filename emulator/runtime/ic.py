@@ -18,39 +18,47 @@ from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
-from icp_principal import Principal
 
 from icllm_emulator.clock import Clock
 from icllm_emulator.domain import RejectCode
 from icllm_emulator.outcalls import OutcallBook
 from icllm_emulator.rules import Hang
 from icllm_emulator.runtime import module as modules
+from icllm_emulator.runtime.composite import COMPOSITE_PREFIX, composite_state
 from icllm_emulator.runtime.errors import (
     CANISTER_NOT_FOUND,
     DID_NOT_REPLY,
     EXPLICIT_REJECT,
     METHOD_NOT_FOUND,
     CanisterReject,
-    ModuleError,
     RuntimeUsageError,
     UnknownCanister,
     error_code_for,
 )
+from icllm_emulator.runtime.ids import (
+    ANONYMOUS,
+    DEFAULT_CYCLES,
+    LLM_CANISTER_ID,
+    LLM_ENV_VAR,
+    MANAGEMENT,
+    principal_bytes,
+    principal_text,
+)
 from icllm_emulator.runtime.instance import CanisterInstance
 from icllm_emulator.runtime.management import Management
+from icllm_emulator.runtime.management.lifecycle import (
+    CanisterRecord,
+    InstallMode,
+    Lifecycle,
+    SettingsChange,
+    inspect_message,
+)
 from icllm_emulator.runtime.messages import Call, CallContext, Message, MessageKind, Response
 from icllm_emulator.runtime.standins import Delay, FaultBook, StandIn, reject_of
 from icllm_emulator.runtime.values import Interface
 
 log = logging.getLogger("icllm.canister")
 
-LLM_CANISTER_ID = "w36hm-eqaaa-aaaal-qr76a-cai"
-# The env var by which icp-cli projects name the LLM canister to their canisters.
-LLM_ENV_VAR = "PUBLIC_CANISTER_ID:llm"
-ANONYMOUS = Principal.anonymous().bytes
-MANAGEMENT = b""
-# What a canister is given at install unless a test says otherwise (the IC's default for a new canister).
-DEFAULT_CYCLES = 100_000_000_000_000
 # Wasm instructions per message. The IC allows 40 billion for an update; Wasm runs here at 1-2 billion
 # a second, so an endless loop would take half a minute to stop: 5 billion (the IC's query limit) ends
 # it in a few seconds, and is far above what a canister's LLM logic executes.
@@ -66,19 +74,6 @@ FIRST_CANISTER_INDEX = 0xFFFFFFFFFFF00000
 LlmCall = Callable[[str, bytes, str, int], Awaitable[Response]]
 
 
-def principal_bytes(text: str, what: str = "canister id") -> bytes:
-    try:
-        return bytes(Principal.from_str(text).bytes)
-    except Exception:
-        raise RuntimeUsageError(
-            f"{what} {text!r} is not a textual principal (like {LLM_CANISTER_ID})"
-        ) from None
-
-
-def principal_text(raw: bytes) -> str:
-    return str(Principal(bytes(raw)).to_str())
-
-
 @dataclass(frozen=True, slots=True)
 class InstallSettings:
     """What `install` was given, beside the module."""
@@ -90,6 +85,9 @@ class InstallSettings:
     name: str = ""
     # Wasm instructions per message for this canister (None: the runtime's limit).
     instruction_limit: int | None = None
+    # The principal to install at (None: the next free id), and every controller (None: `controller`).
+    canister_id: bytes | None = None
+    controllers: tuple[bytes, ...] | None = None
 
 
 class CanisterRuntime:
@@ -119,6 +117,7 @@ class CanisterRuntime:
         self.engine = modules.make_engine()
         self.canisters: dict[bytes, CanisterInstance] = {}
         self.management = Management(self)
+        self.lifecycle = Lifecycle(self)
         # Canisters scripted from the test, by principal, and faults on calls between canisters.
         self.standins: dict[bytes, StandIn] = {}
         self.faults = FaultBook()
@@ -170,60 +169,42 @@ class CanisterRuntime:
         A module that is not Wasm or does not instantiate is a `ModuleError`; a trap in `canister_init`
         is a `CanisterReject` (the canister is not created), as `install_code` fails on the IC.
         """
-        info, module = self.compile(wasm) if compiled is None else compiled
-        principal = self._new_id()
-        text = principal_text(principal)
+        compiled = self.compile(wasm) if compiled is None else compiled
         env = dict(settings.env)
         env.setdefault(LLM_ENV_VAR, LLM_CANISTER_ID)
-        instance = CanisterInstance(
-            self,
-            principal,
-            text,
-            module,
-            info,
-            env=env,
+        controllers = settings.controllers or (settings.controller,)
+        record = self.lifecycle.create(
+            settings.controller,
             cycles=settings.cycles,
-            controllers=frozenset({settings.controller}),
-            candid=info.candid,
-            name=settings.name or text,
-            instruction_limit=settings.instruction_limit or self.instruction_limit,
+            settings=SettingsChange(controllers=controllers, environment_variables=tuple(env.items())),
+            specified_id=settings.canister_id,
         )
         try:
-            self._init(instance, settings)
-        except BaseException:
-            instance.close()  # not created: what it took is freed at once
-            raise
-        self.canisters[principal] = instance
-        self._schedule_timer(instance)
-        return instance
-
-    def _init(self, instance: CanisterInstance, settings: InstallSettings) -> None:
-        if "canister_init" in instance.functions:
-            message = Message(
-                MessageKind.INIT,
-                None,
-                arg=settings.init_arg,
-                caller=settings.controller,
-                time_ns=self.now_ns(),
+            return self.lifecycle.install_compiled(
+                record,
+                modules.unpack(wasm),
+                compiled,
+                settings.init_arg,
+                InstallMode.INSTALL,
+                sender=controllers[0],
+                name=settings.name,
+                instruction_limit=settings.instruction_limit,
             )
-            trap = instance.run(message, "canister_init")
-            if trap is not None:
-                raise CanisterReject(
-                    RejectCode.CANISTER_ERROR,
-                    f"Error from Canister {instance.id}: canister_init trapped: {trap.message}",
-                    trap.error_code,
-                )
-            self._finish(instance, message, None)
-        elif settings.init_arg and settings.init_arg != b"DIDL\0\0":
-            raise ModuleError("an init argument was given, but the module has no canister_init to take it")
+        except BaseException:
+            del self.lifecycle.records[record.principal]  # a failed install leaves no canister behind
+            raise
+
+    def next_id(self) -> bytes:
+        """The next canister id that no canister has (a specified id may have taken one in the sequence)."""
+        while True:
+            principal = self._new_id()
+            if principal not in self.lifecycle.records and principal not in self.standins:
+                return principal
 
     def _new_id(self) -> bytes:
-        while True:
-            index = self._next_index
-            self._next_index += 1
-            principal = index.to_bytes(8, "big") + b"\x01\x01"
-            if principal not in self.standins:
-                return principal
+        index = self._next_index
+        self._next_index += 1
+        return index.to_bytes(8, "big") + b"\x01\x01"
 
     def stub(self, canister_id: str, interface: Interface) -> StandIn:
         """A stand-in at `canister_id`, answering calls from its rules (see `standins`)."""
@@ -233,7 +214,7 @@ class CanisterRuntime:
                 f"{canister_id} is the {'LLM' if principal else 'management'} canister, which the emulator "
                 "serves itself (script the LLM with icllm.on); a stand-in takes any other principal"
             )
-        if principal in self.canisters:
+        if principal in self.lifecycle.records:
             raise RuntimeUsageError(
                 f"a canister is installed at {canister_id}; a stand-in takes a principal where none is"
             )
@@ -256,6 +237,7 @@ class CanisterRuntime:
         """Uninstall a canister: its pending calls end, their callers get SYS_... rejects as on the IC."""
         instance = self.get(canister_id)
         del self.canisters[instance.principal]
+        self.lifecycle.records.pop(instance.principal, None)
         timer = self._timers.pop(instance.principal, None)
         if timer is not None:
             timer[1].cancel()
@@ -269,6 +251,44 @@ class CanisterRuntime:
         )
         instance.close()
 
+    def retire(self, instance: CanisterInstance, why: str) -> None:
+        """An instance replaced by another module (upgrade, reinstall, uninstall, snapshot): calls that
+        wait on it end with a reject, its timer stops, its memory is freed; the new one takes its place."""
+        self.set_aside(instance, why)
+        instance.close()
+
+    def set_aside(self, instance: CanisterInstance, why: str) -> None:
+        """Calls that wait on the instance end with a reject and its timer stops; the instance lives on."""
+        timer = self._timers.pop(instance.principal, None)
+        if timer is not None:
+            timer[1].cancel()
+        self.end_calls(instance, why)
+
+    def end_calls(self, instance: CanisterInstance, why: str) -> None:
+        self._end_calls(
+            instance,
+            Response.rejected(
+                RejectCode.CANISTER_ERROR,
+                f"Canister {instance.id} was {why} before it answered",
+                CANISTER_NOT_FOUND if why == "removed" else "IC0503",
+            ),
+        )
+
+    def schedule_timer(self, instance: CanisterInstance) -> None:
+        self._schedule_timer(instance)
+
+    def after_system_message(self, instance: CanisterInstance, message: Message) -> None:
+        """A committed canister_init or post_upgrade: its calls are sent, its timer set."""
+        self._finish(instance, message, None)
+
+    def record(self, canister_id: str) -> CanisterRecord:
+        """A canister's record, installed or empty (an `UnknownCanister` if there is none)."""
+        record = self.lifecycle.records.get(principal_bytes(canister_id))
+        if record is None:
+            self.get(canister_id)  # raises with the list of installed canisters
+            raise UnknownCanister(f"no canister {canister_id} exists")
+        return record
+
     @staticmethod
     def _end_calls(instance: CanisterInstance, response: Response) -> None:
         """Every call still waiting on this canister ends with `response` (none waits for good)."""
@@ -276,7 +296,8 @@ class CanisterRuntime:
             context.respond(response)
 
     def clear(self) -> None:
-        """Remove every canister and stop everything in flight (between tests)."""
+        """Remove every canister but the session's and stop everything in flight (between tests)."""
+        kept = self.lifecycle.set_aside_pinned()
         for instance in self.canisters.values():
             self._end_calls(
                 instance,
@@ -298,6 +319,8 @@ class CanisterRuntime:
         self._next_index = FIRST_CANISTER_INDEX  # each test's first canister gets the same id
         self._last_ns = 0  # the clock may have been reset
         self.management = Management(self)
+        self.lifecycle = Lifecycle(self)
+        self.lifecycle.put_back_pinned(kept)
 
     # -- calls from outside (ingress) ------------------------------------------------------------
 
@@ -325,6 +348,8 @@ class CanisterRuntime:
             response = await standin.answer(method, arg, principal_text(caller_bytes), cycles)
         else:
             assert instance is not None
+            if not query and instance.entry_point(method, False) == (f"canister_update {method}", False):
+                inspect_message(self, instance, method, arg, caller_bytes)
             response = await self.deliver(instance, method, arg, caller_bytes, cycles, query=query)
         if response.reply is None:
             assert response.reject_code is not None
@@ -366,12 +391,25 @@ class CanisterRuntime:
                 refund=cycles,
             )
         export, as_query = entry
+        refused = self.lifecycle.admit(instance.principal)
+        if refused is not None:
+            return Response(None, refused.reject_code, refused.reject_message, refused.error_code, cycles)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        context = CallContext(caller, method, 0 if as_query else cycles, deadline_ns, future)
+        composite = export.startswith(COMPOSITE_PREFIX)
+        context = CallContext(
+            caller, method, 0 if as_query else cycles, deadline_ns, future, composite=composite
+        )
         instance.open_contexts.add(context)
-        future.add_done_callback(lambda _: instance.open_contexts.discard(context))
+
+        def ended(_: object) -> None:
+            instance.open_contexts.discard(context)
+            self.lifecycle.context_ended(instance)
+
+        future.add_done_callback(ended)
         message = Message(
-            MessageKind.QUERY if as_query else MessageKind.UPDATE,
+            MessageKind.COMPOSITE_QUERY
+            if composite
+            else (MessageKind.QUERY if as_query else MessageKind.UPDATE),
             context,
             method=method,
             arg=arg,
@@ -379,7 +417,8 @@ class CanisterRuntime:
             time_ns=self.now_ns(),
             deadline_ns=deadline_ns,
         )
-        trap = instance.run(message, export, context)
+        with composite_state(instance, context):
+            trap = instance.run(message, export, context)
         self._finish(instance, message, trap)
         response = await future
         if as_query and cycles:
@@ -440,6 +479,7 @@ class CanisterRuntime:
 
     async def _send(self, instance: CanisterInstance, call: Call) -> None:
         """Deliver one outgoing call and run the callback with its response."""
+        epoch = instance.epoch
         if call.timeout is None:
             response = await self._route(instance, call, 0)
         else:
@@ -459,7 +499,8 @@ class CanisterRuntime:
                     f"{call.method!r} got no response within {call.timeout} s; its outcome is unknown",
                     error_code_for(RejectCode.SYS_UNKNOWN),
                 )
-        self._callback(instance, call, response)
+        if instance.epoch == epoch:  # else a snapshot was loaded: the callback belongs to a past state
+            self._callback(instance, call, response)
 
     async def _route(self, instance: CanisterInstance, call: Call, deadline_ns: int) -> Response:
         arg = bytes(call.arg)
@@ -495,6 +536,9 @@ class CanisterRuntime:
             await asyncio.sleep(0)  # as for a canister: the answer comes after the caller's message
             return await standin.answer(call.method, arg, instance.id, call.cycles)
         target = self.canisters.get(call.callee)
+        empty = self.lifecycle.empty_reject(call.callee) if target is None else None
+        if empty is not None:
+            return Response(None, empty.reject_code, empty.reject_message, empty.error_code, call.cycles)
         if target is None:
             return Response.rejected(
                 RejectCode.DESTINATION_INVALID,
@@ -505,7 +549,13 @@ class CanisterRuntime:
             )
         await asyncio.sleep(0)  # the callee's message runs after the caller's, never inside it
         return await self.deliver(
-            target, call.method, arg, instance.principal, call.cycles, deadline_ns=deadline_ns
+            target,
+            call.method,
+            arg,
+            instance.principal,
+            call.cycles,
+            query=call.query_only,
+            deadline_ns=deadline_ns,
         )
 
     def _callback(self, instance: CanisterInstance, call: Call, response: Response) -> None:
@@ -528,12 +578,13 @@ class CanisterRuntime:
             reject_message="" if replied else response.reject_message,
             refunded=response.refund,
         )
-        trap = instance.run(message, call.reply if replied else call.reject, context)
-        if trap is not None and call.cleanup is not None:
-            cleanup = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
-            failed = instance.run(cleanup, call.cleanup, context)
-            if failed is not None:
-                instance.log_trap(cleanup, failed)
+        with composite_state(instance, context):
+            trap = instance.run(message, call.reply if replied else call.reject, context)
+            if trap is not None and call.cleanup is not None:
+                cleanup = Message(MessageKind.CLEANUP, context, time_ns=message.time_ns)
+                failed = instance.run(cleanup, call.cleanup, context)
+                if failed is not None:
+                    instance.log_trap(cleanup, failed)
         self._finish(instance, message, trap)
 
     # -- timers ---------------------------------------------------------------------------------------
@@ -554,6 +605,8 @@ class CanisterRuntime:
         if self.canisters.get(instance.principal) is not instance or instance.timer != when_ns:
             return
         self._timers.pop(instance.principal, None)
+        if self.lifecycle.admit(instance.principal) is not None:
+            return  # a stopped canister's timer waits for start_canister
         instance.timer = 0  # the IC deactivates the timer as it fires
         if "canister_global_timer" not in instance.functions:
             return
@@ -561,6 +614,19 @@ class CanisterRuntime:
         message = Message(MessageKind.TIMER, None, time_ns=self.now_ns(), caller=MANAGEMENT)
         trap = instance.run(message, "canister_global_timer")
         self._finish(instance, message, trap)
+
+    async def tick(self) -> None:
+        """One round: every running canister's heartbeat, then what is due runs until nothing is in flight."""
+        for instance in list(self.canisters.values()):
+            if (
+                "canister_heartbeat" in instance.functions
+                and self.lifecycle.admit(instance.principal) is None
+            ):
+                message = Message(MessageKind.HEARTBEAT, None, time_ns=self.now_ns(), caller=MANAGEMENT)
+                trap = instance.run(message, "canister_heartbeat")
+                self._finish(instance, message, trap)
+        await asyncio.sleep(0)
+        await self.settle()
 
     # -- waiting ------------------------------------------------------------------------------------
 

@@ -39,6 +39,17 @@ class LogLine:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A canister's whole state beside its module: what a canister snapshot keeps and an upgrade restores."""
+
+    heap: bytes
+    globals: tuple[Any, ...]
+    stable: bytes
+    certified_data: bytes
+    timer: int
+
+
 @dataclass(slots=True)
 class _Snapshot:
     heap_size: int
@@ -79,6 +90,8 @@ class CanisterInstance:
         self.controllers = controllers
         self.candid = candid
         self.version = 1
+        # Bumped when a snapshot is loaded in place: responses to calls made before it are dropped.
+        self.epoch = 0
         self.timer = 0
         self.certified_data = b""
         self.stable = bytearray()
@@ -218,7 +231,7 @@ class CanisterInstance:
             error = CanisterTrap(f"Canister trapped: {_first_line(failure)}", WASM_TRAP)
         finally:
             self.api.message = None
-        if error is not None or message.kind is MessageKind.QUERY:
+        if error is not None or message.kind in (MessageKind.QUERY, MessageKind.INSPECT):
             self._restore(snapshot, context)
         else:
             del self._journal[snapshot.journal_start :]
@@ -289,6 +302,39 @@ class CanisterInstance:
         self.certified_data = snapshot.certified_data
         if context is not None and snapshot.cycles_available is not None:
             context.cycles_available = snapshot.cycles_available
+
+    def image(self) -> Image:
+        """The heap, globals, stable memory, certified data and timer as they are between messages."""
+        base, length = self._heap()
+        return Image(
+            heap=ctypes.string_at(base, length) if length else b"",
+            globals=tuple(g.value(self.store) for g in self.globals),
+            stable=bytes(self.stable),
+            certified_data=self.certified_data,
+            timer=self.timer,
+        )
+
+    def load_image(self, image: Image, *, heap: bool = True) -> None:
+        """Put an `image` back (the heap too unless `heap` is False, as an upgrade that keeps only stable
+        memory); a heap smaller than the image's grows to its size, a larger one is zeroed past it."""
+        if heap:
+            self.load_heap(image.heap)
+            for g, value in zip(self.globals, image.globals, strict=True):
+                g.set_value(self.store, value)
+        self.stable[:] = image.stable
+        self._journal.clear()
+        self.certified_data = image.certified_data
+        self.timer = image.timer
+
+    def load_heap(self, data: bytes) -> None:
+        """Write `data` over the heap from address 0, growing the memory to hold it."""
+        _, length = self._heap()
+        if len(data) > length:
+            self.memory.grow(self.store, (len(data) - length + PAGE - 1) // PAGE)
+        base, length = self._heap()
+        ctypes.memmove(base, data, len(data))
+        if length > len(data):
+            ctypes.memset(base + len(data), 0, length - len(data))
 
     # -- stable memory ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from icllm_emulator.domain import RejectCode
 
@@ -13,16 +14,21 @@ class MessageKind(enum.StrEnum):
     INIT = "canister_init"
     UPDATE = "an update"
     QUERY = "a query"
+    COMPOSITE_QUERY = "a composite query"
     REPLY_CALLBACK = "a reply callback"
     REJECT_CALLBACK = "a reject callback"
     CLEANUP = "a cleanup callback"
     TIMER = "canister_global_timer"
+    HEARTBEAT = "canister_heartbeat"
+    PRE_UPGRADE = "canister_pre_upgrade"
+    POST_UPGRADE = "canister_post_upgrade"
+    INSPECT = "canister_inspect_message"
     START = "the start function"
 
     @classmethod
     def replying(cls) -> tuple[MessageKind, ...]:
         """Messages that may reply to (or reject) their call context."""
-        return (cls.UPDATE, cls.QUERY, cls.REPLY_CALLBACK, cls.REJECT_CALLBACK)
+        return (cls.UPDATE, cls.QUERY, cls.COMPOSITE_QUERY, cls.REPLY_CALLBACK, cls.REJECT_CALLBACK)
 
     @classmethod
     def callbacks(cls) -> tuple[MessageKind, ...]:
@@ -31,7 +37,16 @@ class MessageKind(enum.StrEnum):
     @classmethod
     def calling(cls) -> tuple[MessageKind, ...]:
         """Messages that may make calls (a query may not: composite queries are not emulated)."""
-        return (cls.INIT, cls.UPDATE, cls.REPLY_CALLBACK, cls.REJECT_CALLBACK, cls.TIMER)
+        return (
+            cls.INIT,
+            cls.POST_UPGRADE,
+            cls.UPDATE,
+            cls.COMPOSITE_QUERY,
+            cls.REPLY_CALLBACK,
+            cls.REJECT_CALLBACK,
+            cls.TIMER,
+            cls.HEARTBEAT,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,9 @@ class CallContext:
     deadline_ns: int
     response: asyncio.Future[Response]
     outstanding: int = 0
+    # A composite query's call: its calls reach queries only; `private` is its state between messages.
+    composite: bool = False
+    private: Any = None
 
     @property
     def responded(self) -> bool:
@@ -95,6 +113,7 @@ class Call:
     arg: bytearray = field(default_factory=bytearray)
     cycles: int = 0
     timeout: int | None = None  # seconds, for a bounded-wait (best-effort) call
+    query_only: bool = False  # made by a composite query: the callee runs it as a query
 
 
 @dataclass(eq=False)
@@ -117,6 +136,7 @@ class Message:
     building: Call | None = None
     calls: list[Call] = field(default_factory=list)
     fuel: int = 0
+    accepted: bool = False  # canister_inspect_message called accept_message
 
     @property
     def replied(self) -> bool:

@@ -271,6 +271,47 @@ def prepare(wasm: bytes, info: ModuleInfo) -> bytes:
     return bytes(out)
 
 
+START_EXPORT = "__icllm_start"
+_SECTION_START = 8
+
+
+def defer_start(wasm: bytes) -> bytes:
+    """The module without its start section, the start function exported as `START_EXPORT` instead.
+
+    An upgrade that keeps the heap (enhanced orthogonal persistence) must run the new module's start
+    function on the kept memory, as the IC does: instantiate, put the heap in, then call it. A module
+    without a start function comes back as it is.
+    """
+    start: bytes | None = None
+    pos = 8
+    while pos < len(wasm):
+        size, body = _leb(wasm, pos + 1)
+        if wasm[pos] == _SECTION_START:
+            start = wasm[body : body + size]
+        pos = body + size
+    if start is None:
+        return wasm
+    entry = _uleb(len(START_EXPORT)) + START_EXPORT.encode() + b"\x00" + start
+    out = bytearray(wasm[:8])
+    pos = 8
+    done = False
+    while pos < len(wasm):
+        section = wasm[pos]
+        size, body = _leb(wasm, pos + 1)
+        end = body + size
+        if section == _SECTION_EXPORT:
+            count, p = _leb(wasm, body)
+            out += _encoded(section, _uleb(count + 1) + wasm[p:end] + entry)
+            done = True
+        elif section != _SECTION_START:
+            if not done and section in _AFTER_EXPORT:
+                out += _encoded(_SECTION_EXPORT, _uleb(1) + entry)
+                done = True
+            out += wasm[pos:end]
+        pos = end
+    return bytes(out)
+
+
 def explain(error: BaseException) -> str:
     """wasmtime's multi-line error as one line: its causes, innermost last."""
     lines = [line.strip() for line in str(error).splitlines()]

@@ -192,10 +192,10 @@ class SystemApi:
         self._copy_out("msg_method_name_copy", name, dst, offset, size)
 
     def ic0_accept_message(self) -> None:
-        raise CanisterTrap(
-            "ic0.accept_message can be called only in canister_inspect_message, which ingress "
-            "calls in the canister runtime do not run (not emulated)"
-        )
+        message = self._running("accept_message", MessageKind.INSPECT)
+        if message.accepted:
+            raise CanisterTrap("ic0.accept_message was called twice in canister_inspect_message")
+        message.accepted = True
 
     def ic0_msg_reject_code(self) -> int:
         return self._running("msg_reject_code").reject_code
@@ -318,7 +318,9 @@ class SystemApi:
         return int(principal in self.instance.controllers)
 
     def ic0_in_replicated_execution(self) -> int:
-        return int(self._running("in_replicated_execution").kind is not MessageKind.QUERY)
+        message = self._running("in_replicated_execution")
+        composite = message.context is not None and message.context.composite
+        return int(message.kind is not MessageKind.QUERY and not composite)
 
     def ic0_time(self) -> int:
         return self._running("time").time_ns
@@ -458,6 +460,7 @@ class SystemApi:
             reply=(reply_fun, reply_env),
             reject=(reject_fun, reject_env),
             context=message.context,
+            query_only=message.context is not None and message.context.composite,
         )
 
     def ic0_call_on_cleanup(self, fun: int, env: int) -> None:

@@ -10,6 +10,8 @@ wire module the Candid door uses.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -281,3 +283,80 @@ def from_candid(kind: Any, value: Any) -> Any:
     if isinstance(kind, c.NullClass | c.ReservedClass):
         return None
     return value
+
+
+# -- JSON (the gRPC door's form of values) -----------------------------------------------------------
+
+# Integers beyond this travel as decimal strings: a JavaScript number holds no larger one exactly.
+JSON_SAFE_INT = 2**53 - 1
+
+
+def from_json(types: tuple[Any, ...], given: Any, what: str) -> tuple[Any, ...]:
+    """Values given as JSON (an array, one element per type) in the shape of the module docstring:
+    `nat`/`int` may be decimal strings, `blob` base64 text. Checked by `to_candid` when encoded."""
+    if not isinstance(given, list) or len(given) != len(types):
+        raise RuntimeUsageError(
+            f"{what} is a JSON array of {len(types)} value(s) "
+            f"({', '.join(describe(t) for t in types) or 'none'}), got {_short(given)}"
+        )
+    return tuple(_from_json(t, v, f"{what}[{i}]") for i, (t, v) in enumerate(zip(types, given, strict=True)))
+
+
+def _from_json(kind: Any, value: Any, where: str) -> Any:
+    kind = _resolve(kind)
+    if isinstance(kind, c.OptClass):
+        return None if value is None else _from_json(kind._type, value, where)
+    if isinstance(kind, c.NatClass | c.IntClass | c.FixedNatClass | c.FixedIntClass) and isinstance(
+        value, str
+    ):
+        try:
+            return int(value, 10)
+        except ValueError:
+            raise _fail(where, kind, value, "a JSON number or a decimal string") from None
+    if isinstance(kind, c.VecClass):
+        if getattr(kind, "_is_blob", False) and isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise _fail(where, kind, value, "a blob is base64 text") from None
+        if isinstance(value, list):
+            return [_from_json(kind._type, item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(kind, c.RecordClass):
+        if _is_tuple(kind) and isinstance(value, list):
+            types = [t for _, t in kind._field_map.values()]
+            if len(value) == len(types):
+                return tuple(
+                    _from_json(t, v, f"{where}.{i}")
+                    for i, (t, v) in enumerate(zip(types, value, strict=True))
+                )
+        elif isinstance(value, dict):
+            fields = dict(kind._field_map.values())
+            return {
+                k: _from_json(fields[k], v, f"{where}.{k}") if k in fields else v for k, v in value.items()
+            }
+    if isinstance(kind, c.VariantClass) and isinstance(value, dict) and len(value) == 1:
+        cases = dict(kind._field_map.values())
+        ((case, inner),) = value.items()
+        return {case: _from_json(cases[case], inner, f"{where}.{case}") if case in cases else inner}
+    return value  # as given: to_candid says what does not fit
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def to_json(value: Any) -> Any:
+    """Python values (as `from_candid` gives them) as JSON values: bytes as base64 text, tuples as
+    arrays, integers beyond 2^53 as decimal strings."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= JSON_SAFE_INT else str(value)
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return str(value)

@@ -69,3 +69,15 @@ def motoko_wallet() -> Path:
 def motoko_ledger() -> Path:
     """A small ledger with the ICP ledger's `account_balance` and `transfer`, as a real neighbour."""
     return module_path("motoko-ledger")
+
+
+@pytest.fixture(scope="session")
+def motoko_agent_classical() -> Path:
+    """The Motoko agent, classical persistence (wasm32): stable variables survive upgrades."""
+    return module_path("motoko-agent-classical")
+
+
+@pytest.fixture(scope="session")
+def motoko_factory() -> Path:
+    """A Motoko factory whose actor class creates child agents through the management canister."""
+    return module_path("motoko-factory")

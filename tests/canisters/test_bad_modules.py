@@ -189,8 +189,10 @@ def test_calls_to_unknown_canisters_and_unemulated_management_methods_are_reject
     answer = caller.update_raw("call", call_arg(unknown, "hello"))
     assert answer.startswith(b"3Canister ")
     assert b"not found" in answer
+    answer = caller.update_raw("call", call_arg(b"", "sign_with_ecdsa"))
+    assert answer.startswith(b"4the management canister's method 'sign_with_ecdsa' is not emulated")
     answer = caller.update_raw("call", call_arg(b"", "create_canister"))
-    assert answer.startswith(b"4the management canister's method 'create_canister' is not emulated")
+    assert answer.startswith(b"5Error decoding candid of 'create_canister' for the management canister")
 
 
 def test_raw_rand_repeats_for_a_seed(icllm_canister: CanisterIC) -> None:
@@ -206,7 +208,7 @@ def test_raw_rand_repeats_for_a_seed(icllm_canister: CanisterIC) -> None:
 def test_calls_between_canisters_and_to_itself(icllm_canister: CanisterIC) -> None:
     replier = icllm_canister(wasm(REPLIER))
     caller = icllm_canister(wasm(CALLER))
-    from icllm_emulator.runtime.ic import principal_bytes
+    from icllm_emulator.runtime.ids import principal_bytes
 
     assert caller.update_raw("call", call_arg(principal_bytes(replier.id), "ok")) == b"DIDL\x00\x01\x71\x02ok"
     rejected = caller.update_raw("call", call_arg(principal_bytes(replier.id), "silent"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from icllm_emulator.runtime.management import http_interface
+from icllm_emulator.runtime.management.http import http_interface
 from pytest_icllm import CanisterReject, IcllmController
 from pytest_icllm._canisters import CanisterIC
 from pytest_icllm.plugin import EmulatorAddress

@@ -189,6 +189,57 @@ def test_every_way_a_canister_goes_frees_its_store_and_host_functions(
     asyncio.run(main())
 
 
+# A module whose canister_post_upgrade traps: an upgrade to it is rolled back after it was instantiated.
+POST_UPGRADE_TRAPS = INIT_TRAPS.replace("canister_init", "canister_post_upgrade")
+EMPTY = '(module (memory (export "memory") 1))'
+
+
+def test_every_module_the_management_canister_drops_is_freed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An upgrade, a reinstall, a snapshot of another module, an uninstall, a failed upgrade and a
+    deletion each leave one live instance at most: the one they replaced is closed."""
+    from wasmtime import _func
+
+    from icllm_emulator.runtime.ids import ANONYMOUS
+    from icllm_emulator.runtime.management.lifecycle import InstallMode
+
+    monkeypatch.setenv(modules.CACHE_ENV, str(tmp_path))
+
+    def registered() -> int:
+        return len(_func.FUNCTIONS.handles)
+
+    async def main() -> None:
+        ic = runtime(tmp_path)
+        start = registered()
+        first = ic.install(COUNTER_WASM)
+        one = registered()
+        lifecycle, principal, arg = ic.lifecycle, first.principal, b"DIDL\0\0"
+        upgraded = await lifecycle.install_code(ANONYMOUS, principal, COUNTER_WASM, arg, InstallMode.UPGRADE)
+        assert first.closed and registered() == one
+        snapshot = lifecycle.take_snapshot(ANONYMOUS, principal)
+        other = await lifecycle.install_code(
+            ANONYMOUS, principal, bytes(wasmtime.wat2wasm(EMPTY)), arg, InstallMode.REINSTALL
+        )
+        assert upgraded.closed
+        await lifecycle.load_snapshot(ANONYMOUS, principal, snapshot.id)  # another module: a new instance
+        assert other.closed and registered() == one
+        with pytest.raises(CanisterReject, match="canister_post_upgrade trapped"):
+            await lifecycle.install_code(
+                ANONYMOUS, principal, bytes(wasmtime.wat2wasm(POST_UPGRADE_TRAPS)), arg, InstallMode.UPGRADE
+            )
+        assert registered() == one
+        restored = ic.canisters[principal]
+        await lifecycle.uninstall_code(ANONYMOUS, principal)
+        assert restored.closed and registered() == start
+        again = await lifecycle.install_code(ANONYMOUS, principal, COUNTER_WASM, arg, InstallMode.INSTALL)
+        await lifecycle.stop(ANONYMOUS, principal)
+        lifecycle.delete(ANONYMOUS, principal)
+        assert again.closed and registered() == start
+
+    asyncio.run(main())
+
+
 def test_a_call_that_reaches_a_canister_removed_on_its_way_is_rejected(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -62,7 +62,9 @@ FIXTURE_DOCS = {
     "or the one at --icllm-url / ICLLM_URL.",
     "icllm_config": "Per-test emulator settings; override this fixture in a conftest, at any scope.",
     "icllm_canister": "This test's IC: "
-    "`icllm_canister(wasm, did=, init=)`, `.stub(id, did=)`, `.faults.on()`.",
+    "`icllm_canister(wasm, did=, init=, id=, ...)`, `.stub(id, did=)`, `.faults.on()`.",
+    "icllm_canister_session [[]session scope[]]": "Install canisters once for the session "
+    "(snapshot them, `restore` in each test): as icllm_canister.",
 }
 
 

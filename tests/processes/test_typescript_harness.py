@@ -23,6 +23,8 @@ def test_the_typescript_harness_passes() -> None:
         "ICLLM_PYTHON": sys.executable,
         "ICLLM_AGENT_WASM": str(module_path("rust-agent")),
         "ICLLM_MOTOKO_WASM": str(module_path("motoko-agent")),
+        "ICLLM_WALLET_WASM": str(module_path("motoko-wallet")),
+        "ICLLM_LEDGER_WASM": str(module_path("motoko-ledger")),
     }
     result = subprocess.run(
         ["node", "--import", "tsx", "--test", "canisters.test.ts"],
@@ -33,4 +35,4 @@ def test_the_typescript_harness_passes() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# pass 5" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 7" in result.stdout and "# fail 0" in result.stdout

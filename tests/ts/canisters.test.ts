@@ -3,8 +3,10 @@
 // answer over Control, and encodes and decodes Candid with DFINITY's own @dfinity/candid.
 //
 // Run by tests/test_typescript_harness.py (make test) with ICLLM_PYTHON (the emulator's interpreter),
-// ICLLM_AGENT_WASM (the Rust test agent) and ICLLM_MOTOKO_WASM (the Motoko agent) set.
+// ICLLM_AGENT_WASM (the Rust test agent), ICLLM_MOTOKO_WASM (the Motoko agent), ICLLM_WALLET_WASM (a
+// Motoko wallet that calls a ledger) and ICLLM_LEDGER_WASM (a small ledger) set.
 import { IDL } from '@dfinity/candid';
+import { Principal } from '@dfinity/principal';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -157,4 +159,94 @@ test("a canister's HTTP outcall is scripted over Control, and too few cycles are
             [url, '']
         ]
     );
+});
+
+// The management canister, stand-ins and faults, over the same Canisters service.
+const LEDGER = 'ryjl3-tyaaa-aaaaa-aaaba-cai';
+const OWNER = 'rrkah-fqaaa-aaaaa-aaaaq-cai';
+const ACCOUNT = new Uint8Array(32).fill(7);
+
+async function asked(canisterId: string): Promise<bigint> {
+    const count = await call<{ outcome: string; reply: Buffer }>(canisters, 'Call', {
+        canister_id: canisterId,
+        method: 'asked_count',
+        arg: Buffer.from(IDL.encode([], [])),
+        query: true
+    });
+    assert.equal(count.outcome, 'reply');
+    return IDL.decode([IDL.Nat], bytes(count.reply))[0] as bigint;
+}
+
+test('a canister at a chosen id is upgraded with its state, stopped, started and restored', async () => {
+    await call(control, 'Reset', {});
+    const wasm = readFileSync(process.env.ICLLM_MOTOKO_WASM!);
+    const id = 'uxrrr-q7777-77774-qaaaq-cai';
+    const installed = await call<{ canister_id: string }>(canisters, 'Install', {
+        wasm,
+        canister_id: id,
+        controllers: [OWNER, '2vxsx-fae']
+    });
+    assert.equal(installed.canister_id, id);
+    await call(control, 'AddRules', { rules: [{ action: { reply: { content: 'noted' } } }] });
+    const prompt = () => ask(id, 'prompt', IDL.encode([IDL.Text], ['remember this']));
+    assert.equal((await prompt()).outcome, 'reply');
+    await call(canisters, 'Upgrade', { canister_id: id }); // the same module; its heap is kept
+    assert.equal(await asked(id), 1n);
+    const status = await call<{ status: string; module_hash: Buffer; controllers: string[] }>(canisters, 'Status', {
+        canister_id: id,
+        caller: OWNER
+    });
+    assert.equal(status.status, 'running');
+    assert.equal(status.module_hash.length, 32);
+    assert.deepEqual([...status.controllers].sort(), ['2vxsx-fae', OWNER].sort());
+    await call(canisters, 'Stop', { canister_id: id });
+    const stopped = await ask(id, 'prompt', IDL.encode([IDL.Text], ['hello?']));
+    assert.equal(stopped.reject!.error_code, 'IC0508');
+    await call(canisters, 'Start', { canister_id: id });
+    const { snapshot } = await call<{ snapshot: { id: Buffer } }>(canisters, 'TakeSnapshot', { canister_id: id });
+    await prompt();
+    assert.equal(await asked(id), 2n);
+    await call(canisters, 'LoadSnapshot', { canister_id: id, snapshot_id: snapshot.id });
+    assert.equal(await asked(id), 1n);
+    await assert.rejects(call(canisters, 'Stop', { canister_id: id, caller: LEDGER }), (error: grpc.ServiceError) => {
+        assert.equal(error.code, grpc.status.FAILED_PRECONDITION);
+        assert.equal(error.metadata.get('icllm-error-code')[0], 'IC0512');
+        return true;
+    });
+});
+
+test("a stand-in answers at the ledger's id, and a fault rejects a call between two canisters", async () => {
+    await call(control, 'Reset', {});
+    const did = readFileSync(join(ROOT, 'fixtures', 'canisters', 'motoko', 'ledger', 'ledger.did'), 'utf8');
+    await call(canisters, 'CreateStub', { canister_id: LEDGER, did });
+    await call(canisters, 'AddStubRules', {
+        canister_id: LEDGER,
+        rules: [{ method: 'account_balance', times: 1, reply_json: '[{"e8s": 5}]' }]
+    });
+    const wallet = (
+        await call<{ canister_id: string }>(canisters, 'Install', { wasm: readFileSync(process.env.ICLLM_WALLET_WASM!) })
+    ).canister_id;
+    const balanceAt = async (ledger: string) => {
+        const arg = IDL.encode([IDL.Principal, IDL.Vec(IDL.Nat8)], [Principal.fromText(ledger), ACCOUNT]);
+        const answer = await ask(wallet, 'balance_at', arg);
+        return IDL.decode([IDL.Text], bytes(answer.reply!))[0];
+    };
+    assert.equal(await balanceAt(LEDGER), '5 e8s');
+    const { calls } = await call<{ calls: { caller: string; rule_id: string; arg_json: string }[] }>(
+        canisters,
+        'ListStubCalls',
+        { canister_id: LEDGER }
+    );
+    assert.deepEqual(
+        calls.map((c) => [c.caller, c.rule_id, JSON.parse(c.arg_json)]),
+        [[wallet, 'rule-1', [{ account: Buffer.from(ACCOUNT).toString('base64') }]]]
+    );
+    const ledger = (
+        await call<{ canister_id: string }>(canisters, 'Install', { wasm: readFileSync(process.env.ICLLM_LEDGER_WASM!) })
+    ).canister_id;
+    await call(canisters, 'AddFaults', {
+        faults: [{ callee: ledger, method: 'account_balance', times: 1, reject: { code: 2, message: 'subnet busy' } }]
+    });
+    assert.equal(await balanceAt(ledger), 'system_transient: subnet busy');
+    assert.equal(await balanceAt(ledger), '100000000 e8s');
 });

@@ -12,7 +12,7 @@ from icllm_emulator.rules import Hang, RuleError
 from icllm_emulator.runtime import RuntimeUsageError
 from icllm_emulator.runtime.messages import Response
 from icllm_emulator.runtime.standins import Fault, FaultBook, ReplyWith, StandIn, StandInRule
-from icllm_emulator.runtime.values import Interface
+from icllm_emulator.runtime.values import Interface, from_json, to_json
 
 DID = """
 service : {
@@ -86,3 +86,49 @@ def test_faults_are_taken_in_order_until_used_up() -> None:
     assert book.select("a", "c", "x") is None
     assert book.uses() == {first.id: 1, second.id: 1}
     assert first.mismatches("a", "c", "m") == ["callee is 'c', not 'b'"]
+
+
+# -- values as JSON (the gRPC door's form) ---------------------------------------------------------
+
+JSON_DID = """
+type Result = variant { Ok : nat64; Err : record { code : int; why : opt text } };
+service : {
+  many : (record { nat8; blob }, vec principal, Result, opt bool, float64) -> ();
+}
+"""
+
+
+def test_json_values_take_the_candid_types_shape_and_come_back_the_same() -> None:
+    interface = Interface(JSON_DID)
+    types = interface.method("many").args
+    given = [
+        [255, "AAEC"],
+        ["2vxsx-fae"],
+        {"Err": {"code": "-170141183460469231731687303715884105728"}},
+        None,
+        1.5,
+    ]
+    values = from_json(types, given, "the arguments")
+    assert values == ((255, b"\0\1\2"), ["2vxsx-fae"], {"Err": {"code": -(2**127)}}, None, 1.5)
+    decoded = interface.decode_call("many", interface.encode_call("many", values))
+    assert to_json(list(decoded)) == [
+        [255, "AAEC"],
+        ["2vxsx-fae"],
+        {"Err": {"code": str(-(2**127)), "why": None}},
+        None,
+        1.5,
+    ]
+    assert from_json(interface.method("many").rets, [], "the results") == ()
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ({"a": 1}, r"the arguments is a JSON array of 5 value\(s\) \(record \{ nat8; blob \}"),
+        ([[1, "not base64!"], [], "Ok", None, 1.0], r"\[0\]\.1: expected blob, got .*a blob is base64 text"),
+        ([[1, ""], [], {"Ok": "12x"}, None, 1.0], r"\[2\]\.Ok: expected nat64.*a decimal string"),
+    ],
+)
+def test_json_that_does_not_fit_says_where_and_what_was_expected(given: Any, problem: str) -> None:
+    with pytest.raises(RuntimeUsageError, match=problem):
+        from_json(Interface(JSON_DID).method("many").args, given, "the arguments")

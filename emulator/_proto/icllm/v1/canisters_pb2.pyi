@@ -8,12 +8,24 @@ through the same canister core as LlmCanister.CallCandid (with the canister as t
 time is the emulator's clock (moved by Control.AdvanceClock). Control.Reset removes every canister.
 A canister's reject is an outcome of Call, not a gRPC error; gRPC errors are for misuse: a module that
 is not Wasm or too large (INVALID_ARGUMENT), an unknown canister (NOT_FOUND), a bad principal.
+
+The management methods (Upgrade ... DeleteSnapshot) are the management canister's (aaaaa-aa), asked
+by `caller` (default: the anonymous principal, the controller of what Install installs). What the IC
+refuses is a gRPC error whose details are the IC's message, with trailing metadata icllm-reject-code
+(1-6) and icllm-error-code (the replica's ICxxxx code): NOT_FOUND for a canister or snapshot that does
+not exist (reject code 3), FAILED_PRECONDITION for the rest (not a controller, a trap in
+post_upgrade, a canister not stopped...).
+
+Stand-ins answer at a principal where no canister is installed, from rules the harness gives, typed by
+a Candid interface; faults change calls between the canisters before they are delivered. Both end with
+Control.Reset.
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,6 +36,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WasmMemoryPersistence:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WasmMemoryPersistenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WasmMemoryPersistence.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WASM_MEMORY_PERSISTENCE_AUTO: _WasmMemoryPersistence.ValueType  # 0
+    """Keep the heap when the new module is built for Motoko's enhanced orthogonal persistence, as dfx
+    and icp-cli ask for it; otherwise the option is not given.
+    """
+    WASM_MEMORY_PERSISTENCE_KEEP: _WasmMemoryPersistence.ValueType  # 1
+    WASM_MEMORY_PERSISTENCE_REPLACE: _WasmMemoryPersistence.ValueType  # 2
+    WASM_MEMORY_PERSISTENCE_NOT_GIVEN: _WasmMemoryPersistence.ValueType  # 3
+    """The option is not given: the IC refuses a module that needs it ("Missing upgrade option")."""
+
+class WasmMemoryPersistence(_WasmMemoryPersistence, metaclass=_WasmMemoryPersistenceEnumTypeWrapper):
+    """How an upgrade treats the heap (the upgrade option wasm_memory_persistence)."""
+
+WASM_MEMORY_PERSISTENCE_AUTO: WasmMemoryPersistence.ValueType  # 0
+"""Keep the heap when the new module is built for Motoko's enhanced orthogonal persistence, as dfx
+and icp-cli ask for it; otherwise the option is not given.
+"""
+WASM_MEMORY_PERSISTENCE_KEEP: WasmMemoryPersistence.ValueType  # 1
+WASM_MEMORY_PERSISTENCE_REPLACE: WasmMemoryPersistence.ValueType  # 2
+WASM_MEMORY_PERSISTENCE_NOT_GIVEN: WasmMemoryPersistence.ValueType  # 3
+"""The option is not given: the IC refuses a module that needs it ("Missing upgrade option")."""
+Global___WasmMemoryPersistence: _TypeAlias = WasmMemoryPersistence  # noqa: Y015
 
 @_typing.final
 class InstallRequest(_message.Message):
@@ -55,6 +95,8 @@ class InstallRequest(_message.Message):
     CYCLES_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     INSTRUCTION_LIMIT_FIELD_NUMBER: _builtins.int
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    CONTROLLERS_FIELD_NUMBER: _builtins.int
     wasm: _builtins.bytes
     """The module's bytes: WebAssembly, or gzip of it (at most 100 MiB once decompressed)."""
     init_arg: _builtins.bytes
@@ -65,9 +107,17 @@ class InstallRequest(_message.Message):
     """A name to show in logs and ListCanisters; default: the canister id."""
     instruction_limit: _builtins.int
     """Wasm instructions per message; unset: 5 billion."""
+    canister_id: _builtins.str
+    """Install at this principal (any principal, mainnet ids included); unset: the next free id. A taken
+    id (by a canister or a stand-in) is FAILED_PRECONDITION, a malformed one INVALID_ARGUMENT.
+    """
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The canister's environment variables (PUBLIC_CANISTER_ID:llm defaults to the LLM canister's id)."""
+
+    @_builtins.property
+    def controllers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The canister's controllers; empty: the anonymous principal (the harness)."""
 
     def __init__(
         self,
@@ -78,15 +128,21 @@ class InstallRequest(_message.Message):
         cycles: _builtins.str | None = ...,
         name: _builtins.str = ...,
         instruction_limit: _builtins.int | None = ...,
+        canister_id: _builtins.str | None = ...,
+        controllers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cycles", b"_cycles", "_instruction_limit", b"_instruction_limit", "cycles", b"cycles", "instruction_limit", b"instruction_limit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_canister_id", b"_canister_id", "_cycles", b"_cycles", "_instruction_limit", b"_instruction_limit", "canister_id", b"canister_id", "cycles", b"cycles", "instruction_limit", b"instruction_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cycles", b"_cycles", "_instruction_limit", b"_instruction_limit", "cycles", b"cycles", "env", b"env", "init_arg", b"init_arg", "instruction_limit", b"instruction_limit", "name", b"name", "wasm", b"wasm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_canister_id", b"_canister_id", "_cycles", b"_cycles", "_instruction_limit", b"_instruction_limit", "canister_id", b"canister_id", "controllers", b"controllers", "cycles", b"cycles", "env", b"env", "init_arg", b"init_arg", "instruction_limit", b"instruction_limit", "name", b"name", "wasm", b"wasm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__canister_id: _TypeAlias = _typing.Literal["canister_id"]  # noqa: Y015
+    _WhichOneofArgType__canister_id: _TypeAlias = _typing.Literal["_canister_id", b"_canister_id"]  # noqa: Y015
     _WhichOneofReturnType__cycles: _TypeAlias = _typing.Literal["cycles"]  # noqa: Y015
     _WhichOneofArgType__cycles: _TypeAlias = _typing.Literal["_cycles", b"_cycles"]  # noqa: Y015
     _WhichOneofReturnType__instruction_limit: _TypeAlias = _typing.Literal["instruction_limit"]  # noqa: Y015
     _WhichOneofArgType__instruction_limit: _TypeAlias = _typing.Literal["_instruction_limit", b"_instruction_limit"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__canister_id) -> _WhichOneofReturnType__canister_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cycles) -> _WhichOneofReturnType__cycles | None: ...
     @_typing.overload
@@ -415,3 +471,1048 @@ class RemoveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveResponse: _TypeAlias = RemoveResponse  # noqa: Y015
+
+@_typing.final
+class UpgradeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    WASM_FIELD_NUMBER: _builtins.int
+    ARG_FIELD_NUMBER: _builtins.int
+    SKIP_PRE_UPGRADE_FIELD_NUMBER: _builtins.int
+    WASM_MEMORY_PERSISTENCE_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    wasm: _builtins.bytes
+    """The new module (.wasm or gzipped); empty: the installed module again."""
+    arg: _builtins.bytes
+    """canister_post_upgrade's Candid argument; empty means no arguments."""
+    skip_pre_upgrade: _builtins.bool
+    wasm_memory_persistence: Global___WasmMemoryPersistence.ValueType
+    caller: _builtins.str
+    """Who asks the management canister; default the anonymous principal."""
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        wasm: _builtins.bytes = ...,
+        arg: _builtins.bytes = ...,
+        skip_pre_upgrade: _builtins.bool = ...,
+        wasm_memory_persistence: Global___WasmMemoryPersistence.ValueType = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arg", b"arg", "caller", b"caller", "canister_id", b"canister_id", "skip_pre_upgrade", b"skip_pre_upgrade", "wasm", b"wasm", "wasm_memory_persistence", b"wasm_memory_persistence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpgradeRequest: _TypeAlias = UpgradeRequest  # noqa: Y015
+
+@_typing.final
+class UpgradeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDID_FIELD_NUMBER: _builtins.int
+    CANDID_TRUNCATED_FIELD_NUMBER: _builtins.int
+    candid: _builtins.str
+    """The new module's Candid interface (empty if it has none), as in InstallResponse."""
+    candid_truncated: _builtins.bool
+    def __init__(
+        self,
+        *,
+        candid: _builtins.str = ...,
+        candid_truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candid", b"candid", "candid_truncated", b"candid_truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpgradeResponse: _TypeAlias = UpgradeResponse  # noqa: Y015
+
+@_typing.final
+class ReinstallRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    WASM_FIELD_NUMBER: _builtins.int
+    INIT_ARG_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    wasm: _builtins.bytes
+    """The new module; empty: the installed module again."""
+    init_arg: _builtins.bytes
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        wasm: _builtins.bytes = ...,
+        init_arg: _builtins.bytes = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id", "init_arg", b"init_arg", "wasm", b"wasm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstallRequest: _TypeAlias = ReinstallRequest  # noqa: Y015
+
+@_typing.final
+class ReinstallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDID_FIELD_NUMBER: _builtins.int
+    CANDID_TRUNCATED_FIELD_NUMBER: _builtins.int
+    candid: _builtins.str
+    candid_truncated: _builtins.bool
+    def __init__(
+        self,
+        *,
+        candid: _builtins.str = ...,
+        candid_truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candid", b"candid", "candid_truncated", b"candid_truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstallResponse: _TypeAlias = ReinstallResponse  # noqa: Y015
+
+@_typing.final
+class StopRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopRequest: _TypeAlias = StopRequest  # noqa: Y015
+
+@_typing.final
+class StopResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopResponse: _TypeAlias = StopResponse  # noqa: Y015
+
+@_typing.final
+class StartRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRequest: _TypeAlias = StartRequest  # noqa: Y015
+
+@_typing.final
+class StartResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartResponse: _TypeAlias = StartResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRequest: _TypeAlias = DeleteRequest  # noqa: Y015
+
+@_typing.final
+class DeleteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLES_FIELD_NUMBER: _builtins.int
+    cycles: _builtins.str
+    """The cycles the canister held (the IC gives them to no one), a decimal nat."""
+    def __init__(
+        self,
+        *,
+        cycles: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycles", b"cycles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
+
+@_typing.final
+class StatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
+
+@_typing.final
+class CanisterSettings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvironmentVariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CONTROLLERS_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_VARIABLES_FIELD_NUMBER: _builtins.int
+    COMPUTE_ALLOCATION_FIELD_NUMBER: _builtins.int
+    MEMORY_ALLOCATION_FIELD_NUMBER: _builtins.int
+    FREEZING_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RESERVED_CYCLES_LIMIT_FIELD_NUMBER: _builtins.int
+    LOG_VISIBILITY_FIELD_NUMBER: _builtins.int
+    LOG_VIEWERS_FIELD_NUMBER: _builtins.int
+    WASM_MEMORY_LIMIT_FIELD_NUMBER: _builtins.int
+    WASM_MEMORY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    compute_allocation: _builtins.int
+    memory_allocation: _builtins.int
+    freezing_threshold: _builtins.int
+    reserved_cycles_limit: _builtins.int
+    log_visibility: _builtins.str
+    """"controllers", "public" or "allowed_viewers" (then log_viewers)."""
+    wasm_memory_limit: _builtins.int
+    wasm_memory_threshold: _builtins.int
+    @_builtins.property
+    def controllers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def environment_variables(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def log_viewers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        controllers: _abc.Iterable[_builtins.str] | None = ...,
+        environment_variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        compute_allocation: _builtins.int = ...,
+        memory_allocation: _builtins.int = ...,
+        freezing_threshold: _builtins.int = ...,
+        reserved_cycles_limit: _builtins.int = ...,
+        log_visibility: _builtins.str = ...,
+        log_viewers: _abc.Iterable[_builtins.str] | None = ...,
+        wasm_memory_limit: _builtins.int = ...,
+        wasm_memory_threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_allocation", b"compute_allocation", "controllers", b"controllers", "environment_variables", b"environment_variables", "freezing_threshold", b"freezing_threshold", "log_viewers", b"log_viewers", "log_visibility", b"log_visibility", "memory_allocation", b"memory_allocation", "reserved_cycles_limit", b"reserved_cycles_limit", "wasm_memory_limit", b"wasm_memory_limit", "wasm_memory_threshold", b"wasm_memory_threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanisterSettings: _TypeAlias = CanisterSettings  # noqa: Y015
+
+@_typing.final
+class StatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    MODULE_HASH_FIELD_NUMBER: _builtins.int
+    CONTROLLERS_FIELD_NUMBER: _builtins.int
+    CYCLES_FIELD_NUMBER: _builtins.int
+    MEMORY_SIZE_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """"running", "stopping" or "stopped"."""
+    module_hash: _builtins.bytes
+    """The SHA-256 of the installed module; empty when none is installed."""
+    cycles: _builtins.str
+    """A decimal nat."""
+    memory_size: _builtins.int
+    version: _builtins.int
+    """The canister's version: each install, upgrade, reinstall or snapshot load counts one."""
+    @_builtins.property
+    def controllers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def settings(self) -> Global___CanisterSettings: ...
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        module_hash: _builtins.bytes = ...,
+        controllers: _abc.Iterable[_builtins.str] | None = ...,
+        cycles: _builtins.str = ...,
+        memory_size: _builtins.int = ...,
+        settings: Global___CanisterSettings | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controllers", b"controllers", "cycles", b"cycles", "memory_size", b"memory_size", "module_hash", b"module_hash", "settings", b"settings", "status", b"status", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class TakeSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    REPLACE_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    replace_snapshot_id: _builtins.bytes
+    """Replace this snapshot (a canister holds at most 10); empty: a new one."""
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        replace_snapshot_id: _builtins.bytes = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id", "replace_snapshot_id", b"replace_snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeSnapshotRequest: _TypeAlias = TakeSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TAKEN_AT_NS_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    id: _builtins.bytes
+    taken_at_ns: _builtins.int
+    """Canister time when it was taken, in nanoseconds since the Unix epoch."""
+    total_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.bytes = ...,
+        taken_at_ns: _builtins.int = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "taken_at_ns", b"taken_at_ns", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInfo: _TypeAlias = SnapshotInfo  # noqa: Y015
+
+@_typing.final
+class TakeSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___SnapshotInfo: ...
+    def __init__(
+        self,
+        *,
+        snapshot: Global___SnapshotInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeSnapshotResponse: _TypeAlias = TakeSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class LoadSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    snapshot_id: _builtins.bytes
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        snapshot_id: _builtins.bytes = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadSnapshotRequest: _TypeAlias = LoadSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class LoadSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadSnapshotResponse: _TypeAlias = LoadSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class ListSnapshotsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotsRequest: _TypeAlias = ListSnapshotsRequest  # noqa: Y015
+
+@_typing.final
+class ListSnapshotsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SnapshotInfo]: ...
+    def __init__(
+        self,
+        *,
+        snapshots: _abc.Iterable[Global___SnapshotInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotsResponse: _TypeAlias = ListSnapshotsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    snapshot_id: _builtins.bytes
+    caller: _builtins.str
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        snapshot_id: _builtins.bytes = ...,
+        caller: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "canister_id", b"canister_id", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSnapshotRequest: _TypeAlias = DeleteSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSnapshotResponse: _TypeAlias = DeleteSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class CreateStubRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    DID_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    """Any principal where no canister, stand-in, LLM canister or management canister is."""
+    did: _builtins.str
+    """The stand-in's Candid interface (.did text): it decodes each call and checks each reply."""
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        did: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "did", b"did"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStubRequest: _TypeAlias = CreateStubRequest  # noqa: Y015
+
+@_typing.final
+class CreateStubResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The interface's methods, sorted."""
+
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        methods: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "methods", b"methods"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStubResponse: _TypeAlias = CreateStubResponse  # noqa: Y015
+
+@_typing.final
+class ScriptedReject(_message.Message):
+    """A reject, as a canister gives it: an IC reject code (1-6) and a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScriptedReject: _TypeAlias = ScriptedReject  # noqa: Y015
+
+@_typing.final
+class Hang(_message.Message):
+    """Never answer: a bounded-wait caller gets SYS_UNKNOWN at its deadline, others wait."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hang: _TypeAlias = Hang  # noqa: Y015
+
+@_typing.final
+class StubRule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    TIMES_FIELD_NUMBER: _builtins.int
+    REPLY_JSON_FIELD_NUMBER: _builtins.int
+    REJECT_FIELD_NUMBER: _builtins.int
+    TRAP_FIELD_NUMBER: _builtins.int
+    HANG_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """A method of the stand-in's interface."""
+    times: _builtins.int
+    """Answer at most this many calls; unset: any number."""
+    reply_json: _builtins.str
+    """Reply with these values, as JSON, checked against the method's results when the rule is added:
+    a JSON array of the results (one element per result; [] for none). Records are objects by field
+    name, tuples arrays, opt null or the value, variants one-key objects ({"Ok": 5}) or the case's
+    name, principals text, nat and int numbers or decimal strings (beyond 2^53), blob base64 text.
+    """
+    trap: _builtins.str
+    """Trap with this message: the caller gets CANISTER_ERROR (IC0503)."""
+    @_builtins.property
+    def reject(self) -> Global___ScriptedReject: ...
+    @_builtins.property
+    def hang(self) -> Global___Hang: ...
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        times: _builtins.int | None = ...,
+        reply_json: _builtins.str = ...,
+        reject: Global___ScriptedReject | None = ...,
+        trap: _builtins.str = ...,
+        hang: Global___Hang | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_times", b"_times", "action", b"action", "hang", b"hang", "reject", b"reject", "reply_json", b"reply_json", "times", b"times", "trap", b"trap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_times", b"_times", "action", b"action", "hang", b"hang", "method", b"method", "reject", b"reject", "reply_json", b"reply_json", "times", b"times", "trap", b"trap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__times: _TypeAlias = _typing.Literal["times"]  # noqa: Y015
+    _WhichOneofArgType__times: _TypeAlias = _typing.Literal["_times", b"_times"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["reply_json", "reject", "trap", "hang"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__times) -> _WhichOneofReturnType__times | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___StubRule: _TypeAlias = StubRule  # noqa: Y015
+
+@_typing.final
+class AddStubRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___StubRule]: ...
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        rules: _abc.Iterable[Global___StubRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddStubRulesRequest: _TypeAlias = AddStubRulesRequest  # noqa: Y015
+
+@_typing.final
+class AddStubRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rules' ids (rule-1, rule-2, ...), as ListStubCalls names them."""
+
+    def __init__(
+        self,
+        *,
+        rule_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule_ids", b"rule_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddStubRulesResponse: _TypeAlias = AddStubRulesResponse  # noqa: Y015
+
+@_typing.final
+class HoldStubRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    enabled: _builtins.bool
+    """On (true) or off; turning it off releases none."""
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldStubRequest: _TypeAlias = HoldStubRequest  # noqa: Y015
+
+@_typing.final
+class HoldStubResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldStubResponse: _TypeAlias = HoldStubResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseStubCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    CALL_IDS_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    @_builtins.property
+    def call_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Held calls to answer, in this order; empty: every held call, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        call_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_ids", b"call_ids", "canister_id", b"canister_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseStubCallsRequest: _TypeAlias = ReleaseStubCallsRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseStubCallsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def call_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        call_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_ids", b"call_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseStubCallsResponse: _TypeAlias = ReleaseStubCallsResponse  # noqa: Y015
+
+@_typing.final
+class ListStubCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANISTER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    canister_id: _builtins.str
+    page_token: _builtins.str
+    page_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        canister_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canister_id", b"canister_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStubCallsRequest: _TypeAlias = ListStubCallsRequest  # noqa: Y015
+
+@_typing.final
+class StubCall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    ARG_JSON_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    CYCLES_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    UNEXPECTED_FIELD_NUMBER: _builtins.int
+    ARG_TRUNCATED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    method: _builtins.str
+    arg_json: _builtins.str
+    """The argument, decoded: a JSON array of the method's arguments, as reply_json gives results."""
+    caller: _builtins.str
+    cycles: _builtins.str
+    """Cycles attached (a stand-in accepts none: they come back with the answer), a decimal nat."""
+    rule_id: _builtins.str
+    """The rule that answered; empty if none did."""
+    outcome: _builtins.str
+    """"replied", "rejected (CODE): message", "held", "hanging" or "waiting"."""
+    unexpected: _builtins.bool
+    """No rule expected it."""
+    arg_truncated: _builtins.bool
+    """arg_json was longer than 64 KiB: it is its beginning (and not valid JSON)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        arg_json: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        cycles: _builtins.str = ...,
+        rule_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        unexpected: _builtins.bool = ...,
+        arg_truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arg_json", b"arg_json", "arg_truncated", b"arg_truncated", "caller", b"caller", "cycles", b"cycles", "id", b"id", "method", b"method", "outcome", b"outcome", "rule_id", b"rule_id", "unexpected", b"unexpected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubCall: _TypeAlias = StubCall  # noqa: Y015
+
+@_typing.final
+class StubRuleUse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    description: _builtins.str
+    uses: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        uses: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubRuleUse: _TypeAlias = StubRuleUse  # noqa: Y015
+
+@_typing.final
+class ListStubCallsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___StubCall]: ...
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___StubRuleUse]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___StubCall] | None = ...,
+        next_page_token: _builtins.str = ...,
+        rules: _abc.Iterable[Global___StubRuleUse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "next_page_token", b"next_page_token", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStubCallsResponse: _TypeAlias = ListStubCallsResponse  # noqa: Y015
+
+@_typing.final
+class Fault(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLEE_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    TIMES_FIELD_NUMBER: _builtins.int
+    REJECT_FIELD_NUMBER: _builtins.int
+    HANG_FIELD_NUMBER: _builtins.int
+    DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    callee: _builtins.str
+    """Calls that match every criterion given (empty: any); callee and caller are principals as text."""
+    method: _builtins.str
+    caller: _builtins.str
+    times: _builtins.int
+    delay_seconds: _builtins.float
+    """The call is delivered this many seconds later on the emulator's clock."""
+    @_builtins.property
+    def reject(self) -> Global___ScriptedReject:
+        """The caller gets this reject; the callee never sees the call."""
+
+    @_builtins.property
+    def hang(self) -> Global___Hang:
+        """The call is never delivered."""
+
+    def __init__(
+        self,
+        *,
+        callee: _builtins.str = ...,
+        method: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        times: _builtins.int | None = ...,
+        reject: Global___ScriptedReject | None = ...,
+        hang: Global___Hang | None = ...,
+        delay_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_times", b"_times", "action", b"action", "delay_seconds", b"delay_seconds", "hang", b"hang", "reject", b"reject", "times", b"times"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_times", b"_times", "action", b"action", "callee", b"callee", "caller", b"caller", "delay_seconds", b"delay_seconds", "hang", b"hang", "method", b"method", "reject", b"reject", "times", b"times"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__times: _TypeAlias = _typing.Literal["times"]  # noqa: Y015
+    _WhichOneofArgType__times: _TypeAlias = _typing.Literal["_times", b"_times"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["reject", "hang", "delay_seconds"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__times) -> _WhichOneofReturnType__times | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___Fault: _TypeAlias = Fault  # noqa: Y015
+
+@_typing.final
+class AddFaultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def faults(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fault]: ...
+    def __init__(
+        self,
+        *,
+        faults: _abc.Iterable[Global___Fault] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["faults", b"faults"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddFaultsRequest: _TypeAlias = AddFaultsRequest  # noqa: Y015
+
+@_typing.final
+class AddFaultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAULT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def fault_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The faults' ids (fault-1, ...)."""
+
+    def __init__(
+        self,
+        *,
+        fault_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fault_ids", b"fault_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddFaultsResponse: _TypeAlias = AddFaultsResponse  # noqa: Y015

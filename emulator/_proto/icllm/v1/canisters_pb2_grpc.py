@@ -59,6 +59,86 @@ class CanistersStub:
                 request_serializer=icllm_dot_v1_dot_canisters__pb2.RemoveRequest.SerializeToString,
                 response_deserializer=icllm_dot_v1_dot_canisters__pb2.RemoveResponse.FromString,
                 _registered_method=True)
+        self.Upgrade = channel.unary_unary(
+                '/icllm.v1.Canisters/Upgrade',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.UpgradeRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.UpgradeResponse.FromString,
+                _registered_method=True)
+        self.Reinstall = channel.unary_unary(
+                '/icllm.v1.Canisters/Reinstall',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.ReinstallRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.ReinstallResponse.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/icllm.v1.Canisters/Stop',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.StopRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.StopResponse.FromString,
+                _registered_method=True)
+        self.Start = channel.unary_unary(
+                '/icllm.v1.Canisters/Start',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.StartRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.StartResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/icllm.v1.Canisters/Delete',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/icllm.v1.Canisters/Status',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.StatusRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.StatusResponse.FromString,
+                _registered_method=True)
+        self.TakeSnapshot = channel.unary_unary(
+                '/icllm.v1.Canisters/TakeSnapshot',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.TakeSnapshotRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.TakeSnapshotResponse.FromString,
+                _registered_method=True)
+        self.LoadSnapshot = channel.unary_unary(
+                '/icllm.v1.Canisters/LoadSnapshot',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.LoadSnapshotRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.LoadSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/icllm.v1.Canisters/ListSnapshots',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/icllm.v1.Canisters/DeleteSnapshot',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
+        self.CreateStub = channel.unary_unary(
+                '/icllm.v1.Canisters/CreateStub',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.CreateStubRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.CreateStubResponse.FromString,
+                _registered_method=True)
+        self.AddStubRules = channel.unary_unary(
+                '/icllm.v1.Canisters/AddStubRules',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.AddStubRulesRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.AddStubRulesResponse.FromString,
+                _registered_method=True)
+        self.HoldStub = channel.unary_unary(
+                '/icllm.v1.Canisters/HoldStub',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.HoldStubRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.HoldStubResponse.FromString,
+                _registered_method=True)
+        self.ReleaseStubCalls = channel.unary_unary(
+                '/icllm.v1.Canisters/ReleaseStubCalls',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.ReleaseStubCallsRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.ReleaseStubCallsResponse.FromString,
+                _registered_method=True)
+        self.ListStubCalls = channel.unary_unary(
+                '/icllm.v1.Canisters/ListStubCalls',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.ListStubCallsRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.ListStubCallsResponse.FromString,
+                _registered_method=True)
+        self.AddFaults = channel.unary_unary(
+                '/icllm.v1.Canisters/AddFaults',
+                request_serializer=icllm_dot_v1_dot_canisters__pb2.AddFaultsRequest.SerializeToString,
+                response_deserializer=icllm_dot_v1_dot_canisters__pb2.AddFaultsResponse.FromString,
+                _registered_method=True)
 
 
 class CanistersServicer:
@@ -100,6 +180,116 @@ class CanistersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upgrade(self, request, context):
+        """install_code in mode upgrade: canister_pre_upgrade on the old module, canister_post_upgrade with
+        `arg` on the new one, stable memory kept; a trap anywhere leaves the old module answering.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reinstall(self, request, context):
+        """install_code in mode reinstall: heap and stable memory wiped, then canister_init with `init_arg`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """stop_canister: new calls are rejected (IC0509 while calls in flight finish, IC0508 once stopped);
+        returns when the canister is stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Start(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """delete_canister: a stopped canister only, as on the IC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """canister_status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TakeSnapshot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadSnapshot(self, request, context):
+        """load_canister_snapshot: module, heap, globals, stable memory and chunk store as they were.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateStub(self, request, context):
+        """A stand-in at a principal where no canister is (the ICP ledger's, say), typed by a Candid interface.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddStubRules(self, request, context):
+        """Rules a stand-in answers from, tried in the order added; a call no rule answers is rejected with a
+        message that lists every rule and why it missed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HoldStub(self, request, context):
+        """While on, the stand-in's answers wait until ReleaseStubCalls: the harness chooses their order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseStubCalls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStubCalls(self, request, context):
+        """The calls a stand-in received, oldest first, in pages, and how often each rule answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddFaults(self, request, context):
+        """Faults on calls between canisters (to installed canisters, stand-ins, the management canister).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CanistersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +317,86 @@ def add_CanistersServicer_to_server(servicer, server):
                     servicer.Remove,
                     request_deserializer=icllm_dot_v1_dot_canisters__pb2.RemoveRequest.FromString,
                     response_serializer=icllm_dot_v1_dot_canisters__pb2.RemoveResponse.SerializeToString,
+            ),
+            'Upgrade': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upgrade,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.UpgradeRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.UpgradeResponse.SerializeToString,
+            ),
+            'Reinstall': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reinstall,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.ReinstallRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.ReinstallResponse.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.StopRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.StopResponse.SerializeToString,
+            ),
+            'Start': grpc.unary_unary_rpc_method_handler(
+                    servicer.Start,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.StartRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.StartResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.DeleteRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.StatusRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.StatusResponse.SerializeToString,
+            ),
+            'TakeSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeSnapshot,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.TakeSnapshotRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.TakeSnapshotResponse.SerializeToString,
+            ),
+            'LoadSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadSnapshot,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.LoadSnapshotRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.LoadSnapshotResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'CreateStub': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateStub,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.CreateStubRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.CreateStubResponse.SerializeToString,
+            ),
+            'AddStubRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddStubRules,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.AddStubRulesRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.AddStubRulesResponse.SerializeToString,
+            ),
+            'HoldStub': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldStub,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.HoldStubRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.HoldStubResponse.SerializeToString,
+            ),
+            'ReleaseStubCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseStubCalls,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.ReleaseStubCallsRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.ReleaseStubCallsResponse.SerializeToString,
+            ),
+            'ListStubCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStubCalls,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.ListStubCallsRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.ListStubCallsResponse.SerializeToString,
+            ),
+            'AddFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddFaults,
+                    request_deserializer=icllm_dot_v1_dot_canisters__pb2.AddFaultsRequest.FromString,
+                    response_serializer=icllm_dot_v1_dot_canisters__pb2.AddFaultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +534,438 @@ class Canisters:
             '/icllm.v1.Canisters/Remove',
             icllm_dot_v1_dot_canisters__pb2.RemoveRequest.SerializeToString,
             icllm_dot_v1_dot_canisters__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upgrade(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/Upgrade',
+            icllm_dot_v1_dot_canisters__pb2.UpgradeRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.UpgradeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reinstall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/Reinstall',
+            icllm_dot_v1_dot_canisters__pb2.ReinstallRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.ReinstallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/Stop',
+            icllm_dot_v1_dot_canisters__pb2.StopRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.StopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Start(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/Start',
+            icllm_dot_v1_dot_canisters__pb2.StartRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.StartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/Delete',
+            icllm_dot_v1_dot_canisters__pb2.DeleteRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/Status',
+            icllm_dot_v1_dot_canisters__pb2.StatusRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/TakeSnapshot',
+            icllm_dot_v1_dot_canisters__pb2.TakeSnapshotRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.TakeSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/LoadSnapshot',
+            icllm_dot_v1_dot_canisters__pb2.LoadSnapshotRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.LoadSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/ListSnapshots',
+            icllm_dot_v1_dot_canisters__pb2.ListSnapshotsRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/DeleteSnapshot',
+            icllm_dot_v1_dot_canisters__pb2.DeleteSnapshotRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateStub(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/CreateStub',
+            icllm_dot_v1_dot_canisters__pb2.CreateStubRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.CreateStubResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddStubRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/AddStubRules',
+            icllm_dot_v1_dot_canisters__pb2.AddStubRulesRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.AddStubRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldStub(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/HoldStub',
+            icllm_dot_v1_dot_canisters__pb2.HoldStubRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.HoldStubResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseStubCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/ReleaseStubCalls',
+            icllm_dot_v1_dot_canisters__pb2.ReleaseStubCallsRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.ReleaseStubCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStubCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/ListStubCalls',
+            icllm_dot_v1_dot_canisters__pb2.ListStubCallsRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.ListStubCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icllm.v1.Canisters/AddFaults',
+            icllm_dot_v1_dot_canisters__pb2.AddFaultsRequest.SerializeToString,
+            icllm_dot_v1_dot_canisters__pb2.AddFaultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

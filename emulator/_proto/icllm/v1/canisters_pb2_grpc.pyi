@@ -8,6 +8,17 @@ through the same canister core as LlmCanister.CallCandid (with the canister as t
 time is the emulator's clock (moved by Control.AdvanceClock). Control.Reset removes every canister.
 A canister's reject is an outcome of Call, not a gRPC error; gRPC errors are for misuse: a module that
 is not Wasm or too large (INVALID_ARGUMENT), an unknown canister (NOT_FOUND), a bad principal.
+
+The management methods (Upgrade ... DeleteSnapshot) are the management canister's (aaaaa-aa), asked
+by `caller` (default: the anonymous principal, the controller of what Install installs). What the IC
+refuses is a gRPC error whose details are the IC's message, with trailing metadata icllm-reject-code
+(1-6) and icllm-error-code (the replica's ICxxxx code): NOT_FOUND for a canister or snapshot that does
+not exist (reject code 3), FAILED_PRECONDITION for the rest (not a controller, a trap in
+post_upgrade, a canister not stopped...).
+
+Stand-ins answer at a principal where no canister is installed, from rules the harness gives, typed by
+a Candid interface; faults change calls between the canisters before they are delivered. Both end with
+Control.Reset.
 """
 
 from collections import abc as _abc
@@ -51,6 +62,39 @@ class CanistersStub:
     ListCanisters: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.ListCanistersRequest, _canisters_pb2.ListCanistersResponse]
     """The installed canisters, in pages."""
     Remove: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.RemoveRequest, _canisters_pb2.RemoveResponse]
+    Upgrade: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.UpgradeRequest, _canisters_pb2.UpgradeResponse]
+    """install_code in mode upgrade: canister_pre_upgrade on the old module, canister_post_upgrade with
+    `arg` on the new one, stable memory kept; a trap anywhere leaves the old module answering.
+    """
+    Reinstall: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.ReinstallRequest, _canisters_pb2.ReinstallResponse]
+    """install_code in mode reinstall: heap and stable memory wiped, then canister_init with `init_arg`."""
+    Stop: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.StopRequest, _canisters_pb2.StopResponse]
+    """stop_canister: new calls are rejected (IC0509 while calls in flight finish, IC0508 once stopped);
+    returns when the canister is stopped.
+    """
+    Start: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.StartRequest, _canisters_pb2.StartResponse]
+    Delete: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.DeleteRequest, _canisters_pb2.DeleteResponse]
+    """delete_canister: a stopped canister only, as on the IC."""
+    Status: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.StatusRequest, _canisters_pb2.StatusResponse]
+    """canister_status."""
+    TakeSnapshot: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.TakeSnapshotRequest, _canisters_pb2.TakeSnapshotResponse]
+    LoadSnapshot: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.LoadSnapshotRequest, _canisters_pb2.LoadSnapshotResponse]
+    """load_canister_snapshot: module, heap, globals, stable memory and chunk store as they were."""
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.ListSnapshotsRequest, _canisters_pb2.ListSnapshotsResponse]
+    DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.DeleteSnapshotRequest, _canisters_pb2.DeleteSnapshotResponse]
+    CreateStub: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.CreateStubRequest, _canisters_pb2.CreateStubResponse]
+    """A stand-in at a principal where no canister is (the ICP ledger's, say), typed by a Candid interface."""
+    AddStubRules: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.AddStubRulesRequest, _canisters_pb2.AddStubRulesResponse]
+    """Rules a stand-in answers from, tried in the order added; a call no rule answers is rejected with a
+    message that lists every rule and why it missed.
+    """
+    HoldStub: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.HoldStubRequest, _canisters_pb2.HoldStubResponse]
+    """While on, the stand-in's answers wait until ReleaseStubCalls: the harness chooses their order."""
+    ReleaseStubCalls: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.ReleaseStubCallsRequest, _canisters_pb2.ReleaseStubCallsResponse]
+    ListStubCalls: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.ListStubCallsRequest, _canisters_pb2.ListStubCallsResponse]
+    """The calls a stand-in received, oldest first, in pages, and how often each rule answered."""
+    AddFaults: _grpc.UnaryUnaryMultiCallable[_canisters_pb2.AddFaultsRequest, _canisters_pb2.AddFaultsResponse]
+    """Faults on calls between canisters (to installed canisters, stand-ins, the management canister)."""
 
 @_typing.type_check_only
 class CanistersAsyncStub(CanistersStub):
@@ -68,6 +112,39 @@ class CanistersAsyncStub(CanistersStub):
     ListCanisters: _aio.UnaryUnaryMultiCallable[_canisters_pb2.ListCanistersRequest, _canisters_pb2.ListCanistersResponse]  # type: ignore[assignment]
     """The installed canisters, in pages."""
     Remove: _aio.UnaryUnaryMultiCallable[_canisters_pb2.RemoveRequest, _canisters_pb2.RemoveResponse]  # type: ignore[assignment]
+    Upgrade: _aio.UnaryUnaryMultiCallable[_canisters_pb2.UpgradeRequest, _canisters_pb2.UpgradeResponse]  # type: ignore[assignment]
+    """install_code in mode upgrade: canister_pre_upgrade on the old module, canister_post_upgrade with
+    `arg` on the new one, stable memory kept; a trap anywhere leaves the old module answering.
+    """
+    Reinstall: _aio.UnaryUnaryMultiCallable[_canisters_pb2.ReinstallRequest, _canisters_pb2.ReinstallResponse]  # type: ignore[assignment]
+    """install_code in mode reinstall: heap and stable memory wiped, then canister_init with `init_arg`."""
+    Stop: _aio.UnaryUnaryMultiCallable[_canisters_pb2.StopRequest, _canisters_pb2.StopResponse]  # type: ignore[assignment]
+    """stop_canister: new calls are rejected (IC0509 while calls in flight finish, IC0508 once stopped);
+    returns when the canister is stopped.
+    """
+    Start: _aio.UnaryUnaryMultiCallable[_canisters_pb2.StartRequest, _canisters_pb2.StartResponse]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_canisters_pb2.DeleteRequest, _canisters_pb2.DeleteResponse]  # type: ignore[assignment]
+    """delete_canister: a stopped canister only, as on the IC."""
+    Status: _aio.UnaryUnaryMultiCallable[_canisters_pb2.StatusRequest, _canisters_pb2.StatusResponse]  # type: ignore[assignment]
+    """canister_status."""
+    TakeSnapshot: _aio.UnaryUnaryMultiCallable[_canisters_pb2.TakeSnapshotRequest, _canisters_pb2.TakeSnapshotResponse]  # type: ignore[assignment]
+    LoadSnapshot: _aio.UnaryUnaryMultiCallable[_canisters_pb2.LoadSnapshotRequest, _canisters_pb2.LoadSnapshotResponse]  # type: ignore[assignment]
+    """load_canister_snapshot: module, heap, globals, stable memory and chunk store as they were."""
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_canisters_pb2.ListSnapshotsRequest, _canisters_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_canisters_pb2.DeleteSnapshotRequest, _canisters_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
+    CreateStub: _aio.UnaryUnaryMultiCallable[_canisters_pb2.CreateStubRequest, _canisters_pb2.CreateStubResponse]  # type: ignore[assignment]
+    """A stand-in at a principal where no canister is (the ICP ledger's, say), typed by a Candid interface."""
+    AddStubRules: _aio.UnaryUnaryMultiCallable[_canisters_pb2.AddStubRulesRequest, _canisters_pb2.AddStubRulesResponse]  # type: ignore[assignment]
+    """Rules a stand-in answers from, tried in the order added; a call no rule answers is rejected with a
+    message that lists every rule and why it missed.
+    """
+    HoldStub: _aio.UnaryUnaryMultiCallable[_canisters_pb2.HoldStubRequest, _canisters_pb2.HoldStubResponse]  # type: ignore[assignment]
+    """While on, the stand-in's answers wait until ReleaseStubCalls: the harness chooses their order."""
+    ReleaseStubCalls: _aio.UnaryUnaryMultiCallable[_canisters_pb2.ReleaseStubCallsRequest, _canisters_pb2.ReleaseStubCallsResponse]  # type: ignore[assignment]
+    ListStubCalls: _aio.UnaryUnaryMultiCallable[_canisters_pb2.ListStubCallsRequest, _canisters_pb2.ListStubCallsResponse]  # type: ignore[assignment]
+    """The calls a stand-in received, oldest first, in pages, and how often each rule answered."""
+    AddFaults: _aio.UnaryUnaryMultiCallable[_canisters_pb2.AddFaultsRequest, _canisters_pb2.AddFaultsResponse]  # type: ignore[assignment]
+    """Faults on calls between canisters (to installed canisters, stand-ins, the management canister)."""
 
 class CanistersServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -112,5 +189,134 @@ class CanistersServicer(metaclass=_abc_1.ABCMeta):
         request: _canisters_pb2.RemoveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_canisters_pb2.RemoveResponse, _abc.Awaitable[_canisters_pb2.RemoveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Upgrade(
+        self,
+        request: _canisters_pb2.UpgradeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.UpgradeResponse, _abc.Awaitable[_canisters_pb2.UpgradeResponse]]:
+        """install_code in mode upgrade: canister_pre_upgrade on the old module, canister_post_upgrade with
+        `arg` on the new one, stable memory kept; a trap anywhere leaves the old module answering.
+        """
+
+    @_abc_1.abstractmethod
+    def Reinstall(
+        self,
+        request: _canisters_pb2.ReinstallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.ReinstallResponse, _abc.Awaitable[_canisters_pb2.ReinstallResponse]]:
+        """install_code in mode reinstall: heap and stable memory wiped, then canister_init with `init_arg`."""
+
+    @_abc_1.abstractmethod
+    def Stop(
+        self,
+        request: _canisters_pb2.StopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.StopResponse, _abc.Awaitable[_canisters_pb2.StopResponse]]:
+        """stop_canister: new calls are rejected (IC0509 while calls in flight finish, IC0508 once stopped);
+        returns when the canister is stopped.
+        """
+
+    @_abc_1.abstractmethod
+    def Start(
+        self,
+        request: _canisters_pb2.StartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.StartResponse, _abc.Awaitable[_canisters_pb2.StartResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _canisters_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.DeleteResponse, _abc.Awaitable[_canisters_pb2.DeleteResponse]]:
+        """delete_canister: a stopped canister only, as on the IC."""
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _canisters_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.StatusResponse, _abc.Awaitable[_canisters_pb2.StatusResponse]]:
+        """canister_status."""
+
+    @_abc_1.abstractmethod
+    def TakeSnapshot(
+        self,
+        request: _canisters_pb2.TakeSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.TakeSnapshotResponse, _abc.Awaitable[_canisters_pb2.TakeSnapshotResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LoadSnapshot(
+        self,
+        request: _canisters_pb2.LoadSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.LoadSnapshotResponse, _abc.Awaitable[_canisters_pb2.LoadSnapshotResponse]]:
+        """load_canister_snapshot: module, heap, globals, stable memory and chunk store as they were."""
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _canisters_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.ListSnapshotsResponse, _abc.Awaitable[_canisters_pb2.ListSnapshotsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSnapshot(
+        self,
+        request: _canisters_pb2.DeleteSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.DeleteSnapshotResponse, _abc.Awaitable[_canisters_pb2.DeleteSnapshotResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateStub(
+        self,
+        request: _canisters_pb2.CreateStubRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.CreateStubResponse, _abc.Awaitable[_canisters_pb2.CreateStubResponse]]:
+        """A stand-in at a principal where no canister is (the ICP ledger's, say), typed by a Candid interface."""
+
+    @_abc_1.abstractmethod
+    def AddStubRules(
+        self,
+        request: _canisters_pb2.AddStubRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.AddStubRulesResponse, _abc.Awaitable[_canisters_pb2.AddStubRulesResponse]]:
+        """Rules a stand-in answers from, tried in the order added; a call no rule answers is rejected with a
+        message that lists every rule and why it missed.
+        """
+
+    @_abc_1.abstractmethod
+    def HoldStub(
+        self,
+        request: _canisters_pb2.HoldStubRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.HoldStubResponse, _abc.Awaitable[_canisters_pb2.HoldStubResponse]]:
+        """While on, the stand-in's answers wait until ReleaseStubCalls: the harness chooses their order."""
+
+    @_abc_1.abstractmethod
+    def ReleaseStubCalls(
+        self,
+        request: _canisters_pb2.ReleaseStubCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.ReleaseStubCallsResponse, _abc.Awaitable[_canisters_pb2.ReleaseStubCallsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListStubCalls(
+        self,
+        request: _canisters_pb2.ListStubCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.ListStubCallsResponse, _abc.Awaitable[_canisters_pb2.ListStubCallsResponse]]:
+        """The calls a stand-in received, oldest first, in pages, and how often each rule answered."""
+
+    @_abc_1.abstractmethod
+    def AddFaults(
+        self,
+        request: _canisters_pb2.AddFaultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canisters_pb2.AddFaultsResponse, _abc.Awaitable[_canisters_pb2.AddFaultsResponse]]:
+        """Faults on calls between canisters (to installed canisters, stand-ins, the management canister)."""
 
 def add_CanistersServicer_to_server(servicer: CanistersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,18 +1,13 @@
-"""The management canister (`aaaaa-aa`) as the canister runtime serves it.
+"""The management canister's `http_request`, as the canister runtime serves it.
 
-`raw_rand` answers 32 bytes that are a pure function of the runtime's seed, the calling canister and
-how many times it has asked, so a canister's randomness repeats from run to run. `http_request` is
-answered by the outcall book (scripted responses), under the IC's rules: the cycles it must carry (the
-published cost formula), `max_response_bytes` and its 2 MB ceiling, and the canister's `transform`
-query applied before the canister sees the response. Every other method is rejected with a message
-that names it: the runtime does not pretend to create canisters or sign.
+It is answered by the outcall book (scripted responses), under the IC's rules: the cycles it must
+carry (the published cost formula), `max_response_bytes` and its 2 MB ceiling, and the canister's
+`transform` query applied before the canister sees the response.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from icp_candid.candid import LEB128
@@ -26,7 +21,7 @@ from icllm_emulator.outcalls import (
     check_request,
     check_url,
 )
-from icllm_emulator.runtime.errors import EXPLICIT_REJECT, RuntimeUsageError, error_code_for
+from icllm_emulator.runtime.errors import RuntimeUsageError, error_code_for
 from icllm_emulator.runtime.messages import Call, Response
 from icllm_emulator.runtime.values import Interface
 
@@ -36,7 +31,6 @@ if TYPE_CHECKING:
 
 # `(blob)` in Candid: a type table of one `vec nat8`, one argument of that type, then the bytes.
 _BLOB_PREFIX = b"DIDL\x01\x6d\x7b\x01\x00"
-EMULATED = ("raw_rand", "http_request")
 # The management canister's http_request, as its interface declares it.
 HTTP_DID = """
 type http_header = record { name : text; value : text };
@@ -82,26 +76,11 @@ def blob_reply(data: bytes) -> bytes:
     return _BLOB_PREFIX + bytes(LEB128.encode_u(len(data))) + data
 
 
-class Management:
+class HttpOutcalls:
+    """The management canister's http_request, answered by the runtime's outcall book."""
+
     def __init__(self, runtime: CanisterRuntime) -> None:
         self.runtime = runtime
-        self._draws: Counter[bytes] = Counter()
-
-    async def call(self, instance: CanisterInstance, call: Call) -> Response:
-        if call.method == "raw_rand":
-            self._draws[instance.principal] += 1
-            seed = f"{self.runtime.seed}:{self._draws[instance.principal]}".encode()
-            data = hashlib.sha256(b"icllm raw_rand\0" + instance.principal + b"\0" + seed).digest()
-            return Response(reply=blob_reply(data), refund=call.cycles)
-        if call.method == "http_request":
-            return await self.http_request(instance, call)
-        return Response.rejected(
-            RejectCode.CANISTER_REJECT,
-            f"the management canister's method {call.method!r} is not emulated by the canister runtime of "
-            f"pytest-icllm (it emulates {', '.join(EMULATED)})",
-            EXPLICIT_REJECT,
-            refund=call.cycles,
-        )
 
     async def http_request(self, instance: CanisterInstance, call: Call) -> Response:
         """An HTTP outcall: checked and priced as on the IC, answered by the outcall book, transformed."""
