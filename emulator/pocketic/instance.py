@@ -27,7 +27,8 @@ from icllm_emulator.pocketic.wire import BadRequest, principal_text
 from icllm_emulator.queue import JobState
 from icllm_emulator.runtime import CanisterReject, RuntimeUsageError
 from icllm_emulator.runtime.errors import CANISTER_NOT_FOUND, METHOD_NOT_FOUND
-from icllm_emulator.runtime.ic import FIRST_CANISTER_INDEX, LLM_CANISTER_ID, principal_bytes
+from icllm_emulator.runtime.ic import FIRST_CANISTER_INDEX
+from icllm_emulator.runtime.ids import LLM_CANISTER_ID, principal_bytes
 from icllm_emulator.runtime.messages import Call, Response
 
 # 2021-05-06T19:17:10Z, the time every new PocketIC instance starts at.

@@ -318,7 +318,6 @@ def test_pic_js_example_runs(block: Block, tmp_path: Path) -> None:
     """A pic-js example, as written, under vitest, with the PocketIC door as pic-js's server binary."""
     from tests.canisters.conftest import module_path
 
-    pytest.importorskip("icllm_emulator.runtime.management.lifecycle")  # setupCanister's installs
     pic = REPO / "tests" / "pic"
     if not (pic / "node_modules" / "@dfinity" / "pic" / "pocket-ic").exists():
         pytest.fail(f"pic-js is not installed with the launcher: run `make test` (npm ci in {pic})")

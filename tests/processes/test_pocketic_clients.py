@@ -15,8 +15,6 @@ from tests.canisters.conftest import module_path
 
 PIC = Path(__file__).resolve().parents[1] / "pic"
 LAUNCHER = Path(sys.executable).with_name("icllm-emulator-pocket-ic")
-# Installs travel as ingress to the management canister: these tests need the runtime's lifecycle.
-pytest.importorskip("icllm_emulator.runtime.management.lifecycle")
 
 
 def test_pic_js_tests_of_a_motoko_agent_pass() -> None:

@@ -18,9 +18,6 @@ from tests.canisters.conftest import module_path
 from tests.processes.test_pocketic_door import CREATE_BODY, Door, start, stop
 from tests.waiting import wait_until
 
-# Installs travel as ingress to the management canister: these tests need the runtime's lifecycle.
-pytest.importorskip("icllm_emulator.runtime.management.lifecycle")
-
 ALICE = Principal.from_str("tasxg-7ryw7-s5kzi-2v6cw-sst2p-rwv3m-jhll4-gu3pz-hi3lr-jfc45-yqe")  # a user
 SPECIFIED = Principal.from_str("rrkah-fqaaa-aaaaa-aaaaq-cai")
 LLM = Principal.from_str("w36hm-eqaaa-aaaal-qr76a-cai")
