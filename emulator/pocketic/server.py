@@ -21,7 +21,7 @@ from icllm_emulator.pocketic.wire import BadRequest
 log = logging.getLogger("icllm.pocketic")
 
 MAX_BLOB_STORE_BYTES = 1024 * 1024 * 1024
-# Each instance is an IC with its own engine and canisters: one with the Motoko agent takes about 8 MiB.
+# Each instance is an IC with its own engine and canisters: one with the Motoko agent takes about 7 MiB.
 DEFAULT_MAX_INSTANCES = 64
 # PocketIC's default: a server (and here an instance) unused this long is freed.
 DEFAULT_TTL_SECONDS = 60
