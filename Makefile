@@ -24,6 +24,11 @@ CANISTERS := fixtures/canisters
 NPM_STAMP := $(CANISTERS)/node_modules/.installed
 # The TypeScript harness test (tests/ts): @grpc/grpc-js and @dfinity/candid, pinned in its package-lock.json.
 TS_STAMP := tests/ts/node_modules/.installed
+# pic-js tests (tests/pic): @dfinity/pic and vitest, pinned in its package-lock.json. Installed without
+# pic-js's install script, which downloads PocketIC's server from GitHub: the emulator's launcher stands
+# at the path where that script would put the binary.
+PIC_STAMP := tests/pic/node_modules/.installed
+PIC_BIN := tests/pic/node_modules/@dfinity/pic/pocket-ic
 RUST_WASM32 := /usr/lib/rustlib/wasm32-unknown-unknown
 DEBIAN_RUST := rustc libstd-rust-dev-wasm32 lld-14
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -65,6 +70,12 @@ $(TS_STAMP): tests/ts/package-lock.json
 	cd tests/ts && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
+$(PIC_STAMP): tests/pic/package-lock.json $(STAMP)
+	cd tests/pic && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	printf '#!/bin/sh\nexec "%s" "$$@"\n' "$(abspath $(BIN))/icllm-emulator-pocket-ic" > $(PIC_BIN)
+	chmod +x $(PIC_BIN)
+	touch $@
+
 rust-wasm32:
 	@test -d $(RUST_WASM32) -a -x /usr/bin/lld-14 || { \
 		echo "installing Debian's Rust for wasm32 ($(DEBIAN_RUST)) to build the test canisters"; \
@@ -76,7 +87,7 @@ canisters: $(STAMP) $(NPM_STAMP) rust-wasm32
 
 # `make test ARGS="-m 'not llama'"` leaves out real inference, and then does not build llama-cpp-python.
 TEST_SETUP := $(if $(findstring not llama,$(ARGS)),$(STAMP),$(LLAMA_STAMP))
-test: $(TEST_SETUP) canisters $(TS_STAMP)
+test: $(TEST_SETUP) canisters $(TS_STAMP) $(PIC_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 proto: $(STAMP)

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "canister": "bench.canister_runtime",
     "candid": "bench.candid_bad_inputs",
     "hostile": "bench.hostile",
+    "pocketic": "bench.pocketic",
     "soak": "bench.soak",
 }
 

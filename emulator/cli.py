@@ -1,4 +1,5 @@
-"""`icllm-emulator`: run the emulator (`serve`) or an external AI worker (`worker`).
+"""`icllm-emulator`: run the emulator (`serve`), an external AI worker (`worker`), or the emulator as a
+PocketIC server (`pocket-ic`).
 
 The flags are derived from the settings table (`settings.SETTINGS`): a setting `x_y` is the flag
 `--x-y`, and the environment variable `ICLLM_X_Y` is its default; a flag on the command line wins.
@@ -34,6 +35,7 @@ from icllm_emulator.config import (
 )
 from icllm_emulator.domain import ToolPolicy
 from icllm_emulator.grpc_api.worker_source import GrpcSource, Unreachable
+from icllm_emulator.pocketic import serve as pocketic_serve
 from icllm_emulator.rules import RuleError
 from icllm_emulator.server import EmulatorServer
 from icllm_emulator.settings import DEFAULT_MODELS, BackendKind, Door, Setting, SettingError
@@ -97,6 +99,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_settings(commands.add_parser("serve", help="run the emulator"), Door.SERVE, environ)
     _add_settings(commands.add_parser("worker", help="run an external AI worker"), Door.WORKER, environ)
+    pocket_ic = commands.add_parser("pocket-ic", help="serve PocketIC's REST API, the LLM canister inside")
+    _add_settings(pocket_ic, Door.SERVE, environ)
+    pocketic_serve.add_arguments(pocket_ic)
     add_cassette_commands(commands)
     motoko.add_command(commands)
     return parser
@@ -203,6 +208,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "serve":
             asyncio.run(serve(config_from_args(args, environ)))
+        elif args.command == "pocket-ic":
+            return pocketic_serve.serve(args, config_from_args(args, environ))
         else:
             asyncio.run(run_worker(args, environ))
     except (ConfigError, RuleError) as error:

@@ -55,10 +55,12 @@ def make_backend(config: EmulatorConfig) -> Backend:
 class Engine:
     """One emulated LLM canister. Must be created and used inside a running event loop."""
 
-    def __init__(self, config: EmulatorConfig) -> None:
+    def __init__(self, config: EmulatorConfig, clock: VirtualClock | None = None) -> None:
+        """`clock`: one the caller made (a PocketIC instance's starts at the IC's genesis), else the
+        configuration's."""
         self.initial_config = config
         self.config = config
-        self.clock = make_clock(config.clock)
+        self.clock = make_clock(config.clock) if clock is None else clock
         # Every backend answers through the cassette deck: it passes jobs through while no cassette is
         # in use, and replays and records when one is (the replay backend is the deck with none behind).
         inner = None if config.backend is BackendKind.REPLAY else make_backend(config)

@@ -13,6 +13,7 @@ its fence, the runner that checks it: `<!-- example: KIND -->`. Kinds:
   with its module in place of their `"x.wasm"`; `canister uses=PAGE` runs python tests with PAGE's
   first agent. The shell commands that build the canister tutorial's agent are run too.
 - `ts`: a TypeScript harness, run with node against the emulator process and the Rust test agent.
+- `pic`: a vitest file using @dfinity/pic, run against the PocketIC door with the Motoko test agent.
 - `not run: REASON`: shown only (it needs what a test machine lacks); the reason is required.
 Shell and text blocks are commands and output, not examples.
 """
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 PAGES = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
 RUNNABLE = {"python", "ini", "yaml", "motoko", "ts"}
-KINDS = {"pytest", "client", "rules", "cassette", "canister", "ts", "not run"}
+KINDS = {"pytest", "client", "rules", "cassette", "canister", "ts", "pic", "not run"}
 FILE_LINE = re.compile(r"^# (?P<name>[\w/]+\.py)(?: \(run with: pytest (?P<args>[^)]*)\))?$")
 DIRECTIVE = re.compile(r"^<!-- example: (?P<kind>not run|[\w-]+)(?P<rest>[^>]*?)\s*-->$")
 WASM_LITERAL = re.compile(r'"\w+\.wasm"')
@@ -310,6 +311,47 @@ def test_typescript_example_runs(block: Block, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, f"{block.where}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
     assert "# pass 1" in result.stdout
+
+
+@pytest.mark.parametrize("block", of_kind("pic"), ids=ids(of_kind("pic")))
+def test_pic_js_example_runs(block: Block, tmp_path: Path) -> None:
+    """A pic-js example, as written, under vitest, with the PocketIC door as pic-js's server binary."""
+    from tests.canisters.conftest import module_path
+
+    pic = REPO / "tests" / "pic"
+    if not (pic / "node_modules" / "@dfinity" / "pic" / "pocket-ic").exists():
+        pytest.fail(f"pic-js is not installed with the launcher: run `make test` (npm ci in {pic})")
+    (tmp_path / "node_modules").symlink_to(pic / "node_modules")
+    (tmp_path / "agent.wasm").write_bytes(module_path("motoko-agent").read_bytes())
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "example.test.ts").write_text(block.text)
+    result = subprocess.run(
+        [str(pic / "node_modules" / ".bin" / "vitest"), "run", "--root", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{block.where}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+    assert "1 passed" in result.stdout
+
+
+def test_the_pocketic_reference_lists_every_route_the_door_serves() -> None:
+    """Each PocketIC route of the door is a row of docs/reference/pocketic.md (the /icllm/ ones are in
+    docs/reference/http.md)."""
+    from icllm_emulator.config import EmulatorConfig
+    from icllm_emulator.pocketic.app import create_app
+    from icllm_emulator.pocketic.server import PocketIcServer
+
+    page = (DOCS / "reference" / "pocketic.md").read_text(encoding="utf-8")
+    icllm = (DOCS / "reference" / "http.md").read_text(encoding="utf-8")
+    for route in create_app(PocketIcServer(EmulatorConfig())).routes:
+        path = getattr(route, "path", "").replace("{instance_id}", "{id}").replace("{gateway_id}", "{id}")
+        if "/icllm/" in path:
+            assert f"`{path.split('/icllm')[1]}`" in icllm, path
+            continue
+        tail = path.removeprefix("/instances/{id}/")
+        assert f"{tail}`" in page or f"{path}`" in page, f"{path} is not in docs/reference/pocketic.md"
 
 
 # -- the pages agree with the code -------------------------------------------------------------------

@@ -343,8 +343,9 @@ def test_help_lists_the_commands() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "{serve,worker,cassette,build-motoko}" in result.stdout
+    assert "{serve,worker,pocket-ic,cassette,build-motoko}" in result.stdout
     assert "run the emulator" in result.stdout and "run an external AI worker" in result.stdout
+    assert "serve PocketIC's REST API, the LLM canister inside" in result.stdout
     assert "list, show and check cassette files" in result.stdout
     assert "compile a Motoko actor to a canister module" in result.stdout
 

@@ -35,6 +35,8 @@ def test_the_wheel_installs_no_module_named_emulator(wheel: Path) -> None:
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "icllm-emulator = icllm_emulator.cli:main" in text and "icllm = pytest_icllm.plugin" in text
+    assert "icllm-emulator-pocket-ic = icllm_emulator.pocketic.serve:launcher" in text
+    assert "icllm_emulator/pocketic/app.py" in names
 
 
 def test_a_project_with_its_own_emulator_package_runs_its_tests_and_the_plugins(
