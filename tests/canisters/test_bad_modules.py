@@ -12,6 +12,7 @@ import wasmtime
 from icllm_emulator.runtime import ModuleError, RuntimeUsageError
 from pytest_icllm import CanisterReject, IcllmController
 from pytest_icllm._canisters import CanisterIC
+from tests.canisters.wat import relay_module
 
 REPLIER = """
 (module
@@ -30,39 +31,16 @@ REPLIER = """
 
 # Calls the canister named by its argument ([callee length][callee][method name]) and replies with the
 # response's bytes, or with the reject code as a digit followed by the reject message.
-CALLER = """
-(module
-  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
-  (import "ic0" "call_perform" (func $call_perform (result i32)))
-  (import "ic0" "msg_reject_code" (func $reject_code (result i32)))
-  (import "ic0" "msg_reject_msg_size" (func $reject_size (result i32)))
-  (import "ic0" "msg_reject_msg_copy" (func $reject_copy (param i32 i32 i32)))
-  (import "ic0" "msg_arg_data_size" (func $arg_size (result i32)))
-  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i32 i32 i32)))
-  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
-  (import "ic0" "msg_reply" (func $reply))
-  (memory (export "memory") 1)
-  (table 2 funcref)
-  (elem (i32.const 0) $on_reply $on_reject)
-  (func $on_reply (param i32)
-    (call $arg_copy (i32.const 4096) (i32.const 0) (call $arg_size))
-    (call $append (i32.const 4096) (call $arg_size))
-    (call $reply))
-  (func $on_reject (param i32)
-    (i32.store8 (i32.const 4096) (i32.add (i32.const 48) (call $reject_code)))
-    (call $reject_copy (i32.const 4097) (i32.const 0) (call $reject_size))
-    (call $append (i32.const 4096) (i32.add (i32.const 1) (call $reject_size)))
-    (call $reply))
-  (func (export "canister_update call")
+CALLER = relay_module(
+    "call",
+    """
     (call $arg_copy (i32.const 0) (i32.const 0) (call $arg_size))
     (call $call_new
       (i32.const 1) (i32.load8_u (i32.const 0))
       (i32.add (i32.const 1) (i32.load8_u (i32.const 0)))
       (i32.sub (i32.sub (call $arg_size) (i32.const 1)) (i32.load8_u (i32.const 0)))
-      (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 0))
-    (drop (call $call_perform)))
+      (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 0))""",
 )
-"""
 
 
 def wasm(text: str) -> bytes:

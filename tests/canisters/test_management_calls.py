@@ -10,37 +10,16 @@ import wasmtime
 from icllm_emulator.runtime.management import management_interface
 from pytest_icllm import CanisterReject, IcllmController
 from pytest_icllm._canisters import Canister, CanisterIC
+from tests.canisters.wat import relay_module
 from tests.pytester_support import pt, run
 
 __all__ = ["pt"]  # a fixture
 
 # Forwards a call: the argument is [callee length][callee][method length][method][Candid argument];
 # replies with the callee's reply, or with the reject code (as an ASCII digit) and message.
-MANAGER = """
-(module
-  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
-  (import "ic0" "call_data_append" (func $data (param i32 i32)))
-  (import "ic0" "call_perform" (func $call_perform (result i32)))
-  (import "ic0" "msg_reject_code" (func $reject_code (result i32)))
-  (import "ic0" "msg_reject_msg_size" (func $reject_size (result i32)))
-  (import "ic0" "msg_reject_msg_copy" (func $reject_copy (param i32 i32 i32)))
-  (import "ic0" "msg_arg_data_size" (func $arg_size (result i32)))
-  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i32 i32 i32)))
-  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
-  (import "ic0" "msg_reply" (func $reply))
-  (memory (export "memory") 2)
-  (table 2 funcref)
-  (elem (i32.const 0) $on_reply $on_reject)
-  (func $on_reply (param i32)
-    (call $arg_copy (i32.const 65536) (i32.const 0) (call $arg_size))
-    (call $append (i32.const 65536) (call $arg_size))
-    (call $reply))
-  (func $on_reject (param i32)
-    (i32.store8 (i32.const 65536) (i32.add (i32.const 48) (call $reject_code)))
-    (call $reject_copy (i32.const 65537) (i32.const 0) (call $reject_size))
-    (call $append (i32.const 65536) (i32.add (i32.const 1) (call $reject_size)))
-    (call $reply))
-  (func (export "canister_update call")
+MANAGER = relay_module(
+    "call",
+    """
     (local $callee i32) (local $method i32) (local $rest i32)
     (call $arg_copy (i32.const 0) (i32.const 0) (call $arg_size))
     (local.set $callee (i32.load8_u (i32.const 0)))
@@ -50,10 +29,10 @@ MANAGER = """
       (i32.const 1) (local.get $callee)
       (i32.add (i32.const 2) (local.get $callee)) (local.get $method)
       (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 0))
-    (call $data (local.get $rest) (i32.sub (call $arg_size) (local.get $rest)))
-    (drop (call $call_perform)))
+    (call $call_data_append (local.get $rest) (i32.sub (call $arg_size) (local.get $rest)))""",
+    pages=2,
+    buffer=65536,
 )
-"""
 
 
 def manage(caller: Canister, method: str, *values: object, callee: bytes = b"") -> object:

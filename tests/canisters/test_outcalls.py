@@ -12,6 +12,7 @@ from icllm_emulator.runtime.management.http import http_interface
 from pytest_icllm import CanisterReject, IcllmController
 from pytest_icllm._canisters import CanisterIC
 from pytest_icllm.plugin import EmulatorAddress
+from tests.canisters.wat import relay_module
 from tests.pytester_support import pt, run
 
 __all__ = ["pt"]  # a fixture
@@ -158,42 +159,19 @@ def test_an_outcall_url_that_is_not_a_url_is_rejected(icllm_canister: CanisterIC
 
 # Sends its whole argument (Candid http_request_args) to the management canister's http_request with
 # 100B cycles, and replies with the reply's bytes, or with the reject code as a digit and the message.
-RELAY = """
-(module
-  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
-  (import "ic0" "call_data_append" (func $call_data_append (param i32 i32)))
-  (import "ic0" "call_cycles_add128" (func $cycles_add (param i64 i64)))
-  (import "ic0" "call_perform" (func $call_perform (result i32)))
-  (import "ic0" "msg_reject_code" (func $reject_code (result i32)))
-  (import "ic0" "msg_reject_msg_size" (func $reject_size (result i32)))
-  (import "ic0" "msg_reject_msg_copy" (func $reject_copy (param i32 i32 i32)))
-  (import "ic0" "msg_arg_data_size" (func $arg_size (result i32)))
-  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i32 i32 i32)))
-  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
-  (import "ic0" "msg_reply" (func $reply))
-  (memory (export "memory") 64)
-  (table 2 funcref)
-  (elem (i32.const 0) $on_reply $on_reject)
-  (data (i32.const 0) "http_request")
-  (func $on_reply (param i32)
-    (call $arg_copy (i32.const 65536) (i32.const 0) (call $arg_size))
-    (call $append (i32.const 65536) (call $arg_size))
-    (call $reply))
-  (func $on_reject (param i32)
-    (i32.store8 (i32.const 65536) (i32.add (i32.const 48) (call $reject_code)))
-    (call $reject_copy (i32.const 65537) (i32.const 0) (call $reject_size))
-    (call $append (i32.const 65536) (i32.add (i32.const 1) (call $reject_size)))
-    (call $reply))
-  (func (export "canister_update relay")
+RELAY = relay_module(
+    "relay",
+    """
     (call $arg_copy (i32.const 65536) (i32.const 0) (call $arg_size))
     (call $call_new
       (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 12)
       (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 0))
     (call $call_data_append (i32.const 65536) (call $arg_size))
-    (call $cycles_add (i64.const 0) (i64.const 100000000000))
-    (drop (call $call_perform)))
+    (call $cycles_add (i64.const 0) (i64.const 100000000000))""",
+    pages=64,
+    buffer=65536,
+    data='(data (i32.const 0) "http_request")',
 )
-"""
 
 
 def _outcall(url: str, headers: tuple[tuple[str, str], ...] = (), body: bytes | None = None) -> bytes:
