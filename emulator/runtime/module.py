@@ -273,8 +273,13 @@ def prepare(wasm: bytes, info: ModuleInfo) -> bytes:
     for index in info.mutable_globals:
         name = f"{GLOBAL_EXPORT}{index}".encode()
         extra.append(_uleb(len(name)) + name + b"\x03" + _uleb(index))
-    if not extra:
-        return wasm
+    return _with_exports(wasm, extra) if extra else wasm
+
+
+def _with_exports(wasm: bytes, entries: list[bytes], drop: int | None = None) -> bytes:
+    """The module with `entries` (encoded export entries) added to its export section (one is made where
+    the section order wants it if there is none), and the section with id `drop` left out."""
+    added = b"".join(entries)
     out = bytearray(wasm[:8])
     pos = 8
     done = False
@@ -284,16 +289,16 @@ def prepare(wasm: bytes, info: ModuleInfo) -> bytes:
         end = body + size
         if section == _SECTION_EXPORT:
             count, p = _leb(wasm, body)
-            out += _encoded(section, _uleb(count + len(extra)) + wasm[p:end] + b"".join(extra))
+            out += _encoded(section, _uleb(count + len(entries)) + wasm[p:end] + added)
             done = True
-        else:
+        elif section != drop:
             if not done and section in _AFTER_EXPORT:
-                out += _encoded(_SECTION_EXPORT, _uleb(len(extra)) + b"".join(extra))
+                out += _encoded(_SECTION_EXPORT, _uleb(len(entries)) + added)
                 done = True
             out += wasm[pos:end]
         pos = end
     if not done:
-        out += _encoded(_SECTION_EXPORT, _uleb(len(extra)) + b"".join(extra))
+        out += _encoded(_SECTION_EXPORT, _uleb(len(entries)) + added)
     return bytes(out)
 
 
@@ -318,24 +323,7 @@ def defer_start(wasm: bytes) -> bytes:
     if start is None:
         return wasm
     entry = _uleb(len(START_EXPORT)) + START_EXPORT.encode() + b"\x00" + start
-    out = bytearray(wasm[:8])
-    pos = 8
-    done = False
-    while pos < len(wasm):
-        section = wasm[pos]
-        size, body = _leb(wasm, pos + 1)
-        end = body + size
-        if section == _SECTION_EXPORT:
-            count, p = _leb(wasm, body)
-            out += _encoded(section, _uleb(count + 1) + wasm[p:end] + entry)
-            done = True
-        elif section != _SECTION_START:
-            if not done and section in _AFTER_EXPORT:
-                out += _encoded(_SECTION_EXPORT, _uleb(1) + entry)
-                done = True
-            out += wasm[pos:end]
-        pos = end
-    return bytes(out)
+    return _with_exports(wasm, [entry], drop=_SECTION_START)
 
 
 def explain(error: BaseException) -> str:
