@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from bench import write_figures
 from bench.grpc_path import MODEL, Result, add_load_options, check_load_options, make_requests, run_load
 from bench.servers import Running, echo_main, emulator_main, server_process
 
@@ -154,9 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratios": summary,
             "targets": {"throughput_ratio_min": TARGET_THROUGHPUT_RATIO, "p50_ratio_max": TARGET_P50_RATIO},
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        write_figures(args.json, document)
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import h11
 
+from bench import write_figures
 from bench.grpc_path import (
     CALL_TIMEOUT,
     MAX_ERRORS,
@@ -299,9 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratios": summary,
             "targets": {"throughput_ratio_min": TARGET_THROUGHPUT_RATIO},
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        write_figures(args.json, document)
     return 0
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import write_figures
 from icllm_emulator._proto.icllm.v1 import canister_pb2, canister_pb2_grpc, control_pb2, control_pb2_grpc
 from icllm_emulator.backends.smollm2 import REQUIREMENT, smollm2_path
 
@@ -388,9 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "start_seconds_max": TARGET_START_SECONDS,
             },
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        write_figures(args.json, document)
     return 0
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import write_figures
 from icllm_emulator.config import EmulatorConfig
 from icllm_emulator.server import ThreadedEmulator
 
@@ -195,9 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "targets": {"overhead_ms_max": TARGET_OVERHEAD_MS, "startup_s_max": TARGET_STARTUP_S},
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        write_figures(args.json, document)
     return 0
 
 

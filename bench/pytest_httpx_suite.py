@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import write_figures
+
 TARGET_STARTUP_MS = 150.0
 MARKS_ENV = "ICLLM_BENCH_MARKS"
 
@@ -281,9 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "own_startup_cpu_ms": own,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        write_figures(args.json, document)
     return 0
 
 
